@@ -1,0 +1,16 @@
+// fastcsi._C: the CPU kernels. Each kernel file defines one register_* function; this file only
+// gathers them, so the compiled boundary stays a single, narrow module.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace fastcsi {
+// Declared here, defined in their own files (one op family per file).
+void register_neighbors(py::module_& m);
+}  // namespace fastcsi
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "fastcsi CPU kernels (C++17 + OpenMP)";
+    m.attr("abi_version") = 1;
+    fastcsi::register_neighbors(m);
+}

@@ -1,0 +1,51 @@
+"""Root click group. Each command lives in its own module and is registered in ``_register``."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from fastcsi import __version__
+from fastcsi.errors import FastCSIError
+
+
+class UserError(click.ClickException):
+    """A :class:`FastCSIError` on its way out: one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+    def show(self, file=None):
+        click.echo(f"fastcsi: error: {self.format_message()}", err=True)
+
+
+class FastCSIGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FastCSIError as exc:
+            raise UserError(str(exc)) from None
+
+
+@click.group(cls=FastCSIGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="fastcsi")
+def cli():
+    """fastcsi: pick pretraining data by Chemical Similarity Index, then pretrain and fine-tune
+    GemNet-OC."""
+
+
+def _register():
+    # Imported lazily per module so that a command's heavy imports (torch, ase) load only when used.
+    from fastcsi.cli import data as data_cmds
+
+    cli.add_command(data_cmds.data)
+
+
+_register()
+
+
+def main(argv=None):
+    try:
+        cli.main(args=argv, prog_name="fastcsi")
+    except KeyboardInterrupt:
+        click.echo("fastcsi: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,9 @@
+"""The one exception type for mistakes a user can make (bad path, bad file, bad option).
+
+The CLI prints such an error as one line on stderr and exits with status 2; anything else is a bug
+and keeps its traceback.
+"""
+
+
+class FastCSIError(Exception):
+    """A user-caused error: the message is a complete sentence naming the file (and index)."""

@@ -1,0 +1,66 @@
+"""Small helpers every stage may use: atomic writes and run metadata. Imports nothing of fastcsi."""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w", **kwargs):
+    """Open a temp file beside ``path`` and rename it over ``path`` only if the block succeeds.
+
+    Readers never see a half-written file, and a crash leaves the old file (or none) in place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path beside ``path`` for writers that want a filename (np.savez, torch.save,
+    ase.io.write); rename it over ``path`` when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def versions() -> dict:
+    """Versions of the software that shaped a result, recorded in every output file."""
+    import numpy
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform(), "numpy": numpy.__version__}
+    from fastcsi import __version__
+
+    out["fastcsi"] = __version__
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+        out["cuda"] = torch.version.cuda
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    return out
