@@ -1,0 +1,183 @@
+"""``fastcsi select``, ``fastcsi demo`` and ``fastcsi stats compute``: parsing and printing only;
+the work is in :mod:`fastcsi.pipeline`."""
+from __future__ import annotations
+
+import os
+
+import click
+
+from fastcsi.errors import FastCSIError
+
+DEFAULT_OUTDIR = "runs/select"
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _model_options(func):
+    """Options that define the features (shared by select, demo and stats compute)."""
+    options = [
+        click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                     help="Backbone checkpoint (JMP, fairchem GemNet-OC or fastcsi). Default: the "
+                     "shipped default backbone, see README."),
+        click.option("--agg", default="flat", show_default=True,
+                     help="flat: every atom is a sample (the paper); mean|sum|max: one sample per structure."),
+        click.option("--layer", default="final", show_default=True, help="Backbone block whose features are used."),
+        click.option("--kind", default="node", show_default=True, help="node or edge features (per atom)."),
+        click.option("--dtype", default="float32", show_default=True, help="Compute dtype of the backbone."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--batch-size", type=int, default=16, show_default=True),
+        click.option("--num-workers", type=int, default=0, show_default=True, help="Data-loading worker processes."),
+        click.option("--format", "data_format", default=None, help="Force the input format (default: detected)."),
+        click.option("--per-element/--no-per-element", default=True, show_default=True,
+                     help="Also accumulate per-element statistics for a per-element CSI breakdown."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _select_options(func):
+    options = [
+        click.option("--downstream", type=click.Path(), default=None,
+                     help="Downstream dataset (or stats .npz). Default: the bundled demo downstream."),
+        click.option("--upstream", "upstreams", type=click.Path(), multiple=True,
+                     help="Candidate upstream dataset or stats .npz (repeat). Default: the bundled demo upstreams."),
+        click.option("--samples", default=None,
+                     help="Structures per dataset, or 'all' to stream everything. [default: 10000; demo: 48]"),
+        click.option("--upstream-sampling", default="balanced", show_default=True,
+                     help="random, balanced (equal quota per class) or all."),
+        click.option("--downstream-sampling", default="random", show_default=True, help="random, balanced or all."),
+        click.option("--seeds", default=None, help="Comma-separated sampling seeds. [default: 0,1,2; demo: 0,1]"),
+        click.option("-o", "--outdir", type=click.Path(file_okay=False), default=None,
+                     help=f"Output directory. [default: {DEFAULT_OUTDIR}; demo: runs/demo]"),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="Where stats are cached and reused. [default: OUTDIR/cache]"),
+        click.option("--no-cache", is_flag=True, help="Neither read nor write cached stats."),
+        click.option("--trace", is_flag=True, help="Write a torch.profiler chrome trace into OUTDIR/trace."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return _model_options(func)
+
+
+def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
+    from fastcsi.pipeline import DEMO_SAMPLES, DEMO_SEEDS, PAPER_SAMPLES, SelectSettings, parse_samples, parse_seeds
+    from fastcsi.pipeline.report import format_table
+    from fastcsi.pipeline.select import run_select
+
+    if downstream is None and not upstreams:
+        demo_mode = True
+    if demo_mode:
+        from fastcsi.data.demo import demo_downstream, demo_upstreams
+
+        downstream = downstream or str(demo_downstream())
+        upstreams = upstreams or [str(p) for p in demo_upstreams()]
+        samples = DEMO_SAMPLES if samples is None else samples
+        seeds = ",".join(str(s) for s in DEMO_SEEDS) if seeds is None else seeds
+        outdir = outdir or "runs/demo"
+    elif downstream is None:
+        raise FastCSIError("--downstream is required when --upstream is given")
+    elif not upstreams:
+        raise FastCSIError("give at least one --upstream dataset to rank against the downstream")
+    settings = SelectSettings(
+        samples=parse_samples(PAPER_SAMPLES if samples is None else samples),
+        upstream_sampling=kw["upstream_sampling"],
+        downstream_sampling=kw["downstream_sampling"],
+        agg=kw["agg"],
+        layer=kw["layer"],
+        kind=kw["kind"],
+        seeds=parse_seeds("0,1,2" if seeds is None else seeds),
+        dtype=kw["dtype"],
+        per_element=kw["per_element"],
+        device=kw["device"],
+        batch_size=kw["batch_size"],
+        num_workers=kw["num_workers"],
+        format=kw["data_format"],
+    )
+    outdir = outdir or DEFAULT_OUTDIR
+    result = run_select(
+        downstream,
+        list(upstreams),
+        settings,
+        checkpoint=kw["checkpoint"],
+        outdir=outdir,
+        cache_dir=kw["cache_dir"],
+        use_cache=not kw["no_cache"],
+        trace=kw["trace"],
+        progress=not kw["quiet"],
+    )
+    if not _is_main_rank():
+        return
+    for warning in result["warnings"]:
+        click.echo(f"fastcsi: warning: {warning}", err=True)
+    click.echo(format_table(result))
+    prof = result["profile"]
+    atoms_per_s = prof["throughput"].get("atoms_per_s", 0.0)
+    click.echo(
+        f"\nwall {prof['wall_s']:.1f} s, {atoms_per_s:,.0f} atoms/s through the backbone; "
+        f"stats computed {result['cache']['computed']}, reused from cache {result['cache']['hits']}"
+    )
+    click.echo(f"outputs: {outdir}/csi.json, csi.csv, csi.png, csi_per_element.png, profile.md")
+
+
+@click.command("select")
+@_select_options
+def select(downstream, upstreams, samples, seeds, outdir, **kw):
+    """Rank upstream datasets by CSI to a downstream dataset (closest first).
+
+    With no arguments it runs on the bundled demo datasets (like `fastcsi demo`). Scale out with
+    `torchrun --nproc_per_node=K -m fastcsi select ...`.
+    """
+    _run(downstream, upstreams, samples, seeds, outdir, demo_mode=False, **kw)
+
+
+@click.command("demo")
+@_select_options
+def demo(downstream, upstreams, samples, seeds, outdir, **kw):
+    """The CSI ranking on the bundled demo datasets (under a minute on a laptop CPU)."""
+    _run(downstream, upstreams, samples, seeds, outdir, demo_mode=True, **kw)
+
+
+@click.command("compute")
+@click.argument("dataset", type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Stats file (.npz).")
+@click.option("--sampling", default="balanced", show_default=True, help="random, balanced or all.")
+@click.option("--samples", default="10000", show_default=True, help="Structures, or 'all'.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@_model_options
+def compute(dataset, output, sampling, samples, seed, **kw):
+    """Compute one dataset's feature statistics (for `fastcsi select` inputs computed elsewhere)."""
+    from fastcsi.pipeline.select import compute_stats_file
+    from fastcsi.pipeline.settings import parse_samples
+
+    if seed < 0:
+        raise FastCSIError(f"--seed {seed}: must be non-negative")
+    stats = compute_stats_file(
+        dataset,
+        output,
+        sampling=sampling,
+        samples=parse_samples(samples),
+        seed=seed,
+        agg=kw["agg"],
+        layer=kw["layer"],
+        kind=kw["kind"],
+        per_element=kw["per_element"],
+        dtype=kw["dtype"],
+        device=kw["device"],
+        batch_size=kw["batch_size"],
+        num_workers=kw["num_workers"],
+        format=kw["data_format"],
+        checkpoint=kw["checkpoint"],
+        progress=not kw["quiet"],
+    )
+    if _is_main_rank():
+        meta = stats.metadata
+        click.echo(
+            f"{output}: {meta.get('n_structures', 0):,} structures, {meta.get('n_atoms', 0):,} atoms, "
+            f"{stats.count:,} samples of dimension {meta.get('feature_dim')} "
+            f"(sampling {meta.get('sampling')}, seed {meta.get('seed')}, extractor {meta.get('extractor')})"
+        )
+

@@ -1,0 +1,259 @@
+"""Dataset -> sampled structures -> backbone features -> streaming :class:`FeatureStats`, cached.
+
+Memory is bounded by one batch plus the O(d^2) accumulator (O(n_elements * d^2) with the
+per-element breakdown), so ``--samples all`` streams any dataset size. A stats object is identified
+by (dataset fingerprint, sampling strategy, n, seed, extractor fingerprint, layer, kind,
+aggregation, dtype, per-element): the same key gives the same statistics, so a cached file is reused
+and an interrupted run resumes from the stats it finished (each file written atomically).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastcsi.errors import FastCSIError
+from fastcsi.pipeline.settings import SampleSpec, stats_key
+
+STATS_FORMAT = "fastcsi-select-stats/1"
+
+
+def aggregate(features: torch.Tensor, batch, agg: str):
+    """Samples for the statistics: (x, groups). ``flat``: one sample per atom, grouped by atomic
+    number; ``mean``/``sum``/``max``: one sample per structure (no element groups)."""
+    if agg == "flat":
+        return features, batch.atomic_numbers
+    n_structures = batch.num_structures
+    index = batch.batch.to(features.device)
+    if agg == "max":
+        out = features.new_full((n_structures, features.shape[1]), float("-inf"))
+        out = out.scatter_reduce(0, index[:, None].expand_as(features), features, reduce="amax")
+        return out, None
+    out = features.new_zeros((n_structures, features.shape[1])).index_add_(0, index, features)
+    if agg == "mean":
+        out = out / batch.natoms.to(out.device, out.dtype)[:, None]
+    return out, None
+
+
+class _NoTrace:
+    def step(self):
+        pass
+
+
+@dataclass
+class StatsCache:
+    """A directory of stats files named by their key. ``None`` directory = no caching."""
+
+    directory: Path | None
+
+    def path(self, key: str, label: str) -> Path | None:
+        if self.directory is None:
+            return None
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:60]
+        return Path(self.directory) / f"{safe}-{key}.npz"
+
+    def load(self, key: str, label: str):
+        path = self.path(key, label)
+        if path is None or not path.exists():
+            return None
+        from fastcsi.stats import FeatureStats
+
+        try:
+            stats = FeatureStats.load(path)
+        except FastCSIError:
+            # A cache entry that cannot be read is recomputed, never trusted.
+            return None
+        if stats.metadata.get("stats_key") != key:
+            return None
+        return stats
+
+    def save(self, key: str, label: str, stats) -> Path | None:
+        path = self.path(key, label)
+        if path is None:
+            return None
+        stats.save(path)  # atomic inside FeatureStats.save
+        return path
+
+
+def key_fields(dataset_fingerprint: str, spec: SampleSpec, extractor, agg: str, per_element: bool) -> dict:
+    return {
+        "format": STATS_FORMAT,
+        "dataset": dataset_fingerprint,
+        "sampling": spec.strategy,
+        "n": spec.n,
+        "seed": spec.seed,
+        "extractor": extractor.fingerprint,
+        "layer": extractor.layer,
+        "kind": extractor.kind,
+        "agg": agg,
+        "dtype": str(extractor.dtype).replace("torch.", ""),
+        "per_element": bool(per_element and agg == "flat"),
+    }
+
+
+def dataset_stats(
+    dataset,
+    label: str,
+    extractor,
+    spec: SampleSpec,
+    *,
+    agg: str = "flat",
+    per_element: bool = True,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    ctx=None,
+    profiler=None,
+    cache: StatsCache | None = None,
+    progress: bool = True,
+    tracer=None,
+):
+    """The :class:`FeatureStats` of ``spec``'s sample of ``dataset`` (from ``cache`` when present).
+
+    Under torch.distributed every rank computes its strided share and the shares are merged exactly
+    with ``FeatureStats.all_reduce``; rank 0 decides cache hits and alone writes the cache.
+    Returns ``(stats, from_cache)``.
+    """
+    from fastcsi.data import iter_batches, sample_indices
+    from fastcsi.pipeline.distributed import DistContext
+    from fastcsi.profiling import Profiler
+    from fastcsi.stats import FeatureStats
+
+    ctx = ctx or DistContext()
+    profiler = profiler or Profiler(enabled=False)
+    tracer = tracer or _NoTrace()
+    fields = key_fields(dataset.fingerprint, spec, extractor, agg, per_element)
+    key = stats_key(fields)
+    cache = cache or StatsCache(None)
+
+    cached = cache.load(key, Path(label).name) if ctx.is_main else None
+    if ctx.broadcast(cached is not None):
+        if ctx.enabled:
+            cached = ctx.broadcast(cached)
+        return cached, True
+
+    with profiler.stage("read"):
+        if spec.strategy == "all":
+            indices = np.arange(len(dataset), dtype=np.int64)
+        else:
+            indices = np.asarray(sample_indices(dataset, spec.n, strategy=spec.strategy, seed=spec.seed), np.int64)
+    # Sorted order reads files sequentially; flat statistics do not depend on the order.
+    indices = ctx.shard(np.sort(indices))
+
+    track_groups = bool(per_element and agg == "flat")
+    stats = FeatureStats(extractor.dim, metadata={}, track_groups=track_groups)
+    n_structures = n_atoms = 0
+    error = None
+    bar = None
+    if progress and ctx.is_main:
+        from tqdm import tqdm
+
+        seed_text = "" if spec.seed is None else f" seed {spec.seed}"
+        bar = tqdm(
+            total=len(indices) * ctx.world_size,
+            desc=f"{Path(label).name}{seed_text}",
+            unit="struct",
+            leave=False,
+            dynamic_ncols=True,
+        )
+    try:
+        batches = iter(iter_batches(
+            dataset,
+            indices,
+            batch_size=batch_size,
+            dtype=extractor.dtype,
+            device=extractor.device,
+            num_workers=num_workers,
+        ))
+        while True:
+            with profiler.stage("read"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            extractor.check_elements(batch.atomic_numbers, where=str(label))
+            with profiler.stage("model"):
+                features = extractor.features(batch)
+            with profiler.stage("stats"):
+                x, groups = aggregate(features, batch, agg)
+                stats.update(x, groups=groups if track_groups else None)
+            tracer.step()
+            n_structures += batch.num_structures
+            n_atoms += batch.num_atoms
+            profiler.count(structures=batch.num_structures, atoms=batch.num_atoms)
+            if bar is not None:
+                bar.update(batch.num_structures * ctx.world_size)
+    except FastCSIError as exc:
+        error = exc
+    finally:
+        if bar is not None:
+            bar.close()
+    ctx.raise_if_any_failed(error)
+
+    if ctx.enabled:
+        with profiler.stage("stats"):
+            stats.all_reduce()
+        n_structures, n_atoms = ctx.sum_ints(n_structures, n_atoms)
+    if stats.count < 2:
+        raise FastCSIError(
+            f"{label}: {stats.count} feature sample(s) from {n_structures} structure(s); the CSI needs "
+            "at least 2 (use more --samples or --agg flat)"
+        )
+    stats.metadata.update(
+        fields,
+        stats_key=key,
+        dataset_path=str(label),
+        dataset_format=getattr(dataset, "format", "unknown"),
+        dataset_size=len(dataset),
+        n_structures=int(n_structures),
+        n_atoms=int(n_atoms),
+        backbone=extractor.description,
+        feature_dim=extractor.dim,
+    )
+    if ctx.is_main:
+        cache.save(key, Path(label).name, stats)
+    return stats, False
+
+
+def open_source(path, format=None, **options):
+    """A dataset to compute stats from, or a precomputed stats file (``.npz`` written by
+    ``fastcsi stats compute`` / ``FeatureStats.save``). Returns ``("stats", FeatureStats)`` or
+    ``("dataset", Dataset)``."""
+    path = Path(path)
+    if not path.exists():
+        raise FastCSIError(f"{path}: no such file or directory")
+    if is_stats_file(path):
+        from fastcsi.stats import FeatureStats
+
+        return "stats", FeatureStats.load(path)
+    from fastcsi.data import open_dataset
+
+    dataset = open_dataset(path, format=format, **options)
+    if len(dataset) == 0:
+        raise FastCSIError(f"{path}: dataset holds no structures")
+    return "dataset", dataset
+
+
+def is_stats_file(path) -> bool:
+    """True for a FeatureStats ``.npz`` (an rMD17/sGDML ``.npz`` dataset is not one)."""
+    path = Path(path)
+    if path.suffix != ".npz" or not path.is_file():
+        return False
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = set(npz.files)
+    except Exception:
+        return False
+    return {"count", "mean", "scatter"} <= names
+
+
+def stats_summary(stats) -> dict:
+    """What a report says about one stats object: counts and the settings that shaped it."""
+    meta = dict(stats.metadata)
+    return {
+        "n_structures": int(meta.get("n_structures", stats.count)),
+        "n_atoms": int(meta.get("n_atoms", stats.count)),
+        "n_samples": int(stats.count),
+        "settings": {k: meta.get(k) for k in sorted(meta) if k not in ("n_structures", "n_atoms")},
+    }
+

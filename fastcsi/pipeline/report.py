@@ -1,0 +1,197 @@
+"""What a selection run leaves behind: ``csi.json``, ``csi.csv``, ``csi.png``,
+``csi_per_element.png`` and the terminal table. Every file is written atomically."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fastcsi.utils import atomic_path, atomic_write
+
+CSV_COLUMNS = (
+    "rank",
+    "upstream",
+    "csi",
+    "csi_std",
+    "mean_term",
+    "trace_term",
+    "n_seeds",
+    "n_structures",
+    "n_atoms",
+    "downstream_n_structures",
+    "downstream_n_atoms",
+)
+
+
+def _symbol(z: int) -> str:
+    from ase.data import chemical_symbols
+
+    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z{z}"
+
+
+def write_json(result: dict, path) -> None:
+    with atomic_write(path) as fh:
+        json.dump(result, fh, indent=1, default=_json_default)
+        fh.write("\n")
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def write_csv(result: dict, path) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    # Settings ride along as comment lines so the CSV alone says what produced it.
+    buf.write(f"# downstream: {result['downstream']['path']}\n")
+    buf.write(f"# settings: {json.dumps(result['settings'], sort_keys=True, default=str)}\n")
+    buf.write(f"# versions: {json.dumps(result['versions'], sort_keys=True)}\n")
+    writer.writerow(CSV_COLUMNS)
+    down = result["downstream"]
+    for row in result["ranking"]:
+        writer.writerow(
+            [
+                row["rank"],
+                row["upstream"],
+                f"{row['csi']:.10g}",
+                f"{row['csi_std']:.6g}",
+                f"{row['mean_term']:.10g}",
+                f"{row['trace_term']:.10g}",
+                len(row["per_seed"]),
+                row["n_structures"],
+                row["n_atoms"],
+                down["n_structures"],
+                down["n_atoms"],
+            ]
+        )
+    with atomic_write(path) as fh:
+        fh.write(buf.getvalue())
+
+
+def _short(label: str, width: int = 40) -> str:
+    name = Path(label).name or label
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
+def plot_ranking(result: dict, path) -> None:
+    """Horizontal bars, closest upstream on top; error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = result["ranking"]
+    labels = [_short(r["upstream"]) for r in rows]
+    values = [r["csi"] for r in rows]
+    errors = [r["csi_std"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * max(len(rows), 1)))
+    y = np.arange(len(rows))
+    ax.barh(y, values, xerr=errors if any(e > 0 for e in errors) else None, color="#4c72b0", capsize=4)
+    ax.set_yticks(y, labels)
+    ax.invert_yaxis()
+    n_seeds = len(result["settings"].get("seeds", [])) or 1
+    ax.set_xlabel(f"CSI (Fréchet distance; lower = closer; error bars: std over {n_seeds} seed(s))")
+    ax.set_title(f"CSI to {_short(result['downstream']['path'], 60)}", fontsize=10)
+    for yi, v in zip(y, values):
+        ax.text(v, yi, f" {v:.4g}", va="center", fontsize=8)
+    ax.margins(x=0.15)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def plot_per_element(result: dict, path) -> None:
+    """Heatmap of per-element CSI: upstreams x elements present in both datasets (blank: absent)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = result["ranking"]
+    elements = sorted({int(e["Z"]) for r in rows for e in r.get("per_element", {}).values()})
+    fig_w = max(4.5, 1.6 + 0.75 * max(len(elements), 1))
+    fig, ax = plt.subplots(figsize=(fig_w, 1.4 + 0.45 * max(len(rows), 1)))
+    if not elements:
+        ax.text(0.5, 0.5, "no element is shared between the downstream and any upstream", ha="center")
+        ax.set_axis_off()
+    else:
+        grid = np.full((len(rows), len(elements)), np.nan)
+        for i, r in enumerate(rows):
+            for e in r.get("per_element", {}).values():
+                grid[i, elements.index(int(e["Z"]))] = e["csi"]
+        image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis_r")
+        ax.set_xticks(range(len(elements)), [_symbol(z) for z in elements])
+        ax.set_yticks(range(len(rows)), [_short(r["upstream"]) for r in rows])
+        finite = grid[np.isfinite(grid)]
+        mid = float(np.median(finite)) if finite.size else 0.0
+        for i in range(grid.shape[0]):
+            for j in range(grid.shape[1]):
+                if np.isfinite(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=7,
+                            color="white" if grid[i, j] > mid else "black")
+        fig.colorbar(image, ax=ax, label="per-element CSI (lower = closer)")
+        ax.set_title(f"Per-element CSI to {_short(result['downstream']['path'], 50)}", fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def format_table(result: dict) -> str:
+    """The ranking as a fixed-width text table for the terminal."""
+    down = result["downstream"]
+    header = ["rank", "upstream", "CSI", "± std", "mean term", "trace term", "structures", "atoms"]
+    lines = []
+    for r in result["ranking"]:
+        lines.append(
+            [
+                str(r["rank"]),
+                _short(r["upstream"], 48),
+                f"{r['csi']:.5g}",
+                f"{r['csi_std']:.2g}" if len(r["per_seed"]) > 1 else "-",
+                f"{r['mean_term']:.5g}",
+                f"{r['trace_term']:.5g}",
+                f"{r['n_structures']:,}",
+                f"{r['n_atoms']:,}",
+            ]
+        )
+    widths = [max(len(h), *(len(l[i]) for l in lines)) if lines else len(h) for i, h in enumerate(header)]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    s = result["settings"]
+    out = [
+        f"CSI ranking (closest first) for downstream {down['path']} "
+        f"({down['n_structures']:,} structures, {down['n_atoms']:,} atoms per seed)",
+        f"backbone: {s.get('backbone')}; layer {s.get('layer')}, {s.get('kind')} features, agg {s.get('agg')}, "
+        f"dim {s.get('feature_dim')}; samples {s.get('samples')} "
+        f"(upstream {s.get('upstream_sampling')}, downstream {s.get('downstream_sampling')}); "
+        f"seeds {','.join(str(x) for x in s.get('seeds', []))}",
+        "",
+        fmt(header),
+        fmt(["-" * w for w in widths]),
+    ]
+    out += [fmt(l) for l in lines]
+    return "\n".join(out)
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size == 0:
+        return math.nan, math.nan
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0

@@ -1,0 +1,445 @@
+"""Rank candidate upstream datasets by their Chemical Similarity Index to a downstream dataset.
+
+For each seed s, the downstream sample (random, seed s) and each upstream sample (class-balanced,
+seed s) go through the frozen backbone; the per-atom features, flattened over atoms, feed streaming
+mean/covariance statistics, and the CSI of the pair is the Fréchet distance between the two
+Gaussians. The ranking sorts upstreams by the mean CSI over seeds (closest first); the spread over
+seeds says how much of the ordering is sampling noise. Paths may also name precomputed stats
+``.npz`` files (``fastcsi stats compute``), compared only when their extractor fingerprints match.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fastcsi.errors import FastCSIError
+from fastcsi.pipeline.compute import StatsCache, dataset_stats, open_source
+from fastcsi.pipeline.distributed import DistContext, init_distributed
+from fastcsi.pipeline.report import (
+    _symbol,
+    format_table,
+    mean_std,
+    plot_per_element,
+    plot_ranking,
+    write_csv,
+    write_json,
+)
+from fastcsi.pipeline.settings import ADEQUATE_SAMPLES_PER_DIM, SampleSpec, SelectSettings
+from fastcsi.utils import versions
+
+RESULT_FORMAT = "fastcsi-csi/1"
+# Settings that must agree between two stats objects for their CSI to mean anything.
+_MUST_MATCH = ("layer", "kind", "agg")
+
+
+class _Source:
+    """One path of the run: a dataset to sample, or a stats file used for every seed."""
+
+    def __init__(self, label: str, kind: str, obj):
+        self.label = label
+        self.kind = kind
+        self.obj = obj
+
+    def close(self):
+        if self.kind == "dataset":
+            with contextlib.suppress(Exception):
+                self.obj.close()
+
+
+def _check_settings_match(down, up, down_label, up_label):
+    from fastcsi.stats import check_comparable
+
+    try:
+        check_comparable(down, up)
+    except FastCSIError as exc:
+        raise FastCSIError(
+            f"{up_label} cannot be compared with {down_label}: {exc} (compute both with the same "
+            "--checkpoint, --layer and --kind)"
+        ) from None
+    for name in _MUST_MATCH:
+        a, b = down.metadata.get(name), up.metadata.get(name)
+        if a is not None and b is not None and a != b:
+            raise FastCSIError(
+                f"{up_label} was computed with {name}={b!r} but {down_label} with {name}={a!r}; "
+                "recompute one of them with matching settings"
+            )
+
+
+class StatsProvider:
+    """Hands out the stats of (source, sampling strategy, seed), each computed at most once per run
+    and reused across runs through the cache."""
+
+    def __init__(self, settings, extractor_factory, ctx, profiler, cache, progress, tracer):
+        self.settings = settings
+        self._extractor_factory = extractor_factory
+        self._extractor = None
+        self.ctx = ctx
+        self.profiler = profiler
+        self.cache = cache
+        self.progress = progress
+        self.tracer = tracer
+        self._memo = {}
+        self.cache_hits = 0
+        self.computed = 0
+
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            self._extractor = self._extractor_factory()
+        return self._extractor
+
+    def get(self, source: _Source, strategy: str, seed: int):
+        if source.kind == "stats":
+            return source.obj
+        spec = SampleSpec.make(strategy, self.settings.samples, seed, len(source.obj))
+        memo_key = (source.label, spec)
+        if memo_key not in self._memo:
+            stats, hit = dataset_stats(
+                source.obj,
+                source.label,
+                self.extractor,
+                spec,
+                agg=self.settings.agg,
+                per_element=self.settings.per_element,
+                batch_size=self.settings.batch_size,
+                num_workers=self.settings.num_workers,
+                ctx=self.ctx,
+                profiler=self.profiler,
+                cache=self.cache,
+                progress=self.progress,
+                tracer=self.tracer,
+            )
+            self.cache_hits += int(hit)
+            self.computed += int(not hit)
+            self._memo[memo_key] = stats
+        return self._memo[memo_key]
+
+
+def _counts(stats) -> tuple[int, int]:
+    meta = stats.metadata
+    return int(meta.get("n_structures", stats.count)), int(meta.get("n_atoms", stats.count))
+
+
+def _element_counts(stats) -> dict:
+    groups = getattr(stats, "groups", None) or {}
+    return {int(z): int(g.count) for z, g in groups.items()}
+
+
+def run_select(
+    downstream,
+    upstreams,
+    settings: SelectSettings | None = None,
+    *,
+    checkpoint=None,
+    outdir="runs/select",
+    cache_dir=None,
+    use_cache: bool = True,
+    trace: bool = False,
+    progress: bool = True,
+    extractor=None,
+) -> dict:
+    """Compute the CSI of every upstream to ``downstream`` and write the outputs into ``outdir``.
+
+    Returns the result dict that ``csi.json`` holds (on every rank; only rank 0 writes files).
+    """
+    from fastcsi.pipeline.backbone import load_extractor, resolve_device
+    from fastcsi.profiling import Profiler, torch_trace
+    from fastcsi.stats import csi as csi_fn
+
+    settings = settings or SelectSettings()
+    upstreams = list(upstreams)
+    if not upstreams:
+        raise FastCSIError("give at least one --upstream dataset to rank")
+    labels = [str(downstream)] + [str(u) for u in upstreams]
+    if len(set(labels[1:])) != len(labels[1:]):
+        raise FastCSIError("the same --upstream path is given twice")
+
+    t0 = time.perf_counter()
+    ctx = init_distributed(settings.device)
+    try:
+        device = resolve_device(settings.device, ctx.local_rank if ctx.enabled else None)
+        profiler = Profiler(device=device)
+        outdir = Path(outdir)
+        cache = StatsCache(Path(cache_dir) if cache_dir else outdir / "cache") if use_cache else StatsCache(None)
+
+        sources = []
+        try:
+            with profiler.stage("read"):
+                for label in labels:
+                    kind, obj = open_source(label, format=settings.format, **settings.data_options)
+                    sources.append(_Source(label, kind, obj))
+
+            def make_extractor():
+                if extractor is not None:
+                    return extractor
+                return load_extractor(checkpoint, settings.layer, settings.kind, device, settings.dtype)
+
+            trace_cm = torch_trace(outdir / "trace", enabled=trace and ctx.is_main)
+            with trace_cm as tracer:
+                provider = StatsProvider(settings, make_extractor, ctx, profiler, cache, progress, tracer)
+                result = _rank(sources, settings, provider, profiler, csi_fn)
+        finally:
+            for s in sources:
+                s.close()
+
+        profiler.stop()
+        wall = time.perf_counter() - t0
+        run_settings = settings.to_dict()
+        if provider._extractor is not None:
+            run_settings.update(provider.extractor.describe())
+        else:  # every input was a stats file: describe the extractor they share
+            meta = sources[0].obj.metadata
+            run_settings.update({k: meta.get(k) for k in ("backbone", "extractor", "layer", "kind", "feature_dim")})
+        run_settings.update(
+            checkpoint=None if checkpoint is None else str(checkpoint),
+            device=str(device),
+            world_size=ctx.world_size,
+            cache_dir=None if cache.directory is None else str(cache.directory),
+        )
+        result.update(
+            settings=run_settings,
+            versions=versions(),
+            wall_s=wall,
+            cache={"hits": provider.cache_hits, "computed": provider.computed},
+        )
+        if ctx.is_main:
+            result["profile"] = _write_outputs(result, outdir, profiler, run_settings)
+        return result
+    finally:
+        ctx.close()
+
+
+def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
+    down_src, up_srcs = sources[0], sources[1:]
+    seeds = list(settings.seeds)
+    per_seed_down = {seed: provider.get(down_src, settings.downstream_sampling, seed) for seed in seeds}
+    warnings = []
+    dims = set()
+
+    rows = []
+    for up_src in up_srcs:
+        per_seed = []
+        per_element_values = {}
+        for seed in seeds:
+            down = per_seed_down[seed]
+            up = provider.get(up_src, settings.upstream_sampling, seed)
+            _check_settings_match(down, up, down_src.label, up_src.label)
+            want_groups = settings.per_element and bool(getattr(down, "groups", None)) and bool(
+                getattr(up, "groups", None)
+            )
+            with profiler.stage("distance"):
+                res = csi_fn(down, up, per_group=want_groups)
+            dims.add(int(down.mean.shape[0]))
+            n_s, n_a = _counts(up)
+            d_s, d_a = _counts(down)
+            per_seed.append(
+                {
+                    "seed": seed,
+                    "csi": float(res.csi),
+                    "mean_term": float(res.mean_term),
+                    "trace_term": float(res.trace_term),
+                    "n_structures": n_s,
+                    "n_atoms": n_a,
+                    "n_samples": int(up.count),
+                    "downstream_n_structures": d_s,
+                    "downstream_n_atoms": d_a,
+                    "downstream_n_samples": int(down.count),
+                    "upstream_seed": up.metadata.get("seed"),
+                    "downstream_seed": down.metadata.get("seed"),
+                }
+            )
+            if want_groups and res.per_group:
+                down_counts, up_counts = _element_counts(down), _element_counts(up)
+                for z, g in res.per_group.items():
+                    entry = per_element_values.setdefault(int(z), {"csi": [], "down": [], "up": []})
+                    entry["csi"].append(float(g.csi) if hasattr(g, "csi") else float(g))
+                    entry["down"].append(down_counts.get(int(z), 0))
+                    entry["up"].append(up_counts.get(int(z), 0))
+        csi_mean, csi_std = mean_std([p["csi"] for p in per_seed])
+        per_element = {}
+        for z in sorted(per_element_values):
+            v = per_element_values[z]
+            m, s = mean_std(v["csi"])
+            per_element[_symbol(z)] = {
+                "Z": z,
+                "csi": m,
+                "csi_std": s,
+                "n_atoms_upstream": int(round(np.mean(v["up"]))),
+                "n_atoms_downstream": int(round(np.mean(v["down"]))),
+            }
+        first_up = provider.get(up_src, settings.upstream_sampling, seeds[0])
+        rows.append(
+            {
+                "upstream": up_src.label,
+                "source": up_src.kind,
+                "csi": csi_mean,
+                "csi_std": csi_std,
+                "csi_rel_std": csi_std / csi_mean if csi_mean > 0 else 0.0,
+                "mean_term": mean_std([p["mean_term"] for p in per_seed])[0],
+                "trace_term": mean_std([p["trace_term"] for p in per_seed])[0],
+                "n_structures": int(round(np.mean([p["n_structures"] for p in per_seed]))),
+                "n_atoms": int(round(np.mean([p["n_atoms"] for p in per_seed]))),
+                "per_seed": per_seed,
+                "per_element": per_element,
+                "stats_settings": _public_metadata(first_up),
+            }
+        )
+
+    rows.sort(key=lambda r: r["csi"])
+    for i, r in enumerate(rows, 1):
+        r["rank"] = i
+
+    down_first = per_seed_down[seeds[0]]
+    d_counts = [_counts(per_seed_down[s]) for s in seeds]
+    downstream = {
+        "path": down_src.label,
+        "source": down_src.kind,
+        "n_structures": int(round(np.mean([c[0] for c in d_counts]))),
+        "n_atoms": int(round(np.mean([c[1] for c in d_counts]))),
+        "per_seed": [
+            {"seed": s, "n_structures": c[0], "n_atoms": c[1], "n_samples": int(per_seed_down[s].count)}
+            for s, c in zip(seeds, d_counts)
+        ],
+        "stats_settings": _public_metadata(down_first),
+    }
+    adequacy = _adequacy(rows, downstream, per_seed_down, provider, up_srcs, settings, dims, warnings)
+    return {
+        "format": RESULT_FORMAT,
+        "downstream": downstream,
+        "ranking": rows,
+        "adequacy": adequacy,
+        "warnings": warnings,
+    }
+
+
+def _public_metadata(stats) -> dict:
+    return {k: v for k, v in sorted(stats.metadata.items())}
+
+
+def _adequacy(rows, downstream, per_seed_down, provider, up_srcs, settings, dims, warnings) -> dict:
+    """Is the sample big enough? Samples per feature dimension, and how stable the ranking is."""
+    dim = max(dims) if dims else 0
+    need = ADEQUATE_SAMPLES_PER_DIM * dim
+    unit = "atoms" if settings.agg == "flat" else "structures"
+    low = []
+    for label, counts in [(downstream["path"], [p["n_samples"] for p in downstream["per_seed"]])] + [
+        (r["upstream"], [p["n_samples"] for p in r["per_seed"]]) for r in rows
+    ]:
+        if min(counts) < need:
+            low.append(label)
+            warnings.append(
+                f"{label}: {min(counts):,} feature samples ({unit}) for feature dimension {dim}, fewer "
+                f"than {ADEQUATE_SAMPLES_PER_DIM}x: the covariance is poorly determined and the CSI is "
+                "biased upwards; use more --samples"
+            )
+    seeds = list(settings.seeds)
+    order_per_seed = []
+    if len(seeds) > 1 and rows:
+        for i in range(len(seeds)):
+            order_per_seed.append([r["upstream"] for r in sorted(rows, key=lambda r: r["per_seed"][i]["csi"])])
+    stable = all(o == order_per_seed[0] for o in order_per_seed) if order_per_seed else None
+    if stable is False:
+        warnings.append("the ranking differs between seeds: the closest upstreams are within sampling noise")
+    overlaps = []
+    for a, b in zip(rows, rows[1:]):
+        if len(seeds) > 1 and b["csi"] - a["csi"] < a["csi_std"] + b["csi_std"]:
+            overlaps.append([a["upstream"], b["upstream"]])
+    return {
+        "feature_dim": dim,
+        "samples_per_dim_required": ADEQUATE_SAMPLES_PER_DIM,
+        "min_samples_required": need,
+        "below_required": low,
+        "n_seeds": len(seeds),
+        "ranking_stable_across_seeds": stable,
+        "max_rel_std": max((r["csi_rel_std"] for r in rows), default=0.0),
+        "neighbours_within_1std": overlaps,
+    }
+
+
+def _write_outputs(result: dict, outdir: Path, profiler, run_settings) -> dict:
+    outdir.mkdir(parents=True, exist_ok=True)
+    summary = profiler.write(outdir, settings=run_settings, title="fastcsi select profile")
+    profile = {
+        "wall_s": summary["wall_s"],
+        "stages_s": {k: v["total_s"] for k, v in summary["stages"].items()},
+        "throughput": summary["throughput"],
+        "memory": summary["memory"],
+    }
+    result["profile"] = profile
+    write_json(result, outdir / "csi.json")
+    write_csv(result, outdir / "csi.csv")
+    plot_ranking(result, outdir / "csi.png")
+    if run_settings.get("per_element", True):
+        plot_per_element(result, outdir / "csi_per_element.png")
+    return profile
+
+
+def compute_stats_file(
+    dataset_path,
+    output,
+    *,
+    sampling: str = "balanced",
+    samples: int | None = 10_000,
+    seed: int = 0,
+    agg: str = "flat",
+    layer: str = "final",
+    kind: str = "node",
+    per_element: bool = True,
+    dtype: str = "float32",
+    device: str = "auto",
+    batch_size: int = 16,
+    num_workers: int = 0,
+    format: str | None = None,
+    checkpoint=None,
+    progress: bool = True,
+    data_options: dict | None = None,
+    extractor=None,
+):
+    """Compute one dataset's stats on its own and save them to ``output`` (``.npz``) for use as a
+    ``select`` input elsewhere. Returns the FeatureStats (on every rank; rank 0 writes)."""
+    from fastcsi.pipeline.backbone import load_extractor, resolve_device
+    from fastcsi.pipeline.settings import SAMPLING_STRATEGIES, parse_samples
+    from fastcsi.profiling import Profiler
+
+    if sampling not in SAMPLING_STRATEGIES:
+        raise FastCSIError(f"--sampling {sampling!r}: choose one of {', '.join(SAMPLING_STRATEGIES)}")
+    samples = parse_samples(samples) if samples is not None else None
+    output = Path(output)
+    if output.suffix != ".npz":
+        raise FastCSIError(f"{output}: the stats output must be a .npz file")
+    # Validates agg/kind/dtype etc. the same way select does.
+    SelectSettings(samples=samples, agg=agg, layer=layer, kind=kind, dtype=dtype, seeds=(seed,))
+    ctx = init_distributed(device)
+    try:
+        dev = resolve_device(device, ctx.local_rank if ctx.enabled else None)
+        kind_, dataset = open_source(dataset_path, format=format, **(data_options or {}))
+        if kind_ != "dataset":
+            raise FastCSIError(f"{dataset_path}: is already a stats file, not a dataset")
+        try:
+            ext = extractor or load_extractor(checkpoint, layer, kind, dev, dtype)
+            spec = SampleSpec.make(sampling, samples, seed, len(dataset))
+            stats, _ = dataset_stats(
+                dataset,
+                str(dataset_path),
+                ext,
+                spec,
+                agg=agg,
+                per_element=per_element,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                ctx=ctx,
+                profiler=Profiler(device=dev),
+                cache=StatsCache(None),
+                progress=progress,
+            )
+        finally:
+            dataset.close()
+        stats.metadata.update(ext.describe(), checkpoint=None if checkpoint is None else str(checkpoint))
+        if ctx.is_main:
+            stats.save(output)
+        return stats
+    finally:
+        ctx.close()
