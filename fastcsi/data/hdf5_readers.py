@@ -1,0 +1,341 @@
+"""HDF5 readers: ANI-1x, ANI-1 (ani_gdb_s0X), ANI-2x, Transition-1x and SPICE.
+
+Each reader walks the group tree once on open, keeping only group names, row counts and atom
+counts (dataset shapes, no data), then reads one row of one dataset per structure.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fastcsi.data.base import Dataset, chemical_symbols, formula_of
+from fastcsi.data.structure import Structure
+from fastcsi.data.units import BOHR_ANGSTROM, HARTREE_EV, energy_factor, force_factor, length_factor
+from fastcsi.errors import FastCSIError
+
+
+def open_h5(path):
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except FileNotFoundError:
+        raise FastCSIError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise FastCSIError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+
+
+def _energy_or_none(value, factor):
+    value = float(np.asarray(value).reshape(-1)[0])
+    return None if not np.isfinite(value) else value * factor
+
+
+class _GroupedH5Dataset(Dataset):
+    """Structures stored as rows of per-group arrays. Subclasses fill ``_groups`` (HDF5 paths),
+    ``_counts`` (rows per group), ``_natoms`` (atoms per group, or per row via override) and
+    ``_group_class`` (class key per group) in ``_index``."""
+
+    def __init__(self, path, **options):
+        super().__init__(path, **options)
+        self._h5 = None
+        try:
+            self._index(self._file())
+        except KeyError as exc:
+            raise FastCSIError(f"{self.path}: expected key missing in the {self.format} layout ({exc})") from None
+        if not self._groups:
+            raise FastCSIError(f"{self.path}: no structures found in the {self.format} layout")
+        self._counts = np.asarray(self._counts, dtype=np.int64)
+        self._offsets = np.concatenate([[0], np.cumsum(self._counts)])
+
+    def _file(self):
+        self._check_process()
+        if self._h5 is None:
+            self._h5 = open_h5(self.path)
+        return self._h5
+
+    def _handle_attributes(self):
+        return ("_h5",)
+
+    def _close_handles(self):
+        if self._h5 is not None:
+            try:
+                self._h5.close()
+            except Exception:  # a handle inherited through fork may already be unusable
+                pass
+            self._h5 = None
+
+    def __len__(self):
+        return int(self._offsets[-1])
+
+    def _locate(self, i):
+        g = int(np.searchsorted(self._offsets, i, side="right") - 1)
+        return g, i - int(self._offsets[g])
+
+    def _group(self, i):
+        g, row = self._locate(i)
+        return g, row, self._file()[self._groups[g]]
+
+    def class_keys(self):
+        return np.repeat(np.asarray(self._group_class, dtype=str), self._counts)
+
+    def n_atoms_per_structure(self):
+        return np.repeat(np.asarray(self._natoms, dtype=np.int64), self._counts)
+
+    def _row(self, group, key, row, where):
+        try:
+            return np.asarray(group[key][row])
+        except KeyError:
+            raise FastCSIError(f"{self.path}: {where}: dataset {key!r} missing") from None
+        except OSError as exc:
+            raise FastCSIError(f"{self.path}: {where}: cannot read {key!r} (corrupt file? {exc})") from None
+
+
+class ANI1xDataset(_GroupedH5Dataset):
+    """ANI-1x release layout: one group per formula holding ``atomic_numbers`` (N,),
+    ``coordinates`` (M,N,3) Å and ``<level>.energy`` (M,) Ha / ``<level>.forces`` (M,N,3) Ha/Å."""
+
+    format = "ani1x"
+
+    def __init__(self, path, level: str = "wb97x_dz", energy_key=None, forces_key=None, **options):
+        self.level = level
+        self.energy_key = energy_key or f"{level}.energy"
+        self.forces_key = forces_key or f"{level}.forces"
+        super().__init__(path, level=level, energy_key=energy_key, forces_key=forces_key, **options)
+        self.units_note = (
+            f"energy {self.energy_key} Ha -> eV (x{HARTREE_EV}); forces {self.forces_key} Ha/Å -> eV/Å; "
+            "coordinates already Å"
+        )
+
+    def _index(self, h5):
+        self._groups, self._counts, self._natoms, self._group_class = [], [], [], []
+        levels = set()
+        for name, group in h5.items():
+            if not hasattr(group, "keys") or "coordinates" not in group:
+                continue
+            levels.update(k[: -len(".energy")] for k in group.keys() if k.endswith(".energy"))
+            shape = group["coordinates"].shape
+            self._groups.append(name)
+            self._counts.append(shape[0])
+            self._natoms.append(shape[1])
+            self._group_class.append(name)
+        if levels and not any(self.energy_key in self._file()[g] for g in self._groups):
+            raise FastCSIError(
+                f"{self.path}: energy key {self.energy_key!r} not found; levels present: {sorted(levels)}"
+            )
+
+    def _read(self, i):
+        g, row, group = self._group(i)
+        where = f"structure {i} ({self._groups[g]}/{row})"
+        numbers = self._row(group, "atomic_numbers", slice(None), where)
+        pos = self._row(group, "coordinates", row, where)
+        energy = forces = None
+        if self.energy_key in group:
+            energy = _energy_or_none(group[self.energy_key][row], HARTREE_EV)
+        if self.forces_key in group:
+            forces = np.asarray(group[self.forces_key][row], dtype=np.float64) * HARTREE_EV
+            if not np.isfinite(forces).all():
+                forces = None
+        return Structure(numbers, pos, energy=energy, forces=forces, class_key=self._groups[g],
+                         id=f"{self._groups[g]}/{row}")
+
+
+class ANI2xDataset(_GroupedH5Dataset):
+    """ANI-2x release layout: groups by atom count (``002``, ...) holding ``species`` (M,N)
+    atomic numbers, ``coordinates`` Å, ``energies`` Ha, ``forces`` Ha/Å. Class = formula."""
+
+    format = "ani2x"
+    units_note = f"energies Ha -> eV (x{HARTREE_EV}); forces Ha/Å -> eV/Å; coordinates already Å"
+
+    def __init__(self, path, energy_key=None, forces_key=None, **options):
+        self.energy_key = energy_key or "energies"
+        self.forces_key = forces_key or "forces"
+        super().__init__(path, energy_key=energy_key, forces_key=forces_key, **options)
+        self._class_cache = None
+
+    def _index(self, h5):
+        self._groups, self._counts, self._natoms, self._group_class = [], [], [], []
+        for name, group in h5.items():
+            if not hasattr(group, "keys") or "species" not in group:
+                continue
+            shape = group["coordinates"].shape
+            self._groups.append(name)
+            self._counts.append(shape[0])
+            self._natoms.append(shape[1])
+
+    def class_keys(self):
+        # Species arrays are small integers: reading them is cheap next to coordinates.
+        if self._class_cache is None:
+            keys = []
+            for name in self._groups:
+                species = np.asarray(self._file()[name]["species"])
+                keys.extend(formula_of(row[row > 0]) for row in species)
+            self._class_cache = np.asarray(keys, dtype=str)
+        return self._class_cache
+
+    def _read(self, i):
+        g, row, group = self._group(i)
+        where = f"structure {i} ({self._groups[g]}/{row})"
+        numbers = self._row(group, "species", row, where)
+        pos = self._row(group, "coordinates", row, where)
+        keep = numbers > 0  # padded rows carry species 0 in some ANI-2x exports
+        energy = forces = None
+        if self.energy_key in group:
+            energy = _energy_or_none(group[self.energy_key][row], HARTREE_EV)
+        if self.forces_key in group:
+            forces = np.asarray(group[self.forces_key][row], dtype=np.float64)[keep] * HARTREE_EV
+        return Structure(numbers[keep], pos[keep], energy=energy, forces=forces,
+                         class_key=formula_of(numbers[keep]), id=f"{self._groups[g]}/{row}")
+
+
+class ANI1Dataset(_GroupedH5Dataset):
+    """Original ANI-1 ``ani_gdb_s0X.h5`` layout: ``gdb11_s0X/gdb11_s0X-N/`` with ``species`` (|S1
+    symbols), ``coordinates`` Å, ``energies`` Ha; no forces. The ``*HE`` (high-energy) arrays are
+    not read, as in the reference loader. Class = molecule group. Composition comes from
+    ``species`` (``smiles`` is wrong in some copies)."""
+
+    format = "ani1"
+    units_note = f"energies Ha -> eV (x{HARTREE_EV}); coordinates already Å; no forces stored"
+
+    def __init__(self, path, energy_key=None, **options):
+        self.energy_key = energy_key or "energies"
+        super().__init__(path, energy_key=energy_key, **options)
+        self._numbers = {}
+
+    def _index(self, h5):
+        self._groups, self._counts, self._natoms, self._group_class = [], [], [], []
+        for top_name, top in h5.items():
+            if not hasattr(top, "keys"):
+                continue
+            for name, group in top.items():
+                if not hasattr(group, "keys") or "species" not in group:
+                    continue
+                shape = group["coordinates"].shape
+                path = f"{top_name}/{name}"
+                self._groups.append(path)
+                self._counts.append(shape[0])
+                self._natoms.append(shape[1])
+                self._group_class.append(name)
+
+    def _species_numbers(self, g, group):
+        if g not in self._numbers:
+            symbols = chemical_symbols()
+            raw = [s.decode() if isinstance(s, bytes) else str(s) for s in np.asarray(group["species"])]
+            try:
+                self._numbers[g] = np.array([symbols.index(s) for s in raw], dtype=np.int64)
+            except ValueError:
+                raise FastCSIError(f"{self.path}: {self._groups[g]}: unknown element symbol in species {raw}") from None
+        return self._numbers[g]
+
+    def _read(self, i):
+        g, row, group = self._group(i)
+        where = f"structure {i} ({self._groups[g]}/{row})"
+        numbers = self._species_numbers(g, group)
+        pos = self._row(group, "coordinates", row, where)
+        energy = None
+        if self.energy_key in group:
+            energy = _energy_or_none(group[self.energy_key][row], HARTREE_EV)
+        return Structure(numbers, pos, energy=energy, class_key=self._group_class[g],
+                         id=f"{self._groups[g]}/{row}")
+
+
+class Transition1xDataset(_GroupedH5Dataset):
+    """Transition-1x: ``<split>/<formula>/<rxn>/`` with ``atomic_numbers``, ``positions`` Å,
+    ``<level>.energy`` eV, ``<level>.forces`` eV/Å. Structures are the rows of each reaction's
+    ``positions`` in the chosen split; the ``reactant``/``product``/``transition_state``
+    subgroups are views of path endpoints and are not read. Class = reaction."""
+
+    format = "t1x"
+    units_note = "none: Transition-1x stores Å, eV and eV/Å"
+    SPLITS = ("data", "train", "val", "test")
+
+    def __init__(self, path, split: str = "data", level: str = "wB97x_6-31G(d)", energy_key=None,
+                 forces_key=None, **options):
+        if split not in self.SPLITS:
+            raise FastCSIError(f"{path}: unknown Transition-1x split {split!r} (choose from {self.SPLITS})")
+        self.split = split
+        self.energy_key = energy_key or f"{level}.energy"
+        self.forces_key = forces_key or f"{level}.forces"
+        super().__init__(path, split=split, level=level, energy_key=energy_key, forces_key=forces_key, **options)
+
+    def _index(self, h5):
+        if self.split not in h5:
+            raise FastCSIError(f"{self.path}: split {self.split!r} not in file (has {sorted(h5.keys())})")
+        self._groups, self._counts, self._natoms, self._group_class = [], [], [], []
+        for formula, fgroup in h5[self.split].items():
+            for rxn, group in fgroup.items():
+                if not hasattr(group, "keys") or "positions" not in group:
+                    continue
+                shape = group["positions"].shape
+                self._groups.append(f"{self.split}/{formula}/{rxn}")
+                self._counts.append(shape[0])
+                self._natoms.append(shape[1])
+                self._group_class.append(f"{formula}/{rxn}")
+
+    def _read(self, i):
+        g, row, group = self._group(i)
+        where = f"structure {i} ({self._groups[g]}/{row})"
+        numbers = self._row(group, "atomic_numbers", slice(None), where)
+        pos = self._row(group, "positions", row, where)
+        energy = forces = None
+        if self.energy_key in group:
+            energy = _energy_or_none(group[self.energy_key][row], 1.0)
+        if self.forces_key in group:
+            forces = np.asarray(group[self.forces_key][row], dtype=np.float64)
+        return Structure(numbers, pos, energy=energy, forces=forces, class_key=self._group_class[g],
+                         id=f"{self._group_class[g]}/{row}")
+
+
+class SpiceDataset(_GroupedH5Dataset):
+    """SPICE: one group per molecule with ``atomic_numbers``, ``conformations`` (units attr, bohr),
+    ``dft_total_energy`` (hartree) and ``dft_total_gradient`` (hartree/bohr; forces = -gradient).
+    The ``units`` attributes are honoured; when absent the SPICE defaults are assumed."""
+
+    format = "spice"
+
+    def __init__(self, path, energy_key=None, forces_key=None, **options):
+        self.energy_key = energy_key or "dft_total_energy"
+        self.forces_key = forces_key or "dft_total_gradient"
+        super().__init__(path, energy_key=energy_key, forces_key=forces_key, **options)
+        self._factors = {}
+        self.units_note = (
+            f"conformations bohr -> Å (x{BOHR_ANGSTROM}); {self.energy_key} hartree -> eV (x{HARTREE_EV}); "
+            f"forces = -{self.forces_key} hartree/bohr -> eV/Å (units read from the HDF5 'units' attributes)"
+            if "gradient" in self.forces_key
+            else f"units read from the HDF5 'units' attributes; energy {self.energy_key}, forces {self.forces_key}"
+        )
+
+    def _index(self, h5):
+        self._groups, self._counts, self._natoms, self._group_class = [], [], [], []
+        for name, group in h5.items():
+            if not hasattr(group, "keys") or "conformations" not in group:
+                continue
+            shape = group["conformations"].shape
+            self._groups.append(name)
+            self._counts.append(shape[0])
+            self._natoms.append(shape[1])
+            self._group_class.append(name)
+
+    def _unit_factor(self, group, key, kind, default):
+        cache_key = (group.name, key)
+        if cache_key not in self._factors:
+            unit = group[key].attrs.get("units", default)
+            where = f"{self.path}: {group.name}/{key}"
+            convert = {"length": length_factor, "energy": energy_factor, "force": force_factor}[kind]
+            self._factors[cache_key] = convert(unit, where)
+        return self._factors[cache_key]
+
+    def _read(self, i):
+        g, row, group = self._group(i)
+        where = f"structure {i} ({self._groups[g]}/{row})"
+        numbers = self._row(group, "atomic_numbers", slice(None), where)
+        pos = self._row(group, "conformations", row, where).astype(np.float64)
+        pos = pos * self._unit_factor(group, "conformations", "length", "bohr")
+        energy = forces = None
+        if self.energy_key in group:
+            energy = _energy_or_none(group[self.energy_key][row],
+                                     self._unit_factor(group, self.energy_key, "energy", "hartree"))
+        if self.forces_key in group:
+            sign = -1.0 if "gradient" in self.forces_key else 1.0
+            factor = self._unit_factor(group, self.forces_key, "force", "hartree/bohr")
+            forces = sign * factor * np.asarray(group[self.forces_key][row], dtype=np.float64)
+        return Structure(numbers, pos, energy=energy, forces=forces, class_key=self._groups[g],
+                         id=f"{self._groups[g]}/{row}")
