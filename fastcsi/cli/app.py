@@ -39,6 +39,11 @@ def _register():
 
     cli.add_command(data_cmds.data)
 
+    from fastcsi.cli import stats as stats_cmds
+
+    cli.add_command(stats_cmds.stats)
+    cli.add_command(stats_cmds.csi_cmd)
+
     from fastcsi.cli import select as select_cmds
 
     cli.add_command(select_cmds.select)

@@ -158,6 +158,12 @@ class FeatureStats:
     def merge(self, other: "FeatureStats") -> "FeatureStats":
         """Absorb ``other`` exactly (Chan et al.); groups and metadata are merged too."""
         check_comparable(self, other)
+        if self._count and other._count and self.track_groups != other.track_groups:
+            with_groups, without = (self, other) if self.track_groups else (other, self)
+            raise FastCSIError(
+                f"{_label(with_groups, 'one stats')} tracks per-element groups but "
+                f"{_label(without, 'the other')} does not; merge stats computed the same way"
+            )
         self._absorb(other._count, other._mean, other._scatter)
         for label, group in other._groups.items():
             mine = self._groups.get(label)
