@@ -24,12 +24,9 @@ def open_h5(path):
         raise FastCSIError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
 
 
-def _energy_or_none(value, factor):
-    value = float(np.asarray(value).reshape(-1)[0])
-    return None if not np.isfinite(value) else value * factor
-
-
 class _GroupedH5Dataset(Dataset):
+    BLOCK = 1024  # rows read at once when streaming (bounded memory)
+
     """Structures stored as rows of per-group arrays. Subclasses fill ``_groups`` (HDF5 paths),
     ``_counts`` (rows per group), ``_natoms`` (atoms per group, or per row via override) and
     ``_group_class`` (class key per group) in ``_index``."""
@@ -44,6 +41,7 @@ class _GroupedH5Dataset(Dataset):
         if not self._groups:
             raise FastCSIError(f"{self.path}: no structures found in the {self.format} layout")
         self._counts = np.asarray(self._counts, dtype=np.int64)
+        self.forces_key = getattr(self, "forces_key", None)
         self._offsets = np.concatenate([[0], np.cumsum(self._counts)])
 
     def _file(self):
@@ -70,9 +68,53 @@ class _GroupedH5Dataset(Dataset):
         g = int(np.searchsorted(self._offsets, i, side="right") - 1)
         return g, i - int(self._offsets[g])
 
-    def _group(self, i):
+    def _read(self, i):
         g, row = self._locate(i)
-        return g, row, self._file()[self._groups[g]]
+        return self._read_rows(g, row, row + 1)[0]
+
+    def __iter__(self):
+        # Streams blocks of rows per group: one HDF5 read per block instead of one per structure.
+        i = 0
+        for g, count in enumerate(self._counts):
+            for start in range(0, int(count), self.BLOCK):
+                stop = min(int(count), start + self.BLOCK)
+                self._check_process()
+                for s in self._read_rows(g, start, stop):
+                    yield s.validate(where=f"{self.path}: structure {i}")
+                    i += 1
+
+    def _block(self, group, key, start, stop, g):
+        """Rows ``start:stop`` of dataset ``key`` in group ``g`` (float64 for floats)."""
+        try:
+            return np.asarray(group[key][start:stop])
+        except KeyError:
+            raise FastCSIError(f"{self.path}: {self._groups[g]}: dataset {key!r} missing") from None
+        except OSError as exc:
+            raise FastCSIError(f"{self.path}: {self._groups[g]}: cannot read {key!r} (corrupt file? {exc})") from None
+
+    def _labels(self, group, g, start, stop, efactor, ffactor):
+        energies = forces = None
+        if self.energy_key in group:
+            energies = self._block(group, self.energy_key, start, stop, g).astype(np.float64).reshape(stop - start, -1)[:, 0]
+            energies = np.where(np.isfinite(energies), energies * efactor, np.nan)
+        if self.forces_key is not None and self.forces_key in group:
+            forces = self._block(group, self.forces_key, start, stop, g).astype(np.float64) * ffactor
+        return energies, forces
+
+    def _records(self, g, start, numbers, pos, energies, forces, class_key, cell=None):
+        """Structures from block arrays; a NaN energy or force block means 'not computed'."""
+        out = []
+        for k in range(len(pos)):
+            e = None if energies is None or not np.isfinite(energies[k]) else float(energies[k])
+            f = None if forces is None or not np.isfinite(forces[k]).all() else forces[k]
+            z = numbers[k] if numbers.ndim == 2 else numbers
+            out.append(Structure(z, pos[k], energy=e, forces=f,
+                                 class_key=class_key if isinstance(class_key, str) else class_key[k],
+                                 id=f"{self._id_prefix(g)}/{start + k}"))
+        return out
+
+    def _id_prefix(self, g):
+        return self._groups[g]
 
     def class_keys(self):
         return np.repeat(np.asarray(self._group_class, dtype=str), self._counts)
@@ -80,13 +122,6 @@ class _GroupedH5Dataset(Dataset):
     def n_atoms_per_structure(self):
         return np.repeat(np.asarray(self._natoms, dtype=np.int64), self._counts)
 
-    def _row(self, group, key, row, where):
-        try:
-            return np.asarray(group[key][row])
-        except KeyError:
-            raise FastCSIError(f"{self.path}: {where}: dataset {key!r} missing") from None
-        except OSError as exc:
-            raise FastCSIError(f"{self.path}: {where}: cannot read {key!r} (corrupt file? {exc})") from None
 
 
 class ANI1xDataset(_GroupedH5Dataset):
@@ -122,20 +157,12 @@ class ANI1xDataset(_GroupedH5Dataset):
                 f"{self.path}: energy key {self.energy_key!r} not found; levels present: {sorted(levels)}"
             )
 
-    def _read(self, i):
-        g, row, group = self._group(i)
-        where = f"structure {i} ({self._groups[g]}/{row})"
-        numbers = self._row(group, "atomic_numbers", slice(None), where)
-        pos = self._row(group, "coordinates", row, where)
-        energy = forces = None
-        if self.energy_key in group:
-            energy = _energy_or_none(group[self.energy_key][row], HARTREE_EV)
-        if self.forces_key in group:
-            forces = np.asarray(group[self.forces_key][row], dtype=np.float64) * HARTREE_EV
-            if not np.isfinite(forces).all():
-                forces = None
-        return Structure(numbers, pos, energy=energy, forces=forces, class_key=self._groups[g],
-                         id=f"{self._groups[g]}/{row}")
+    def _read_rows(self, g, start, stop):
+        group = self._file()[self._groups[g]]
+        numbers = self._block(group, "atomic_numbers", None, None, g)
+        pos = self._block(group, "coordinates", start, stop, g)
+        energies, forces = self._labels(group, g, start, stop, HARTREE_EV, HARTREE_EV)
+        return self._records(g, start, numbers, pos, energies, forces, self._groups[g])
 
 
 class ANI2xDataset(_GroupedH5Dataset):
@@ -171,19 +198,20 @@ class ANI2xDataset(_GroupedH5Dataset):
             self._class_cache = np.asarray(keys, dtype=str)
         return self._class_cache
 
-    def _read(self, i):
-        g, row, group = self._group(i)
-        where = f"structure {i} ({self._groups[g]}/{row})"
-        numbers = self._row(group, "species", row, where)
-        pos = self._row(group, "coordinates", row, where)
-        keep = numbers > 0  # padded rows carry species 0 in some ANI-2x exports
-        energy = forces = None
-        if self.energy_key in group:
-            energy = _energy_or_none(group[self.energy_key][row], HARTREE_EV)
-        if self.forces_key in group:
-            forces = np.asarray(group[self.forces_key][row], dtype=np.float64)[keep] * HARTREE_EV
-        return Structure(numbers[keep], pos[keep], energy=energy, forces=forces,
-                         class_key=formula_of(numbers[keep]), id=f"{self._groups[g]}/{row}")
+    def _read_rows(self, g, start, stop):
+        group = self._file()[self._groups[g]]
+        species = self._block(group, "species", start, stop, g)
+        pos = self._block(group, "coordinates", start, stop, g)
+        energies, forces = self._labels(group, g, start, stop, HARTREE_EV, HARTREE_EV)
+        out = []
+        for k, s in enumerate(self._records(g, start, species, pos, energies, forces,
+                                            [formula_of(z[z > 0]) for z in species])):
+            keep = species[k] > 0  # padded rows carry species 0 in some ANI-2x exports
+            if not keep.all():
+                s = Structure(s.atomic_numbers[keep], s.positions[keep], energy=s.energy,
+                              forces=None if s.forces is None else s.forces[keep], class_key=s.class_key, id=s.id)
+            out.append(s)
+        return out
 
 
 class ANI1Dataset(_GroupedH5Dataset):
@@ -225,16 +253,12 @@ class ANI1Dataset(_GroupedH5Dataset):
                 raise FastCSIError(f"{self.path}: {self._groups[g]}: unknown element symbol in species {raw}") from None
         return self._numbers[g]
 
-    def _read(self, i):
-        g, row, group = self._group(i)
-        where = f"structure {i} ({self._groups[g]}/{row})"
+    def _read_rows(self, g, start, stop):
+        group = self._file()[self._groups[g]]
         numbers = self._species_numbers(g, group)
-        pos = self._row(group, "coordinates", row, where)
-        energy = None
-        if self.energy_key in group:
-            energy = _energy_or_none(group[self.energy_key][row], HARTREE_EV)
-        return Structure(numbers, pos, energy=energy, class_key=self._group_class[g],
-                         id=f"{self._groups[g]}/{row}")
+        pos = self._block(group, "coordinates", start, stop, g)
+        energies, _ = self._labels(group, g, start, stop, HARTREE_EV, 1.0)
+        return self._records(g, start, numbers, pos, energies, None, self._group_class[g])
 
 
 class Transition1xDataset(_GroupedH5Dataset):
@@ -270,18 +294,15 @@ class Transition1xDataset(_GroupedH5Dataset):
                 self._natoms.append(shape[1])
                 self._group_class.append(f"{formula}/{rxn}")
 
-    def _read(self, i):
-        g, row, group = self._group(i)
-        where = f"structure {i} ({self._groups[g]}/{row})"
-        numbers = self._row(group, "atomic_numbers", slice(None), where)
-        pos = self._row(group, "positions", row, where)
-        energy = forces = None
-        if self.energy_key in group:
-            energy = _energy_or_none(group[self.energy_key][row], 1.0)
-        if self.forces_key in group:
-            forces = np.asarray(group[self.forces_key][row], dtype=np.float64)
-        return Structure(numbers, pos, energy=energy, forces=forces, class_key=self._group_class[g],
-                         id=f"{self._group_class[g]}/{row}")
+    def _read_rows(self, g, start, stop):
+        group = self._file()[self._groups[g]]
+        numbers = self._block(group, "atomic_numbers", None, None, g)
+        pos = self._block(group, "positions", start, stop, g)
+        energies, forces = self._labels(group, g, start, stop, 1.0, 1.0)
+        return self._records(g, start, numbers, pos, energies, forces, self._group_class[g])
+
+    def _id_prefix(self, g):
+        return self._group_class[g]
 
 
 class SpiceDataset(_GroupedH5Dataset):
@@ -323,19 +344,15 @@ class SpiceDataset(_GroupedH5Dataset):
             self._factors[cache_key] = convert(unit, where)
         return self._factors[cache_key]
 
-    def _read(self, i):
-        g, row, group = self._group(i)
-        where = f"structure {i} ({self._groups[g]}/{row})"
-        numbers = self._row(group, "atomic_numbers", slice(None), where)
-        pos = self._row(group, "conformations", row, where).astype(np.float64)
+    def _read_rows(self, g, start, stop):
+        group = self._file()[self._groups[g]]
+        numbers = self._block(group, "atomic_numbers", None, None, g)
+        pos = self._block(group, "conformations", start, stop, g).astype(np.float64)
         pos = pos * self._unit_factor(group, "conformations", "length", "bohr")
-        energy = forces = None
-        if self.energy_key in group:
-            energy = _energy_or_none(group[self.energy_key][row],
-                                     self._unit_factor(group, self.energy_key, "energy", "hartree"))
+        efactor = self._unit_factor(group, self.energy_key, "energy", "hartree") if self.energy_key in group else 1.0
+        ffactor = 1.0
         if self.forces_key in group:
             sign = -1.0 if "gradient" in self.forces_key else 1.0
-            factor = self._unit_factor(group, self.forces_key, "force", "hartree/bohr")
-            forces = sign * factor * np.asarray(group[self.forces_key][row], dtype=np.float64)
-        return Structure(numbers, pos, energy=energy, forces=forces, class_key=self._groups[g],
-                         id=f"{self._groups[g]}/{row}")
+            ffactor = sign * self._unit_factor(group, self.forces_key, "force", "hartree/bohr")
+        energies, forces = self._labels(group, g, start, stop, efactor, ffactor)
+        return self._records(g, start, numbers, pos, energies, forces, self._groups[g])
