@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import pickle
-import zipfile
 from pathlib import Path
 
 import click
@@ -42,7 +40,7 @@ def _load_feature_file(path: Path):
             with np.load(path, allow_pickle=False) as data:
                 return {key: data[key] for key in data.files}
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure to parse a user's file is a user error
         raise FastCSIError(
             f"{path}: cannot read features: not a .npy/.npz or a torch-saved file of tensors, lists and "
             f"dicts loadable without arbitrary pickles ({type(exc).__name__})"
