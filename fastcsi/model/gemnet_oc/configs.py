@@ -1,0 +1,156 @@
+"""GemNet-OC hyperparameters: JMP's ``BackboneConfig`` names (so a JMP config passes straight
+through), plus the graph settings (cutoff / max neighbours of the main, atom-edge, quadruplet and
+atom-atom graphs) and the fine-tuning head. Three named configurations: JMP-S ("gemnet-oc-s"),
+JMP-L ("gemnet-oc-l") and a tiny one for tests and demos."""
+from __future__ import annotations
+
+import copy
+import math
+
+from fastcsi.errors import FastCSIError
+
+# JMP BackboneConfig field defaults (values from the dataclass, not from a named config).
+BACKBONE_DEFAULTS: dict = {
+    "num_targets": 1,
+    "num_spherical": 7,
+    "num_radial": 128,
+    "num_blocks": 4,
+    "emb_size_atom": 256,
+    "emb_size_edge": 512,
+    "emb_size_trip_in": 64,
+    "emb_size_trip_out": 64,
+    "emb_size_quad_in": 32,
+    "emb_size_quad_out": 32,
+    "emb_size_aint_in": 64,
+    "emb_size_aint_out": 64,
+    "emb_size_rbf": 16,
+    "emb_size_cbf": 16,
+    "emb_size_sbf": 32,
+    "num_before_skip": 2,
+    "num_after_skip": 2,
+    "num_concat": 1,
+    "num_atom": 3,
+    "num_output_afteratom": 3,
+    "num_atom_emb_layers": 0,
+    "num_global_out_layers": 2,
+    "regress_forces": True,
+    "regress_energy": True,
+    "direct_forces": False,
+    "use_pbc": True,
+    "scale_backprop_forces": False,
+    "rbf": {"name": "gaussian"},
+    "rbf_spherical": None,
+    "envelope": {"name": "polynomial", "exponent": 5},
+    "cbf": {"name": "spherical_harmonics"},
+    "sbf": {"name": "spherical_harmonics"},
+    "extensive": True,
+    "forces_coupled": False,
+    "activation": "scaled_silu",
+    "quad_interaction": False,
+    "atom_edge_interaction": False,
+    "edge_atom_interaction": False,
+    "atom_interaction": False,
+    "scale_basis": False,
+    "qint_tags": [0, 1, 2],
+    "num_elements": 120,
+    "otf_graph": False,
+    "scale_file": None,
+    "absolute_rbf_cutoff": None,
+    "learnable_rbf": False,
+    "learnable_rbf_stds": False,
+    "unique_basis_per_layer": False,
+    "dropout": None,
+    "edge_dropout": None,
+}
+
+# Graph settings (fairchem's names); None -> JMP's base proportions 30/20/8/1000 of max_neighbors
+# and the main cutoff for every graph.
+GRAPH_DEFAULTS: dict = {
+    "cutoff": 12.0,
+    "max_neighbors": 30,
+    "cutoff_aeaint": None,
+    "cutoff_qint": None,
+    "cutoff_aint": None,
+    "max_neighbors_aeaint": None,
+    "max_neighbors_qint": None,
+    "max_neighbors_aint": None,
+}
+
+# The fine-tuning head (JMP's ``OutputConfig.num_mlps``, default 5): Linear layers of width
+# emb_size_atom (energy) / emb_size_edge (direct forces) then one output.
+HEAD_DEFAULTS: dict = {"head_num_mlps": 5}
+
+# Keys of fairchem / JMP configs that have no effect here (bookkeeping of those code bases).
+IGNORED_KEYS = {"name", "num_atoms", "bond_feat_dim", "enforce_max_neighbors_strictly", "model", "backbone"}
+
+_JMP_BASE = {
+    **BACKBONE_DEFAULTS,
+    "num_blocks": 4, "emb_size_atom": 256, "emb_size_edge": 512, "emb_size_trip_in": 64, "emb_size_trip_out": 64,
+    "emb_size_quad_in": 32, "emb_size_quad_out": 32, "emb_size_aint_in": 64, "emb_size_aint_out": 64,
+    "emb_size_rbf": 16, "emb_size_cbf": 16, "emb_size_sbf": 32, "num_concat": 1, "num_atom_emb_layers": 2,
+    "direct_forces": True, "sbf": {"name": "legendre_outer"}, "quad_interaction": True,
+    "atom_edge_interaction": True, "edge_atom_interaction": True, "atom_interaction": True,
+    "qint_tags": [1, 2], "absolute_rbf_cutoff": 12.0,
+}
+
+CONFIGS: dict[str, dict] = {
+    # JMP-S (BackboneConfig.base()).
+    "gemnet-oc-s": {**_JMP_BASE, **GRAPH_DEFAULTS, **HEAD_DEFAULTS},
+    # JMP-L (BackboneConfig.large()).
+    "gemnet-oc-l": {
+        **_JMP_BASE, "num_blocks": 6, "emb_size_edge": 1024, "emb_size_trip_out": 128, "emb_size_quad_in": 64,
+        "emb_size_rbf": 32, "emb_size_sbf": 64, "num_concat": 4, **GRAPH_DEFAULTS, **HEAD_DEFAULTS,
+    },
+    # Same architecture (all four interactions, quadruplets, legendre_outer sbf), small widths and
+    # 2 blocks: fast on one CPU core for tests and demos.
+    "gemnet-oc-tiny": {
+        **_JMP_BASE, "num_spherical": 3, "num_radial": 16, "num_blocks": 2, "emb_size_atom": 32,
+        "emb_size_edge": 32, "emb_size_trip_in": 8, "emb_size_trip_out": 8, "emb_size_quad_in": 8,
+        "emb_size_quad_out": 8, "emb_size_aint_in": 8, "emb_size_aint_out": 8, "emb_size_rbf": 8,
+        "emb_size_cbf": 8, "emb_size_sbf": 8, "num_before_skip": 1, "num_after_skip": 1, "num_concat": 1,
+        "num_atom": 1, "num_output_afteratom": 1, "num_atom_emb_layers": 1, "num_global_out_layers": 1,
+        "absolute_rbf_cutoff": 6.0, **GRAPH_DEFAULTS, "cutoff": 6.0, "head_num_mlps": 2,
+    },
+}
+
+ALL_KEYS = set(BACKBONE_DEFAULTS) | set(GRAPH_DEFAULTS) | set(HEAD_DEFAULTS)
+
+
+def normalize_hparams(hparams: dict) -> dict:
+    """Fill defaults, derive the per-graph cutoffs / max neighbours, validate; JSON-serialisable."""
+    unknown = sorted(k for k in hparams if k not in ALL_KEYS and k not in IGNORED_KEYS)
+    if unknown:
+        raise FastCSIError(f"GemNet-OC: unknown hyperparameter(s) {', '.join(unknown)}")
+    hp = copy.deepcopy({**BACKBONE_DEFAULTS, **GRAPH_DEFAULTS, **HEAD_DEFAULTS})
+    hp.update({k: copy.deepcopy(v) for k, v in hparams.items() if k in ALL_KEYS})
+    hp["cutoff"] = float(hp["cutoff"])
+    for graph in ("aeaint", "qint", "aint"):
+        if hp[f"cutoff_{graph}"] is None:
+            hp[f"cutoff_{graph}"] = hp["cutoff"]
+        hp[f"cutoff_{graph}"] = float(hp[f"cutoff_{graph}"])
+    k = int(hp["max_neighbors"])
+    for graph, share in (("aeaint", 20), ("qint", 8), ("aint", 1000)):
+        if hp[f"max_neighbors_{graph}"] is None:
+            hp[f"max_neighbors_{graph}"] = int(k * share / 30)
+    if hp["learnable_rbf"]:
+        hp["rbf"] = {**hp["rbf"], "trainable": True}
+    if hp["learnable_rbf_stds"]:
+        hp["rbf"] = {**hp["rbf"], "trainable_stds": True}
+    if hp["unique_basis_per_layer"]:
+        raise FastCSIError("GemNet-OC: unique_basis_per_layer=True is not supported (JMP's models use shared bases)")
+    for graph in ("aeaint", "qint"):
+        if hp[f"cutoff_{graph}"] > hp["cutoff_aint"] or hp["cutoff"] > hp["cutoff_aint"]:
+            raise FastCSIError("GemNet-OC: the atom-atom cutoff (cutoff_aint) must be the largest cutoff")
+    for key in ("cutoff", "cutoff_aeaint", "cutoff_qint", "cutoff_aint"):
+        if not (math.isfinite(hp[key]) and hp[key] > 0):
+            raise FastCSIError(f"GemNet-OC: {key} must be a positive number of Å, got {hp[key]!r}")
+    if hp["regress_forces"] and hp["num_targets"] != 1:
+        raise FastCSIError("GemNet-OC: forces need num_targets = 1")
+    hp["qint_tags"] = [int(t) for t in hp["qint_tags"]]
+    return hp
+
+
+def config(name: str) -> dict:
+    if name not in CONFIGS:
+        raise FastCSIError(f"unknown model {name!r}; choose one of {', '.join(CONFIGS)}")
+    return copy.deepcopy(CONFIGS[name])
