@@ -12,7 +12,9 @@ Both layouts are handled: PyG 2 (fields in ``_store._mapping``) and PyG 1.x (fie
 from __future__ import annotations
 
 import io
+import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 
@@ -155,14 +157,21 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
+_ENVIRONMENTS = {}  # (pid, resolved path) -> lmdb.Environment
+
+
 def open_lmdb(path):
+    """A read-only environment, shared per process: py-lmdb refuses to open one file twice."""
     import lmdb
 
-    try:
-        return lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False, meminit=False,
-                         max_readers=256)
-    except lmdb.Error as exc:
-        raise FastCSIError(f"{path}: not a readable LMDB file ({exc})") from None
+    key = (os.getpid(), str(Path(path).resolve()))
+    if key not in _ENVIRONMENTS:
+        try:
+            _ENVIRONMENTS[key] = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False,
+                                           meminit=False, max_readers=256)
+        except lmdb.Error as exc:
+            raise FastCSIError(f"{path}: not a readable LMDB file ({exc})") from None
+    return _ENVIRONMENTS[key]
 
 
 class LmdbDataset(Dataset):
@@ -202,12 +211,8 @@ class LmdbDataset(Dataset):
         return ("_env",)
 
     def _close_handles(self):
-        if self._env is not None:
-            try:
-                self._env.close()
-            except Exception:
-                pass
-            self._env = None
+        # The environment is shared by every dataset on this file in this process: just let go.
+        self._env = None
 
     def __len__(self):
         return self._length
