@@ -1,0 +1,49 @@
+"""Exponential moving average of the weights (JMP: decay 0.99), used for validation, test and the
+released backbone. Shadow copies are float32 regardless of the training dtype."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+class EMA:
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = float(decay)
+        self.shadow = {name: p.detach().clone().float() for name, p in model.named_parameters()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module):
+        self.updates += 1
+        for name, p in model.named_parameters():
+            self.shadow[name].mul_(self.decay).add_(p.detach().float(), alpha=1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module):
+        """Temporarily swap the EMA weights into ``model`` (restores the live weights after)."""
+        if self.decay == 0.0:
+            yield model
+            return
+        backup = {name: p.detach().clone() for name, p in model.named_parameters()}
+        self.copy_to(model)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    p.copy_(backup[name])
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module):
+        for name, p in model.named_parameters():
+            p.copy_(self.shadow[name].to(p.dtype))
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict):
+        self.decay = float(state["decay"])
+        self.updates = int(state["updates"])
+        for name, value in state["shadow"].items():
+            self.shadow[name].copy_(value)
