@@ -18,8 +18,8 @@ Our format (``save_checkpoint``), a ``torch.save`` dict readable with ``weights_
   mapped explicitly (``_FAIRCHEM_RULES``), hyperparameters from its config.
 
 Rules: backbone and embedding keys must all be present; missing ``scale_factor`` keys are an error
-unless ``scale_file`` (a ``.pt``/``.json`` mapping ScaleFactor module paths, relative to the
-backbone, to values) provides them; head keys may all be absent (a backbone-only checkpoint: the
+unless the ``scale_file`` hyperparameter (JMP's name: a ``.pt``/``.json`` mapping ScaleFactor module
+paths, relative to the backbone, to values) provides them; head keys may all be absent (a backbone-only checkpoint: the
 heads keep their fresh initialisation and ``model.load_info["heads_initialized"]`` says so);
 unexpected keys are an error except the documented drops. Errors list the offending keys.
 """
@@ -57,10 +57,12 @@ def save_checkpoint(model: GemNetOC, path, extra: dict | None = None) -> Path:
     """Write ``model`` in our format, atomically. ``extra`` must hold plain Python values/tensors."""
     payload = {
         "format": FORMAT,
-        "hparams": dict(model.hparams),
+        # the scale factors' values are in the state_dict; the file is not needed to reload
+        "hparams": {**model.hparams, "scale_file": None},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": dict(extra or {}),
-        "versions": versions(),
+        # plain str: torch.__version__ is a TorchVersion, which weights_only loading rejects
+        "versions": {k: (None if v is None else str(v)) for k, v in versions().items()},
     }
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -117,7 +119,7 @@ def _map_jmp(state: dict) -> tuple[dict, list]:
     return mapped, dropped
 
 
-def _load_scale_file(scale_file) -> dict:
+def load_scale_file(scale_file) -> dict:
     path = Path(scale_file)
     if not path.is_file():
         raise FastCSIError(f"{path}: scale-factor file not found")
@@ -135,9 +137,10 @@ def _load_scale_file(scale_file) -> dict:
     return out
 
 
-def load_backbone(path, base: str | None = None, scale_file=None, **hparams) -> GemNetOC:
+def load_backbone(path, base: str | None = None, **hparams) -> GemNetOC:
     """Build a GemNetOC from a checkpoint (see the module docstring for formats and rules)."""
     path = Path(path)
+    scale_file = hparams.get("scale_file")
     obj = _read(path)
     file_hparams: dict = {}
     dropped: list = []
@@ -171,7 +174,8 @@ def load_backbone(path, base: str | None = None, scale_file=None, **hparams) -> 
         raise FastCSIError(f"{path}: no hyperparameters stored; pass base='gemnet-oc-s' (or -l) and/or the hyperparameters")
     if "num_elements" not in hparams and "embedding.weight" in state:
         merged["num_elements"] = int(state["embedding.weight"].shape[0])
-    model = GemNetOC(**merged)
+    model = GemNetOC(**{**merged, "scale_file": None})
+    model.hparams["scale_file"] = merged.get("scale_file")
     expected = model.state_dict()
 
     if not model.hparams["direct_forces"]:
@@ -182,7 +186,7 @@ def load_backbone(path, base: str | None = None, scale_file=None, **hparams) -> 
 
     missing = [k for k in expected if k not in state]
     if scale_file is not None:
-        scales = _load_scale_file(scale_file)
+        scales = load_scale_file(scale_file)
         for key in [k for k in missing if k.endswith(".scale_factor") and k in scales]:
             state[key] = scales[key]
         missing = [k for k in expected if k not in state]

@@ -153,6 +153,20 @@ class GemNetOC(nn.Module):
             if hp["regress_forces"] and hp["direct_forces"] else None
         )
         self.graph_backend = "auto"
+        if hp["scale_file"]:
+            self.apply_scale_file(hp["scale_file"])
+
+    def apply_scale_file(self, scale_file) -> None:
+        """Set scale factors from a fitted file (JMP's ``scale_file``: module path -> value)."""
+        from fastcsi.model.gemnet_oc.checkpoint import load_scale_file
+
+        buffers = dict(self.named_buffers())
+        values = load_scale_file(scale_file)
+        unknown = sorted(k for k in values if k not in buffers)
+        if unknown:
+            raise FastCSIError(f"{scale_file}: scale factor(s) not in this model: {', '.join(unknown)}")
+        for key, value in values.items():
+            buffers[key].fill_(float(value))
 
     @property
     def num_elements(self) -> int:

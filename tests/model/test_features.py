@@ -1,0 +1,98 @@
+"""Feature extraction: layers, kinds, consistency with the full forward, fingerprints."""
+import copy
+
+import pytest
+import torch
+
+from conftest import batch_of, make_model
+from fastcsi.errors import FastCSIError
+from fastcsi.model import build_model, extract_features, extractor_fingerprint, feature_dim
+from fastcsi.model.gemnet_oc.layers import scatter_sum
+from fastcsi.model.gemnet_oc.model import build_graphs
+
+
+@pytest.fixture(scope="module")
+def model():
+    return make_model(direct_forces=True)
+
+
+@pytest.fixture(scope="module")
+def batch(structures):
+    return batch_of(structures["molecule"], structures["slab"], structures["bulk"])
+
+
+def full_run(model, batch):
+    batch = model.prepare(batch)
+    g = build_graphs(batch, model.hparams)
+    with torch.no_grad():
+        return model.backbone(model.embed(batch), g), g
+
+
+def test_final_node_features_feed_the_energy_head(model, batch):
+    feats = extract_features(model, batch)
+    assert feats.shape == (batch.num_atoms, feature_dim(model)) and feats.dtype == torch.float64
+    assert not feats.requires_grad and feats.is_inference()
+    energy = scatter_sum(model.out_energy(feats.clone())[:, 0], batch.batch, batch.num_structures)
+    torch.testing.assert_close(energy, model(batch)["energy"].detach())
+
+
+@pytest.mark.parametrize("kind", ["node", "edge"])
+def test_every_layer_matches_the_full_forward(model, batch, kind):
+    out, g = full_run(model, batch)
+    idx_t = g["main"]["edge_index"][1]
+    count = torch.bincount(idx_t, minlength=batch.num_atoms).clamp(min=1).double()[:, None]
+    layers = ["final"] + [f"block{k}" for k in range(model.hparams["num_blocks"] + 1)]
+    for layer in layers:
+        feats = extract_features(model, batch, layer=layer, kind=kind)
+        if kind == "node":
+            want = out["energy"] if layer == "final" else out["xs_E"][int(layer[5:])]
+        else:
+            edge = out["forces"] if layer == "final" else out["xs_F"][int(layer[5:])]
+            want = scatter_sum(edge, idx_t, batch.num_atoms) / count
+        assert feats.shape == (batch.num_atoms, feature_dim(model, layer, kind))
+        torch.testing.assert_close(feats, want, rtol=1e-12, atol=1e-12)
+
+
+def test_features_are_per_structure(model, structures, batch):
+    together = extract_features(model, batch)
+    start = 0
+    for kind in ("molecule", "slab", "bulk"):
+        alone = extract_features(model, batch_of(structures[kind]))
+        torch.testing.assert_close(together[start : start + len(alone)], alone, rtol=1e-9, atol=1e-9)
+        start += len(alone)
+
+
+def test_bad_requests(model, batch):
+    with pytest.raises(FastCSIError, match="layer"):
+        extract_features(model, batch, layer="block9")
+    with pytest.raises(FastCSIError, match="kind"):
+        extract_features(model, batch, kind="bond")
+    grad_model = make_model(direct_forces=False)
+    with pytest.raises(FastCSIError, match="direct_forces"):
+        extract_features(grad_model, batch, kind="edge")
+    assert extract_features(grad_model, batch).shape == (batch.num_atoms, 32)
+
+
+def test_fingerprint(model):
+    fp = extractor_fingerprint(model)
+    assert fp == extractor_fingerprint(copy.deepcopy(model))
+    assert fp != extractor_fingerprint(model, layer="block1")
+    assert fp != extractor_fingerprint(model, kind="edge")
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.backbone.out_mlp_E.out_mlp[0].linear.weight[0, 0] += 1e-6
+    assert fp != extractor_fingerprint(other)
+    assert fp != extractor_fingerprint(make_model(direct_forces=True, cutoff=5.0, absolute_rbf_cutoff=6.0))
+
+
+def test_named_configs_build():
+    tiny = build_model("gemnet-oc-tiny")
+    assert tiny.hparams["max_neighbors_qint"] == 8 and tiny.hparams["max_neighbors_aeaint"] == 20
+    assert tiny.hparams["max_neighbors_aint"] == 1000
+    import json
+
+    json.dumps(tiny.hparams)
+    with pytest.raises(FastCSIError, match="unknown model"):
+        build_model("gemnet-xl")
+    with pytest.raises(FastCSIError, match="unknown hyperparameter"):
+        build_model("gemnet-oc-tiny", emb_size_atoms=3)
