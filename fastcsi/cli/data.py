@@ -127,18 +127,38 @@ def write_structures(structures, out: Path, meta: dict) -> int:
         return count
     if suffix == ".db":
         import ase.db
+        from ase.db.core import reserved_keys
 
         with atomic_path(out) as tmp:
             tmp.unlink()
             with ase.db.connect(str(tmp), type="db") as db:
                 for s in structures:
                     atoms = s.to_ase()
-                    db.write(atoms, structure_id=s.id, class_key=s.class_key or "none")
+                    atoms.info.clear()  # targets and keys go to key-value pairs / data below
+                    values = _db_key_values(s)
+                    # Keys ASE db refuses as columns (reserved, not identifiers) travel in row.data.
+                    odd = {k: values.pop(k) for k in list(values) if not k.isidentifier() or k in reserved_keys}
+                    db.write(atoms, key_value_pairs=values, data={"structure_id": s.id, **odd})
                     count += 1
             db = ase.db.connect(str(tmp), type="db")
             db.metadata = meta
         return count
     raise FastCSIError(f"{out}: output extension {suffix or '(none)'} not supported (use .extxyz, .xyz or .db)")
+
+
+def _db_key_values(s) -> dict:
+    # ASE db refuses strings that read as numbers ("1241"); an integer class key is stored as int.
+    values = {k: float(v) for k, v in s.targets.items()}
+    key = s.class_key
+    if key:
+        try:
+            values["class_key"] = int(key)
+        except ValueError:
+            try:
+                float(key)
+            except ValueError:
+                values["class_key"] = key
+    return values
 
 
 def _meta(ds, extra: dict) -> dict:

@@ -13,7 +13,7 @@ Labels: energy from the calculator or from info keys ``energy, Energy, REF_energ
 ...``; forces from the calculator or array keys ``forces, REF_forces, ...``; ``energy_key`` /
 ``forces_key`` override. ASE formats carry eV/Å unless ``energy_unit=`` says otherwise (the MD22
 extxyz sample stores kcal/mol under ``Energy`` without saying so).
-Class: info ``config_type``, else ``sid``/``system_id``, else the chemical formula.
+Class: info ``class_key`` (written by ``fastcsi data convert``), else ``config_type``, else ``sid``/``system_id``, else the chemical formula.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from fastcsi.errors import FastCSIError
 
 ENERGY_KEYS = ("energy", "Energy", "REF_energy", "free_energy", "total_energy", "energy_total", "dft_energy")
 FORCES_KEYS = ("forces", "REF_forces", "force", "Forces", "dft_forces")
-CLASS_KEYS = ("config_type", "sid", "system_id")
+CLASS_KEYS = ("class_key", "config_type", "sid", "system_id")  # class_key: written by fastcsi convert
 
 
 def _class_from(info: dict, numbers) -> str:
