@@ -87,7 +87,7 @@ def key_fields(dataset_fingerprint: str, spec: SampleSpec, extractor, agg: str, 
         "extractor": extractor.fingerprint,
         "layer": extractor.layer,
         "kind": extractor.kind,
-        "agg": agg,
+        "aggregation": agg,
         "dtype": str(extractor.dtype).replace("torch.", ""),
         "per_element": bool(per_element and agg == "flat"),
     }
@@ -172,8 +172,7 @@ def dataset_stats(
             if batch is None:
                 break
             extractor.check_elements(batch.atomic_numbers, where=str(label))
-            with profiler.stage("model"):
-                features = extractor.features(batch)
+            features = extractor.features(batch, profiler)
             with profiler.stage("stats"):
                 x, groups = aggregate(features, batch, agg)
                 stats.update(x, groups=groups if track_groups else None)
@@ -236,15 +235,16 @@ def open_source(path, format=None, **options):
 
 def is_stats_file(path) -> bool:
     """True for a FeatureStats ``.npz`` (an rMD17/sGDML ``.npz`` dataset is not one)."""
+    from fastcsi.stats.feature_stats import FORMAT
+
     path = Path(path)
     if path.suffix != ".npz" or not path.is_file():
         return False
     try:
         with np.load(path, allow_pickle=False) as npz:
-            names = set(npz.files)
+            return "format" in npz.files and str(npz["format"]) == FORMAT
     except Exception:
         return False
-    return {"count", "mean", "scatter"} <= names
 
 
 def stats_summary(stats) -> dict:

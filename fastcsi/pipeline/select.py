@@ -32,7 +32,7 @@ from fastcsi.utils import versions
 
 RESULT_FORMAT = "fastcsi-csi/1"
 # Settings that must agree between two stats objects for their CSI to mean anything.
-_MUST_MATCH = ("layer", "kind", "agg")
+_MUST_MATCH = ("layer", "kind", "aggregation")
 
 
 class _Source:

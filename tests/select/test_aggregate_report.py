@@ -87,5 +87,9 @@ def test_mean_std():
 
 def test_dataset_npz_is_not_a_stats_file(shared_data, tmp_path):
     assert not is_stats_file(shared_data / "md17" / "md17_ethanol_2000.npz")
-    np.savez(tmp_path / "s.npz", count=np.array(3), mean=np.zeros(2), scatter=np.eye(2))
+    from fastcsi.stats import FeatureStats
+
+    FeatureStats(2).update(np.random.default_rng(0).normal(size=(5, 2))).save(tmp_path / "s.npz")
     assert is_stats_file(tmp_path / "s.npz")
+    np.savez(tmp_path / "other.npz", count=np.array(3), mean=np.zeros(2), scatter=np.eye(2))
+    assert not is_stats_file(tmp_path / "other.npz")
