@@ -48,6 +48,7 @@ def _register():
 
     cli.add_command(select_cmds.select)
     cli.add_command(select_cmds.demo)
+    stats_cmds.stats.add_command(select_cmds.compute)
 
 
 _register()
