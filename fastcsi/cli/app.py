@@ -50,6 +50,12 @@ def _register():
     cli.add_command(select_cmds.demo)
     stats_cmds.stats.add_command(select_cmds.compute)
 
+    from fastcsi.cli import train as train_cmds
+
+    cli.add_command(train_cmds.pretrain)
+    cli.add_command(train_cmds.finetune)
+    cli.add_command(train_cmds.report)
+
 
 _register()
 

@@ -1,0 +1,141 @@
+"""``fastcsi pretrain``, ``fastcsi finetune`` and ``fastcsi report``: parsing and printing only; the
+work is in :mod:`fastcsi.train`."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from fastcsi.errors import FastCSIError
+
+_TRAIN_OPTIONS = [
+    click.option("--batch-size", type=int, default=None, help="Structures per optimizer step (global, over all ranks)."),
+    click.option("--lr", type=float, default=None, help="Peak learning rate of AdamW."),
+    click.option("--weight-decay", type=float, default=None),
+    click.option("--ema", "ema_decay", type=float, default=None, help="EMA decay of the weights (0 = off)."),
+    click.option("--energy-weight", type=float, default=None),
+    click.option("--force-weight", type=float, default=None),
+    click.option("--warmup", "warmup_fraction", type=float, default=None, help="Warm-up, as a fraction of all steps."),
+    click.option("--seed", type=int, default=None),
+    click.option("--checkpoint-every", type=int, default=None, help="Also checkpoint every K optimizer steps."),
+    click.option("--stop-after", "stop_after_steps", type=int, default=None,
+                 help="Stop (with a checkpoint) after this many steps; continue later with --resume."),
+    click.option("--threads", "max_threads", type=int, default=None, help="torch CPU threads (default: torch's)."),
+    click.option("--no-amp", is_flag=True, help="No bf16 autocast on GPU."),
+    click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+                 help="Override a model hyperparameter (JSON value), e.g. cutoff=6.0; repeatable."),
+    click.option("--forces", type=click.Choice(["auto", "direct", "gradient"]), default="auto",
+                 help="Direct force head or forces = -dE/dx."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
+    click.option("--resume", is_flag=True, help="Continue the interrupted run in the output directory."),
+    click.option("--trace", is_flag=True, help="Write a chrome trace of a few steps (trace.json)."),
+    click.option("--quiet", is_flag=True, help="No progress bars."),
+]
+
+
+def _train_options(fn):
+    for option in reversed(_TRAIN_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _model_overrides(options) -> dict:
+    out = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FastCSIError(f"--model-option {item!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _config(base, kw):
+    fields = ("epochs", "batch_size", "lr", "weight_decay", "ema_decay", "energy_weight", "force_weight",
+              "warmup_fraction", "seed", "checkpoint_every", "stop_after_steps", "max_threads")
+    changes = {k: kw.get(k) for k in fields if kw.get(k) is not None}
+    if kw.get("no_amp"):
+        changes["amp"] = False
+    return base.replace(**changes)
+
+
+@click.command()
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(), help="Upstream dataset; repeatable.")
+@click.option("--mix", default="temperature:2", show_default=True, help="balanced | proportional | temperature:T")
+@click.option("--sampling", type=click.Choice(["balanced", "random"]), default="balanced", show_default=True,
+              help="Within each dataset: class-balanced or uniform.")
+@click.option("--samples", "-n", type=int, required=True, help="Training structures N (the budget's sample size).")
+@click.option("--epochs", "-e", type=int, default=2, show_default=True, help="Epochs E (budget C = N x E).")
+@click.option("--val-samples", type=int, default=None, help="Held-out validation structures (default 10% of N).")
+@click.option("--model", default="gemnet-oc-s", show_default=True, help="gemnet-oc-tiny | gemnet-oc-s | gemnet-oc-l")
+@click.option("-o", "--out", "rundir", default="runs/pretrain", show_default=True, type=click.Path())
+@_train_options
+def pretrain(data, mix, sampling, samples, epochs, val_samples, model, rundir, **kw):
+    """Pretrain GemNet-OC on energy and forces of N structures for E epochs."""
+    from fastcsi.train.config import PRETRAIN_DEFAULTS
+    from fastcsi.train.pretrain import PretrainSettings, run_pretrain
+
+    settings = PretrainSettings(
+        data=list(data), samples=samples, mix=mix, sampling=sampling, model=model,
+        model_overrides=_model_overrides(kw["model_options"]), forces=kw["forces"], val_samples=val_samples,
+        device=kw["device"], rundir=rundir, train=_config(PRETRAIN_DEFAULTS, {**kw, "epochs": epochs}),
+        trace=kw["trace"], progress=not kw["quiet"],
+    )
+    out = run_pretrain(settings, resume=kw["resume"], log=click.echo)
+    if out["interrupted"]:
+        click.echo(f"stopped after step {out['steps']}; continue with the same command plus --resume")
+    else:
+        click.echo(f"done: {out['steps']} steps in {out['train_seconds']:.1f} s; run directory {out['rundir']}")
+
+
+@click.command()
+@click.option("--pretrained", required=True, help="Checkpoint file, pretrain run directory, or 'none'.")
+@click.option("--data", required=True, type=click.Path(), help="Downstream dataset.")
+@click.option("--target", default="energy,forces", show_default=True, help="energy,forces or a scalar target name.")
+@click.option("--split", default=None, help="train,val,test as counts (950,50,rest) or fractions (0.8,0.1,0.1).")
+@click.option("--recipe", default=None, help="rmd17 | md22 | spice | qm9 | qmof | matbench (default: from --target).")
+@click.option("--epochs", "-e", type=int, default=None, help="Maximum epochs (early stopping may end sooner).")
+@click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (0 = off).")
+@click.option("--model", default="gemnet-oc-s", show_default=True, help="Architecture for --pretrained none.")
+@click.option("--base", default=None, help="Config name for a foreign checkpoint without hyperparameters.")
+@click.option("-o", "--out", "rundir", default="runs/finetune", show_default=True, type=click.Path())
+@_train_options
+def finetune(pretrained, data, target, split, recipe, epochs, patience, model, base, rundir, **kw):
+    """Fine-tune a pretrained backbone (fresh heads) on a downstream task; report test MAE."""
+    from fastcsi.train.config import recipe_for
+    from fastcsi.train.finetune import FinetuneSettings, parse_targets, run_finetune
+
+    chosen = recipe_for(recipe, list(parse_targets(target)))
+    cfg = _config(chosen.train, {**kw, "epochs": epochs})
+    if patience is not None:
+        cfg = cfg.replace(early_stopping_patience=patience)
+    settings = FinetuneSettings(
+        pretrained=pretrained, data=data, target=target, split=split, recipe=chosen.name, model=model,
+        model_overrides=_model_overrides(kw["model_options"]), base=base, forces=kw["forces"],
+        device=kw["device"], rundir=rundir, train=cfg, trace=kw["trace"], progress=not kw["quiet"],
+    )
+    out = run_finetune(settings, resume=kw["resume"], log=click.echo)
+    if out.get("interrupted"):
+        click.echo(f"stopped after step {out['steps']}; continue with the same command plus --resume")
+    else:
+        click.echo(f"results: {rundir}/results.json, learning curve: {rundir}/learning_curve.png")
+
+
+@click.command()
+@click.argument("select_dir", type=click.Path())
+@click.argument("finetune_dirs", nargs=-1, required=True, type=click.Path())
+@click.option("--metric", default=None, help="Which test MAE to compare (default: each run's primary).")
+@click.option("-o", "--out", "outdir", default=None, type=click.Path(), help="Where to write report.json and the plot.")
+def report(select_dir, finetune_dirs, metric, outdir):
+    """CSI of each upstream vs the test MAE after pretraining on it, with Spearman's rho."""
+    from pathlib import Path
+
+    from fastcsi.train.report import build_report, format_report, write_report
+
+    result = build_report(select_dir, finetune_dirs, metric)
+    click.echo(format_report(result))
+    target = Path(outdir) if outdir else (Path(select_dir) if Path(select_dir).is_dir() else Path(select_dir).parent)
+    files = write_report(result, target)
+    click.echo(f"written: {files['json']}, {files['plot']}")

@@ -1,0 +1,224 @@
+"""Fine-tuning on a downstream task (``fastcsi finetune``).
+
+Split the downstream dataset (seeded; ``950,50,rest`` counts or fractions), load the pretrained
+backbone (our run directory / ``backbone.pt``, or a JMP / fairchem checkpoint) with fresh output
+heads, or a fresh model for ``--pretrained none``, fit the normaliser on the training split, train
+with the task's recipe (early stopping on validation, EMA weights), restore the best epoch and
+report test MAE: energy in meV, forces in meV/Å, other targets in their native unit.
+The run directory receives ``results.json``, ``metrics.csv``, ``learning_curve.png``, ``best.pt``,
+``last.pt`` and ``profile.md``/``profile.json``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from fastcsi.errors import FastCSIError
+from fastcsi.profiling import Profiler
+from fastcsi.train import backbones
+from fastcsi.train import checkpoint as ckpt
+from fastcsi.train.config import TrainConfig, recipe_for
+from fastcsi.train.distributed import init_distributed
+from fastcsi.train.loop import Trainer
+from fastcsi.train.normalization import NormalizedModel, Normalizer
+from fastcsi.train.pretrain import resolve_device
+from fastcsi.train.splits import split_indices
+from fastcsi.utils import atomic_write, versions
+
+
+@dataclass
+class FinetuneSettings:
+    pretrained: str
+    data: str
+    target: str = "energy,forces"
+    split: str | None = None  # default: the recipe's
+    recipe: str | None = None  # rmd17 | md22 | spice | qm9 | qmof | matbench; default guessed
+    model: str = "gemnet-oc-s"  # architecture for --pretrained none
+    model_overrides: dict = field(default_factory=dict)
+    base: str | None = None  # config name for foreign checkpoints without hyperparameters
+    forces: str = "auto"  # auto = the recipe's | direct | gradient
+    device: str = "auto"
+    rundir: str = "runs/finetune"
+    train: TrainConfig | None = None  # default: the recipe's; CLI options override fields
+    trace: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["data"] = str(Path(self.data).resolve())
+        out["train"] = self.train.to_dict() if self.train else None
+        return out
+
+
+def parse_targets(spec: str) -> tuple:
+    names = tuple(t.strip() for t in str(spec).split(",") if t.strip())
+    if not names:
+        raise FastCSIError("--target is empty; use energy,forces or a target name")
+    scalar = [t for t in names if t not in ("energy", "forces")]
+    if scalar and len(names) > 1:
+        raise FastCSIError(f"--target {spec!r}: a named scalar target is fine-tuned alone, not with {names}")
+    if names == ("forces",):
+        raise FastCSIError("--target forces: forces are trained together with energy (use energy,forces)")
+    return names
+
+
+UNITS = {"energy": ("meV", 1000.0), "forces": ("meV/Å", 1000.0)}
+
+
+def pretrain_record(pretrained_path: Path | None) -> dict:
+    """What the backbone was pretrained on: from ``backbone.pt``'s extra and the run's
+    ``pretrain.json`` when beside it (for ``fastcsi report``)."""
+    if pretrained_path is None:
+        return {"kind": "none"}
+    info = {"path": str(pretrained_path.resolve())}
+    record = pretrained_path.parent / "pretrain.json"
+    if record.is_file():
+        data = json.loads(record.read_text())
+        info.update(kind="fastcsi-pretrain", rundir=str(record.parent.resolve()),
+                    data=[d["path"] for d in data.get("data", [])], budget=data.get("budget", {}))
+    else:
+        try:
+            extra = torch.load(pretrained_path, map_location="cpu", weights_only=True).get("extra", {})
+        except Exception:
+            extra = {}
+        info.update(kind=extra.get("kind", "foreign"), data=extra.get("data", []))
+    return info
+
+
+def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) -> dict:
+    from fastcsi.data import open_dataset
+
+    targets = parse_targets(settings.target)
+    recipe = recipe_for(settings.recipe, list(targets))
+    cfg = settings.train or recipe.train
+    device = resolve_device(settings.device)
+    ctx = init_distributed(device)
+    if device.startswith("cuda") and ctx.enabled:
+        device = f"cuda:{ctx.local_rank}"
+        torch.cuda.set_device(ctx.local_rank)
+    rundir = Path(settings.rundir)
+    if not resume and ctx.is_main and (rundir / ckpt.LAST).exists():
+        raise FastCSIError(f"{rundir}: already holds a run; pass --resume to continue it or choose another -o")
+    profiler = Profiler(device=device)
+
+    with profiler.stage("read"):
+        ds = open_dataset(settings.data)
+        split_spec = settings.split or recipe.default_split
+        parts = split_indices(len(ds), split_spec, cfg.seed)
+        sets = {name: [ds[int(i)] for i in idx] for name, idx in parts.items()}
+    for name, structures in sets.items():
+        for s, i in zip(structures, parts[name]):
+            missing = [t for t in targets if (t == "energy" and s.energy is None)
+                       or (t == "forces" and s.forces is None)
+                       or (t not in ("energy", "forces") and t not in s.targets)]
+            if missing:
+                available = ", ".join(sorted(s.targets)) or "none"
+                raise FastCSIError(f"{settings.data}: structure {int(i)} has no {missing[0]!r} label "
+                                   f"(scalar targets available: {available})")
+
+    scalar = [t for t in targets if t not in ("energy", "forces")]
+    normalizer = Normalizer.fit(sets["train"], targets)
+    forces_mode = settings.forces if settings.forces != "auto" else recipe.forces
+    overrides = {**settings.model_overrides, **backbones.task_overrides(targets, forces_mode)}
+    pretrained = backbones.resolve_pretrained(settings.pretrained)
+    if pretrained is None:
+        gemnet = backbones.build(settings.model, cfg.seed, overrides)
+        origin = f"fresh {settings.model} (no pretraining)"
+    else:
+        gemnet = backbones.load_pretrained(pretrained, cfg.seed, overrides, base=settings.base)
+        origin = f"pretrained backbone {pretrained} with fresh heads"
+    model = NormalizedModel(gemnet, normalizer, gradient_forces=backbones.uses_gradient_forces(gemnet),
+                            target=scalar[0] if scalar else "energy", reduction=recipe.reduction)
+    n = {k: len(v) for k, v in sets.items()}
+    log(f"fine-tuning {origin} on {settings.data}: targets {','.join(targets)}, recipe {recipe.name}, "
+        f"split train/val/test = {n['train']}/{n['val']}/{n['test']}, {cfg.epochs} epochs max, batch {cfg.batch_size}, "
+        f"{'gradient' if model.gradient_forces else 'direct'} forces" if "forces" in targets else
+        f"fine-tuning {origin} on {settings.data}: target {','.join(targets)}, recipe {recipe.name}, "
+        f"split {n['train']}/{n['val']}/{n['test']}, reduction {recipe.reduction}")
+
+    trainer = Trainer(model, cfg, sets["train"], sets["val"], targets, rundir, device=device, ctx=ctx,
+                      profiler=profiler, progress=settings.progress, log=log, settings=settings.to_dict(),
+                      trace=settings.trace)
+    t0 = time.perf_counter()
+    with backbones.graph_timing(profiler):
+        result = trainer.fit(resume=resume)
+        train_seconds = time.perf_counter() - t0
+        if result.interrupted:
+            return {"interrupted": True, "steps": result.steps, "rundir": str(rundir)}
+        best = ckpt.load(rundir / ckpt.BEST) if (rundir / ckpt.BEST).is_file() else None
+        if best is not None:
+            trainer.model.load_state_dict(best["weights"])
+        with profiler.stage("test"):
+            test = trainer.evaluate(sets["test"], use_ema=False if best is not None else True)
+    test_mae, units = {}, {}
+    for t, value in test.items():
+        unit, factor = UNITS.get(t, ("native", 1.0))
+        test_mae[t] = value * factor
+        units[t] = unit
+    out = {
+        "kind": "fastcsi-finetune",
+        "test_mae": test_mae,
+        "units": units,
+        "primary": trainer.metric_name,
+        "best_epoch": result.best_epoch,
+        "best_val_mae": result.best_val * UNITS.get(trainer.metric_name, ("", 1.0))[1],
+        "epochs_done": result.epochs_done,
+        "stopped_early": result.stopped_early,
+        "steps": result.steps,
+        "train_seconds": train_seconds,
+        "split": {"spec": split_spec, **n, "seed": cfg.seed},
+        "recipe": recipe.name,
+        "targets": list(targets),
+        "pretrained": pretrain_record(pretrained),
+        "data": {"path": str(Path(settings.data).resolve()), "structures": len(ds),
+                 "fingerprint": getattr(ds, "fingerprint", None)},
+        "model": {"hparams": gemnet.hparams, "gradient_forces": model.gradient_forces,
+                  "load_info": getattr(gemnet, "load_info", None)},
+        "normalizer": normalizer.to_dict(),
+        "settings": settings.to_dict(),
+        "train_config": cfg.to_dict(),
+        "versions": versions(),
+    }
+    if ctx.is_main:
+        with atomic_write(rundir / "results.json") as fh:
+            json.dump(out, fh, indent=1, default=str)
+        plot_learning_curve(result.history, rundir / "learning_curve.png", trainer.metric_name,
+                            title=f"{Path(settings.data).name}: {origin}")
+        profiler.stop()
+        profiler.write(rundir, settings=settings.to_dict(), title="Fine-tuning profile")
+        log("test MAE: " + ", ".join(f"{t} {v:.4g} {units[t]}" for t, v in test_mae.items()))
+    ctx.barrier()
+    return out
+
+
+def plot_learning_curve(history, path, metric: str, title: str = ""):
+    """Training loss and validation MAE per epoch (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fastcsi.utils import atomic_path
+
+    epochs = [r["epoch"] for r in history]
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (normalised)")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("train loss")
+    ax1.set_yscale("log")
+    key = f"val_{metric}_mae"
+    if history and key in history[0]:
+        ax2 = ax1.twinx()
+        ax2.plot(epochs, [r[key] for r in history], "s-", color="tab:red", label=f"val {metric} MAE")
+        ax2.set_ylabel(f"validation {metric} MAE (eV, eV/Å or native)")
+        ax2.set_yscale("log")
+        fig.legend(loc="upper right")
+    ax1.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

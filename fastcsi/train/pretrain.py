@@ -1,0 +1,222 @@
+"""Budgeted pretraining on energy and forces (``fastcsi pretrain``).
+
+Sample N training structures across the upstream datasets (per-dataset shares by temperature
+mixing p_i ∝ n_i^(1/T) as in JMP, or equal shares; within a dataset class-balanced or random),
+hold out a validation sample from the structures not drawn, fit the normaliser on the training
+sample, then train E epochs with the shared loop. The run directory receives ``backbone.pt``
+(EMA weights, head-less, readable by ``fastcsi.model.load_backbone``), ``last.pt`` (resumable
+state), ``metrics.csv``, ``pretrain.json`` (settings, budget, data, results, versions) and
+``profile.md``/``profile.json``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastcsi.errors import FastCSIError
+from fastcsi.profiling import Profiler
+from fastcsi.train import backbones
+from fastcsi.train.config import TrainConfig
+from fastcsi.train.distributed import init_distributed
+from fastcsi.train.loop import Trainer
+from fastcsi.train.normalization import NormalizedModel, Normalizer
+from fastcsi.utils import atomic_write, versions
+
+
+@dataclass
+class PretrainSettings:
+    data: list
+    samples: int
+    epochs: int = 2
+    mix: str = "temperature:2"
+    sampling: str = "balanced"
+    model: str = "gemnet-oc-s"
+    model_overrides: dict = field(default_factory=dict)
+    forces: str = "auto"  # auto (the model config's: direct for JMP configs) | direct | gradient
+    val_samples: int | None = None  # default: 10% of N, at least 1, at most 1000
+    device: str = "auto"
+    rundir: str = "runs/pretrain"
+    train: TrainConfig = field(default_factory=TrainConfig)
+    trace: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["data"] = [str(Path(p).resolve()) for p in self.data]
+        out["train"] = self.train.to_dict()
+        return out
+
+
+def resolve_device(spec: str) -> str:
+    if spec in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(spec).startswith("cuda") and not torch.cuda.is_available():
+        raise FastCSIError(f"device {spec!r} requested but CUDA is not available here")
+    return str(spec)
+
+
+def mixture_weights(mix: str, sizes) -> np.ndarray:
+    """Per-dataset shares: ``balanced`` (equal), ``proportional`` (T=1) or ``temperature:T``."""
+    from fastcsi.data import temperature_mix
+
+    sizes = np.asarray(sizes, dtype=np.float64)
+    mix = (mix or "temperature:2").strip().lower()
+    if mix == "balanced":
+        return np.where(sizes > 0, 1.0, 0.0) / max((sizes > 0).sum(), 1)
+    if mix == "proportional":
+        return temperature_mix(sizes, 1.0)
+    if mix.startswith("temperature"):
+        _, _, value = mix.partition(":")
+        try:
+            T = float(value) if value else 2.0
+        except ValueError:
+            raise FastCSIError(f"--mix {mix!r}: temperature must be a number, e.g. temperature:2") from None
+        return temperature_mix(sizes, T)
+    raise FastCSIError(f"--mix {mix!r}: choose balanced, proportional or temperature:T")
+
+
+def draw_samples(datasets, n_train: int, n_val: int, weights, strategy: str, seed: int):
+    """(train, val) lists of (dataset, index) pairs: train by the mixture, val at random from
+    what training did not draw (so validation measures held-out structures)."""
+    from fastcsi.data import mixture_indices
+
+    total = sum(len(d) for d in datasets)
+    if n_train + 1 > total:
+        raise FastCSIError(
+            f"--samples {n_train} needs at least {n_train + 1} structures (one held out for validation), "
+            f"but the data has {total}"
+        )
+    train = mixture_indices(datasets, n_train, weights=weights, seed=seed, strategy=strategy)
+    if len(train) != n_train:
+        raise FastCSIError(f"could draw only {len(train)} of {n_train} training structures from the data")
+    taken = set(map(tuple, train.tolist()))
+    rest = np.array([(k, i) for k, d in enumerate(datasets) for i in range(len(d)) if (k, i) not in taken],
+                    dtype=np.int64).reshape(-1, 2)
+    n_val = min(n_val, len(rest))
+    pick = np.sort(np.random.default_rng([seed, 0xFA1]).choice(len(rest), size=n_val, replace=False))
+    return train, rest[pick]
+
+
+def _read(datasets, pairs, paths, what: str, progress: bool, needs_forces: bool):
+    from tqdm import tqdm
+
+    out = []
+    for k, i in tqdm(pairs, desc=f"reading {what}", unit="structure", disable=not progress, leave=False):
+        s = datasets[k][int(i)]
+        if s.energy is None or (needs_forces and s.forces is None):
+            label = "an energy" if s.energy is None else "forces"
+            raise FastCSIError(f"{paths[k]}: structure {int(i)} has no {label} label; pretraining needs energy and forces")
+        out.append(s)
+    return out
+
+
+def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) -> dict:
+    from fastcsi.data import open_dataset
+
+    cfg = settings.train
+    device = resolve_device(settings.device)
+    ctx = init_distributed(device)
+    if device.startswith("cuda") and ctx.enabled:
+        device = f"cuda:{ctx.local_rank}"
+        torch.cuda.set_device(ctx.local_rank)
+    rundir = Path(settings.rundir)
+    profiler = Profiler(device=device)
+    record = rundir / "pretrain.json"
+    if resume:
+        _check_resume(record, settings)
+    elif ctx.is_main and (rundir / "last.pt").exists():
+        raise FastCSIError(f"{rundir}: already holds a run; pass --resume to continue it or choose another -o")
+    if not settings.data:
+        raise FastCSIError("pretraining needs at least one --data PATH")
+    if settings.samples < 1:
+        raise FastCSIError(f"--samples must be >= 1, got {settings.samples}")
+
+    with profiler.stage("read"):
+        datasets = [open_dataset(p) for p in settings.data]
+        sizes = [len(d) for d in datasets]
+        weights = mixture_weights(settings.mix, sizes)
+        n_val = settings.val_samples if settings.val_samples is not None else min(max(settings.samples // 10, 1), 1000)
+        train_pairs, val_pairs = draw_samples(datasets, settings.samples, n_val, weights, settings.sampling, cfg.seed)
+        train = _read(datasets, train_pairs, settings.data, "training sample", settings.progress and ctx.is_main, True)
+        val = _read(datasets, val_pairs, settings.data, "validation sample", settings.progress and ctx.is_main, True)
+
+    targets = ("energy", "forces")
+    normalizer = Normalizer.fit(train, targets)
+    overrides = {**settings.model_overrides, **backbones.task_overrides(targets, settings.forces)}
+    gemnet = backbones.build(settings.model, cfg.seed, overrides)
+    model = NormalizedModel(gemnet, normalizer, gradient_forces=backbones.uses_gradient_forces(gemnet))
+
+    steps_per_epoch = math.ceil(settings.samples / cfg.batch_size)
+    per_dataset = {str(settings.data[k]): int((train_pairs[:, 0] == k).sum()) for k in range(len(datasets))}
+    budget = {"N": settings.samples, "E": cfg.epochs, "C": settings.samples * cfg.epochs,
+              "batch_size": cfg.batch_size, "steps_per_epoch": steps_per_epoch,
+              "steps": steps_per_epoch * cfg.epochs, "world_size": ctx.world_size,
+              "validation_structures": len(val), "per_dataset": per_dataset,
+              "mixture_weights": [float(w) for w in weights]}
+    log(f"budget: N = {budget['N']} structures x E = {budget['E']} epochs = C = {budget['C']} structure-visits; "
+        f"{budget['steps']} optimizer steps of {cfg.batch_size} ({steps_per_epoch} per epoch) on {ctx.world_size} "
+        f"process(es), {device}; validation on {len(val)} held-out structures")
+    log("training sample per dataset: " + ", ".join(f"{Path(p).name}: {n}" for p, n in per_dataset.items()))
+    if ctx.is_main:
+        rundir.mkdir(parents=True, exist_ok=True)
+        _write_record(record, settings, budget, datasets, normalizer, gemnet, status="running")
+
+    trainer = Trainer(model, cfg, train, val, targets, rundir, device=device, ctx=ctx, profiler=profiler,
+                      progress=settings.progress, log=log, settings=settings.to_dict(), trace=settings.trace)
+    t0 = time.perf_counter()
+    with backbones.graph_timing(profiler):
+        result = trainer.fit(resume=resume)
+    summary = {"steps": result.steps, "epochs_done": result.epochs_done, "interrupted": result.interrupted,
+               "train_seconds": time.perf_counter() - t0, "last_epoch": result.history[-1] if result.history else {}}
+    if ctx.is_main:
+        if not result.interrupted:
+            with trainer.ema.applied(trainer.model):
+                backbones.save_backbone(gemnet, rundir / backbones.BACKBONE_FILE, extra={
+                    "kind": "pretrain", "data": [str(Path(p).resolve()) for p in settings.data],
+                    "samples": settings.samples, "epochs": cfg.epochs, "seed": cfg.seed,
+                    "normalizer": normalizer.to_dict(), "ema": cfg.ema_decay > 0,
+                })
+            log(f"backbone (EMA weights) written to {rundir / backbones.BACKBONE_FILE}")
+        profiler.stop()
+        profiler.write(rundir, settings=settings.to_dict(), title="Pretraining profile")
+        _write_record(record, settings, budget, datasets, normalizer, gemnet,
+                      status="interrupted" if result.interrupted else "done", results=summary)
+    ctx.barrier()
+    return {"budget": budget, **summary, "rundir": str(rundir)}
+
+
+def _write_record(path, settings, budget, datasets, normalizer, gemnet, status, results=None):
+    payload = {
+        "kind": "fastcsi-pretrain",
+        "status": status,
+        "settings": settings.to_dict(),
+        "budget": budget,
+        "data": [{"path": str(Path(p).resolve()), "structures": len(d),
+                  "fingerprint": getattr(d, "fingerprint", None)} for p, d in zip(settings.data, datasets)],
+        "model": {"name": settings.model, "hparams": gemnet.hparams,
+                  "parameters": sum(p.numel() for p in gemnet.parameters())},
+        "normalizer": normalizer.to_dict(),
+        "results": results or {},
+        "versions": versions(),
+    }
+    with atomic_write(path) as fh:
+        json.dump(payload, fh, indent=1, default=str)
+
+
+def _check_resume(record: Path, settings: PretrainSettings):
+    if not record.is_file():
+        raise FastCSIError(f"{record.parent}: nothing to resume (no pretrain.json in the run directory)")
+    old = json.loads(record.read_text())["settings"]
+    new = settings.to_dict()
+    keys = ("data", "samples", "mix", "sampling", "model", "model_overrides", "forces")
+    changed = [k for k in keys if old.get(k) != new.get(k)]
+    changed += [f"train.{k}" for k in ("epochs", "batch_size", "seed", "lr") if old["train"].get(k) != new["train"].get(k)]
+    if changed:
+        raise FastCSIError(f"{record}: cannot resume with different settings ({', '.join(changed)}); "
+                           "use the original command line plus --resume")

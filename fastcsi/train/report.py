@@ -1,0 +1,123 @@
+"""``fastcsi report``: does the CSI ranking predict downstream error?
+
+Joins a ``select`` result (``csi.json``: ``ranking`` = [{"upstream", "csi", ...}]) with fine-tuning
+runs (``results.json``), each of which records the data its backbone was pretrained on. A run
+matches an upstream when the pretraining data is exactly that one dataset (same resolved path, or
+the same file name when the paths differ, e.g. runs made on another machine). Prints and plots CSI
+against test MAE and the Spearman rank correlation (scipy).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastcsi.errors import FastCSIError
+from fastcsi.utils import atomic_path, atomic_write, versions
+
+
+def _load_json(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise FastCSIError(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FastCSIError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def _names(path: str) -> set:
+    p = Path(path)
+    return {str(p.resolve()) if p.is_absolute() or p.exists() else str(p), p.name, p.stem}
+
+
+def build_report(select_dir, finetune_dirs, metric: str | None = None) -> dict:
+    select_dir = Path(select_dir)
+    csi_path = select_dir / "csi.json" if select_dir.is_dir() else select_dir
+    csi = _load_json(csi_path, "select result (csi.json)")
+    ranking = csi.get("ranking")
+    if not isinstance(ranking, list) or not ranking:
+        raise FastCSIError(f"{csi_path}: has no 'ranking' list")
+    rows = []
+    unmatched = []
+    for run in finetune_dirs:
+        run = Path(run)
+        res = _load_json(run / "results.json" if run.is_dir() else run, "fine-tuning result (results.json)")
+        pre = res.get("pretrained", {})
+        data = pre.get("data") or []
+        if len(data) != 1:
+            unmatched.append(f"{run} (pretrained on {len(data)} datasets)" if data else f"{run} (no pretraining)")
+            continue
+        keys = _names(data[0])
+        match = None
+        for entry in ranking:
+            up = str(entry.get("upstream", ""))
+            if _names(up) & keys:
+                match = entry
+                break
+        if match is None:
+            unmatched.append(f"{run} (pretrained on {data[0]}, not in the ranking)")
+            continue
+        chosen = metric or res.get("primary") or next(iter(res["test_mae"]))
+        if chosen not in res.get("test_mae", {}):
+            raise FastCSIError(f"{run}: results.json has no test MAE for {chosen!r}")
+        rows.append({"upstream": match["upstream"], "csi": float(match["csi"]), "run": str(run),
+                     "metric": chosen, "test_mae": float(res["test_mae"][chosen]),
+                     "unit": res.get("units", {}).get(chosen, "")})
+    if not rows:
+        raise FastCSIError("no fine-tuning run matches an upstream of the ranking: " + "; ".join(unmatched))
+    metrics = {r["metric"] for r in rows}
+    if len(metrics) > 1:
+        raise FastCSIError(f"runs report different metrics ({', '.join(sorted(metrics))}); pass --metric")
+    rows.sort(key=lambda r: r["csi"])
+    spearman = None
+    if len(rows) >= 2:
+        from scipy.stats import spearmanr
+
+        result = spearmanr([r["csi"] for r in rows], [r["test_mae"] for r in rows])
+        rho = float(result.statistic if hasattr(result, "statistic") else result[0])
+        spearman = {"rho": rho, "p_value": float(result.pvalue), "n": len(rows)}
+    return {"kind": "fastcsi-report", "select": str(csi_path), "rows": rows, "spearman": spearman,
+            "unmatched": unmatched, "versions": versions()}
+
+
+def format_report(report: dict) -> str:
+    rows = report["rows"]
+    unit = rows[0]["unit"]
+    lines = [f"{'upstream':<40} {'CSI':>10} {'test MAE (' + rows[0]['metric'] + ', ' + unit + ')':>28}"]
+    for r in rows:
+        lines.append(f"{Path(r['upstream']).name:<40} {r['csi']:>10.4g} {r['test_mae']:>28.4g}")
+    sp = report["spearman"]
+    if sp is None:
+        lines.append("Spearman rank correlation: needs at least two matched runs")
+    else:
+        lines.append(f"Spearman rank correlation (CSI vs test MAE): rho = {sp['rho']:+.3f} "
+                     f"(p = {sp['p_value']:.3g}, n = {sp['n']})")
+    for u in report["unmatched"]:
+        lines.append(f"not matched: {u}")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, outdir) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir = Path(outdir)
+    rows = report["rows"]
+    with atomic_write(outdir / "report.json") as fh:
+        json.dump(report, fh, indent=1)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ax.scatter([r["csi"] for r in rows], [r["test_mae"] for r in rows])
+    for r in rows:
+        ax.annotate(Path(r["upstream"]).stem, (r["csi"], r["test_mae"]), fontsize=8,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("CSI (lower = closer to the downstream)")
+    ax.set_ylabel(f"test MAE, {rows[0]['metric']} ({rows[0]['unit']})")
+    sp = report["spearman"]
+    if sp is not None:
+        ax.set_title(f"Spearman rho = {sp['rho']:+.2f}")
+    fig.tight_layout()
+    with atomic_path(outdir / "csi_vs_mae.png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    return {"json": str(outdir / "report.json"), "plot": str(outdir / "csi_vs_mae.png")}
