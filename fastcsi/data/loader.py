@@ -35,6 +35,10 @@ def plan_batches(indices: Sequence[int], batch_size: int, n_atoms: np.ndarray | 
     return batches
 
 
+def _already_collated(batch):
+    return batch
+
+
 class _BatchReader(torch.utils.data.Dataset):
     def __init__(self, ds, plan, dtype):
         self.ds, self.plan, self.dtype = ds, plan, dtype
@@ -58,6 +62,6 @@ def iter_batches(ds, indices=None, batch_size: int = 32, dtype: torch.dtype = to
             yield reader[k].to(device)
         return
     loader = torch.utils.data.DataLoader(reader, batch_size=None, shuffle=False, num_workers=num_workers,
-                                         collate_fn=lambda b: b, persistent_workers=False)
+                                         collate_fn=_already_collated, persistent_workers=False)
     for batch in loader:
         yield batch.to(device)
