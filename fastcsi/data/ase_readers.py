@@ -20,7 +20,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 
@@ -528,8 +527,3 @@ class MatbenchDataset(Dataset):
 
     def n_atoms_per_structure(self):
         return np.asarray([len(r[self._structure_col]["sites"]) for r in self._rows], dtype=np.int64)
-
-
-def gdb9_head(path: Path, size: int = 4096) -> str:
-    with open(path, "rb") as fh:
-        return fh.read(size).decode("utf-8", "replace")

@@ -181,6 +181,3 @@ class ConcatDataset(Dataset):
     def _close_handles(self):
         for c in self.children:
             c._close_handles()
-
-    def __setstate__(self, state):
-        super().__setstate__(state)
