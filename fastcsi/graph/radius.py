@@ -144,11 +144,18 @@ def edge_geometry(batch, edge_index: torch.Tensor, cell_offsets: torch.Tensor):
     """Differentiable ``vectors``/``distances`` from indices and shifts (input dtype and device)."""
     source, target = edge_index[0], edge_index[1]
     pos = batch.pos
-    shift = torch.einsum(
-        "ek,ekl->el", cell_offsets.to(pos.dtype), batch.cell.to(pos.dtype)[batch.batch[source]]
-    ) if source.numel() else pos.new_zeros((0, 3))
-    vectors = pos[source] + shift - pos[target]
-    return vectors, torch.linalg.vector_norm(vectors, dim=-1)
+    vectors = pos.index_select(0, source) - pos.index_select(0, target)
+    if source.numel() and bool(batch.pbc.any()):
+        cell = batch.cell.to(pos.dtype)
+        offsets = cell_offsets.to(pos.dtype)
+        if cell.shape[0] == 1:
+            vectors = vectors + offsets @ cell[0]
+        else:
+            per_edge = cell.index_select(0, batch.batch.index_select(0, source))  # (E, 3, 3)
+            vectors = vectors + torch.bmm(offsets.unsqueeze(1), per_edge).squeeze(1)
+    distances = torch.sqrt((vectors * vectors).sum(-1)) if not vectors.requires_grad else \
+        torch.linalg.vector_norm(vectors, dim=-1)
+    return vectors, distances
 
 
 def assemble(batch, source, target, offsets) -> RadiusGraph:
