@@ -212,8 +212,29 @@ def run_select(
         ctx.close()
 
 
+def _precheck(sources, settings, provider):
+    """Refuse incomparable inputs before any feature is computed: stats files must agree with each
+    other and with the extractor that will process the datasets."""
+    from fastcsi.stats import FeatureStats
+
+    stats_sources = [s for s in sources if s.kind == "stats"]
+    if not stats_sources:
+        return
+    reference, ref_label = stats_sources[0].obj, stats_sources[0].label
+    if any(s.kind == "dataset" for s in sources):
+        ext = provider.extractor
+        reference = FeatureStats(ext.dim, metadata={
+            "extractor": ext.fingerprint, "layer": ext.layer, "kind": ext.kind, "aggregation": settings.agg,
+        })
+        ref_label = f"the backbone of this run ({ext.description})"
+    for src in stats_sources:
+        if src.obj is not reference:
+            _check_settings_match(reference, src.obj, ref_label, src.label)
+
+
 def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
     down_src, up_srcs = sources[0], sources[1:]
+    _precheck(sources, settings, provider)
     seeds = list(settings.seeds)
     per_seed_down = {seed: provider.get(down_src, settings.downstream_sampling, seed) for seed in seeds}
     warnings = []
