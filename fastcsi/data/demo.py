@@ -106,14 +106,23 @@ def _labelled(atoms, calc, config_type: str):
     """A clean copy of ``atoms`` (no momenta, no constraints) with ``calc``'s energy and forces.
 
     Forces are the raw ones (``apply_constraint=False``): fixed slab atoms keep their true forces,
-    as in OC20.
+    as in OC20. ``calc`` may be a zero-argument factory (fresh calculator per structure).
     """
     from ase import Atoms
+    from ase.calculators.calculator import CalculationFailed
     from ase.calculators.singlepoint import SinglePointCalculator
 
     work = atoms.copy()
-    work.calc = calc
-    energy = float(work.get_potential_energy())
+    work.calc = calc() if callable(calc) else calc
+    try:
+        energy = float(work.get_potential_energy())
+    except CalculationFailed:
+        if not callable(calc):
+            raise
+        # stretched bonds can defeat the default SCF mixer; heavier damping changes the path to
+        # the self-consistent solution, not the solution, so the label stays the same method
+        work.calc = calc(mixer_damping=0.05, max_iterations=2000)
+        energy = float(work.get_potential_energy())
     forces = np.array(work.get_forces(apply_constraint=False), dtype=np.float64)
     out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     if "tags" in atoms.arrays:
@@ -123,7 +132,7 @@ def _labelled(atoms, calc, config_type: str):
     return out
 
 
-def _xtb():
+def _xtb(**settings):
     """A fresh GFN2-xTB calculator. Single points each get their own: tblite's ASE calculator
     restarts the SCF from the previous result, which makes labels depend on the order of
     generation and can leave a stretched geometry unconverged."""
@@ -133,7 +142,7 @@ def _xtb():
         raise FastCSIError(
             "regenerating the demo data needs tblite (GFN2-xTB labels); install it with pip install 'fastcsi[demo]'"
         ) from exc
-    return TBLite(method="GFN2-xTB", verbosity=0)
+    return TBLite(method="GFN2-xTB", verbosity=0, **settings)
 
 
 def _emt():
@@ -175,7 +184,7 @@ def _gen_organic(seed: int, quick: bool, progress) -> list:
             sigma = _mass_scaled_sigma(base, amplitude)
             conf = base.copy()
             conf.positions = base.positions + rng.normal(size=base.positions.shape) * sigma[:, None]
-            frames.append(_labelled(conf, _xtb(), label))
+            frames.append(_labelled(conf, _xtb, label))
             progress.update(1)
     return frames
 
@@ -256,7 +265,7 @@ def _gen_reactions(seed: int, quick: bool, progress) -> list:
                 pos += rng.normal(scale=0.01, size=pos.shape)
                 image = reactant.copy()
                 image.positions = pos
-                frames.append(_labelled(image, _xtb(), name))
+                frames.append(_labelled(image, _xtb, name))
                 produced += 1
                 progress.update(1)
     return frames
