@@ -91,3 +91,12 @@ def test_chan_merge_equals_whole_for_any_split():
         assert acc[0] == 400
         assert np.abs(acc[1] - whole[1]).max() <= 1e-12 * 1e3
         assert _rel(acc[2], whole[2]) <= 1e-12
+
+
+def test_row_order_and_batching_do_not_matter():
+    x = _offset_data(1000, 9, seed=5)
+    permuted = x[np.random.default_rng(1).permutation(1000)]
+    _, mean_a, scatter_a = chunk_moments(x, backend="cpu", block_rows=128)
+    _, mean_b, scatter_b = chunk_moments(permuted, backend="cpu", block_rows=333)
+    assert np.abs(mean_a - mean_b).max() <= 1e-12 * 1e3
+    assert _rel(scatter_a, scatter_b) <= 1e-12

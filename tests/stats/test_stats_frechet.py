@@ -98,3 +98,14 @@ def test_bad_inputs_raise_clear_errors():
         frechet_distance(mu, s, mu, s, backend="cuda")
     with pytest.raises(FastCSIError, match="not available"):
         frechet_distance(mu, s, mu, s, backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_invariant_under_common_rotation_and_translation(backend):
+    mu1, s1 = _gaussian(12, 100, seed=9)
+    mu2, s2 = _gaussian(12, 100, seed=10, scale=1.3)
+    q, _ = np.linalg.qr(np.random.default_rng(11).standard_normal((12, 12)))
+    shift = np.full(12, 1e3)
+    before = frechet_distance(mu1, s1, mu2, s2, backend=backend)
+    after = frechet_distance(q @ mu1 + shift, q @ s1 @ q.T, q @ mu2 + shift, q @ s2 @ q.T, backend=backend)
+    assert after == pytest.approx(before, rel=1e-9)
