@@ -131,9 +131,12 @@ class FeatureStats:
         else:
             order_index = order
         sorted_x = x[order_index]
+        per_group = []
         for label, start, size in zip(unique.tolist(), starts.tolist(), counts.tolist()):
             moments = chunk_moments(sorted_x[start : start + size], backend=backend)
-            self._check_finite(x, moments, where)
+            self._check_finite(x, moments, where)  # before absorbing anything: all or nothing
+            per_group.append((label, moments))
+        for label, moments in per_group:
             group = self._groups.get(label)
             if group is None:
                 group = self._groups[label] = FeatureStats(self.dim)

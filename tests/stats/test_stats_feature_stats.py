@@ -63,6 +63,9 @@ def test_update_validation():
     stats.update(np.zeros((0, 4)))
     assert stats.count == 0
     grouped = FeatureStats(4, track_groups=True)
+    with pytest.raises(FastCSIError, match="row 4"):
+        grouped.update(bad, groups=np.array([1, 1, 1, 2, 2, 2]))
+    assert grouped.count == 0 and not grouped.groups
     with pytest.raises(FastCSIError, match="needs groups"):
         grouped.update(np.ones((3, 4)))
     with pytest.raises(FastCSIError, match="integer labels"):
