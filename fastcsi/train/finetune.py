@@ -95,6 +95,9 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
     targets = parse_targets(settings.target)
     recipe = recipe_for(settings.recipe, list(targets))
     cfg = settings.train or recipe.train
+    if cfg.max_threads:
+        # before the model is built: orthogonal initialisation (QR) depends on the thread count
+        torch.set_num_threads(cfg.max_threads)
     device = resolve_device(settings.device)
     ctx = init_distributed(device)
     if device.startswith("cuda") and ctx.enabled:

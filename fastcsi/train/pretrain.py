@@ -120,6 +120,9 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
     from fastcsi.data import open_dataset
 
     cfg = settings.train
+    if cfg.max_threads:
+        # before the model is built: orthogonal initialisation (QR) depends on the thread count
+        torch.set_num_threads(cfg.max_threads)
     device = resolve_device(settings.device)
     ctx = init_distributed(device)
     if device.startswith("cuda") and ctx.enabled:
