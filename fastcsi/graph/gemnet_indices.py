@@ -73,6 +73,11 @@ def _edges_per_structure(edge_index: torch.Tensor, atom_batch: torch.Tensor, num
     return torch.bincount(atom_batch[edge_index[1]], minlength=num_structures)
 
 
+def _has_images(*graphs) -> bool:
+    """Any non-zero cell offset? Without one (molecules) the same-image tests reduce to atom tests."""
+    return any(bool(g["cell_offset"].any()) for g in graphs)
+
+
 def select_edges(graph: dict, mask: torch.Tensor) -> dict:
     """Keep the edges where ``mask`` is True (num_neighbors recounted by the caller if needed)."""
     out = dict(graph)
@@ -159,13 +164,12 @@ def mixed_triplets(graph_in: dict, graph_out: dict, num_atoms: int, to_outedge: 
     order, rowptr, counts = _csr_by_target(idx_in_t, idx_in_s, num_atoms)
     out, inn = _select_rows(order, rowptr, counts, idx_out_s if to_outedge else idx_out_t)
     atom_in = idx_in_s[inn]
-    if to_outedge:
-        atom_out = idx_out_t[out]
-        offset_sum = graph_out["cell_offset"][out] + graph_in["cell_offset"][inn]
-    else:
-        atom_out = idx_out_s[out]
-        offset_sum = graph_out["cell_offset"][out] - graph_in["cell_offset"][inn]
-    keep = (atom_in != atom_out) | (offset_sum != 0).any(dim=-1)
+    atom_out = idx_out_t[out] if to_outedge else idx_out_s[out]
+    keep = atom_in != atom_out
+    if _has_images(graph_in, graph_out):
+        sign = 1 if to_outedge else -1
+        offset_sum = graph_out["cell_offset"][out] + sign * graph_in["cell_offset"][inn]
+        keep |= (offset_sum != 0).any(dim=-1)
     idx = {"in": inn[keep], "out": out[keep]}
     if return_agg_idx:
         idx["out_agg"] = inner_index(idx["out"], idx_out_s.numel())
@@ -196,12 +200,14 @@ def quadruplets(main_graph: dict, qint_graph: dict, num_atoms: int) -> dict:
     trip_in_to_quad = torch.repeat_interleave(start[trip_out["in"]], per_trip_out) + ragged_range(per_trip_out)
     idx_in = trip_in["in"][trip_in_to_quad]
 
-    offset_cd = (
-        main_graph["cell_offset"][idx_in]
-        + qint_graph["cell_offset"][idx_inter]
-        - main_graph["cell_offset"][out]
-    )
-    keep = (idx_s[out] != idx_s[idx_in]) | (offset_cd != 0).any(dim=-1)
+    keep = idx_s[out] != idx_s[idx_in]
+    if _has_images(main_graph, qint_graph):
+        offset_cd = (
+            main_graph["cell_offset"][idx_in]
+            + qint_graph["cell_offset"][idx_inter]
+            - main_graph["cell_offset"][out]
+        )
+        keep |= (offset_cd != 0).any(dim=-1)
     out = out[keep]
     return {
         "triplet_in": trip_in,

@@ -8,10 +8,14 @@ from fastcsi.model.gemnet_oc.model import build_graphs
 from fastcsi.model.gemnet_oc.configs import config, normalize_hparams
 
 
-@pytest.fixture(scope="module")
-def graphs(structures):
+@pytest.fixture(scope="module", params=["mixed", "molecules"])
+def graphs(structures, request):
+    # "molecules" has no cell offsets at all, which takes the index builders' image-free path
     hp = normalize_hparams({**config("gemnet-oc-tiny"), "cutoff": 4.0, "max_neighbors": 12})
-    batch = batch_of(structures["molecule"], structures["slab"], structures["bulk"])
+    if request.param == "mixed":
+        batch = batch_of(structures["molecule"], structures["slab"], structures["bulk"])
+    else:
+        batch = batch_of(structures["molecule"], structures["molecule"])
     return build_graphs(batch, hp), batch
 
 
