@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from conftest import batch_of, make_model
+from goc_helpers import batch_of, make_model
 from fastcsi.errors import FastCSIError
 from fastcsi.model import build_model, extract_features, extractor_fingerprint, feature_dim
 from fastcsi.model.gemnet_oc.layers import scatter_sum

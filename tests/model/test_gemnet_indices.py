@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import batch_of
+from goc_helpers import batch_of
 from fastcsi.graph import gemnet_indices as gi
 from fastcsi.model.gemnet_oc.model import build_graphs
 from fastcsi.model.gemnet_oc.configs import config, normalize_hparams

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import batch_of, random_rotation
+from goc_helpers import batch_of, random_rotation
 
 KINDS = ["molecule", "slab", "bulk"]
 # float64 everywhere: only rounding separates the two sides

@@ -297,7 +297,7 @@ class Bases(nn.Module):
         self.cbf_basis_tint = CircularBasisLayer(ns, radial_sph, cbf, scale_basis)
 
         er, ec, es = hp["emb_size_rbf"], hp["emb_size_cbf"], hp["emb_size_sbf"]
-        drop = hp.get("dropout")
+        drop = None  # JMP builds its shared Bases without dropout, whatever config.dropout says
         if hp["quad_interaction"]:
             self.mlp_rbf_qint = Dense(nr, er, dropout=drop)
             self.mlp_cbf_qint = BasisEmbedding(nr, ec, ns)

@@ -132,10 +132,11 @@ def normalize_hparams(hparams: dict) -> dict:
     for graph, share in (("aeaint", 20), ("qint", 8), ("aint", 1000)):
         if hp[f"max_neighbors_{graph}"] is None:
             hp[f"max_neighbors_{graph}"] = int(k * share / 30)
-    if hp["learnable_rbf"]:
-        hp["rbf"] = {**hp["rbf"], "trainable": True}
-    if hp["learnable_rbf_stds"]:
-        hp["rbf"] = {**hp["rbf"], "trainable_stds": True}
+    for flag, key in (("learnable_rbf", "trainable"), ("learnable_rbf_stds", "trainable_stds")):
+        if hp[flag]:
+            hp["rbf"] = {**hp["rbf"], key: True}
+            if hp["rbf_spherical"]:
+                hp["rbf_spherical"] = {**hp["rbf_spherical"], key: True}
     if hp["unique_basis_per_layer"]:
         raise FastCSIError("GemNet-OC: unique_basis_per_layer=True is not supported (JMP's models use shared bases)")
     for graph in ("aeaint", "qint"):
