@@ -105,7 +105,8 @@ class GemNetOCBackbone(nn.Module):
         """Run the backbone. Returns a dict with per-block atom outputs ``xs_E`` (list), edge outputs
         ``xs_F`` (list, direct forces only) and, when ``want_final``, ``energy`` (N, emb_size_atom) and
         ``forces`` (E, emb_size_edge) from the final MLPs. ``stop_after_block=k`` stops after output
-        block k (0 = before any interaction) and skips the final MLPs."""
+        block k (0 = before any interaction), skips the final MLPs and computes only block k's outputs
+        (the other list entries are None)."""
         idx_t = g["main"]["edge_index"][1]
         bases = self.bases(h, g)
         m = bases["m"]
@@ -116,14 +117,16 @@ class GemNetOCBackbone(nn.Module):
             x_F = block.forward_forces(m, bases["output"]) if direct else None
             return x_E, x_F
 
-        x_E, x_F = outputs(self.out_blocks[0], h, m)
-        xs_E, xs_F = [x_E], [x_F]
         last = self.hp["num_blocks"] if stop_after_block is None else stop_after_block
+        # a single block's features need only that block's output head
+        needed = range(last + 1) if stop_after_block is None else [last]
+        xs_E, xs_F = [None] * (last + 1), [None] * (last + 1)
+        if 0 in needed:
+            xs_E[0], xs_F[0] = outputs(self.out_blocks[0], h, m)
         for i in range(last):
             h, m = self.int_blocks[i](h, m, bases, g)
-            x_E, x_F = outputs(self.out_blocks[i + 1], h, m)
-            xs_E.append(x_E)
-            xs_F.append(x_F)
+            if i + 1 in needed:
+                xs_E[i + 1], xs_F[i + 1] = outputs(self.out_blocks[i + 1], h, m)
         out = {"xs_E": xs_E, "xs_F": xs_F, "h": h, "m": m}
         if want_final and stop_after_block is None:
             out["energy"] = self.out_mlp_E(torch.cat(xs_E, dim=-1))
