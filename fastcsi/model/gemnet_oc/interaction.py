@@ -9,14 +9,16 @@ Op (per interaction, "efficient bilinear" reformulation of GemNet-OC):
     out      = R.flatten(1) @ weight.T         (E_out, d_out)                bilinear layer
 Complexity: O(E_out * Kmax * n_sph * d_in + E_out * d_interm * n_sph * d_in + E_out * d_interm * d_in * d_out)
 time, O(E_out * Kmax * d_in) extra memory for the padded matrix (Kmax = most neighbours of one
-output edge). Backends: "ref" (this plain torch code; also what "auto" runs until a fused kernel
-exists). A fused Triton/CUDA kernel would avoid materialising the padded matrices.
+output edge). Backends: "ref" (this plain torch code; the oracle, and what "auto" runs on CPU
+tensors, where it was measured the fastest: see bench/gemnet.py) and "triton" (interaction_triton.py:
+fused gather -> basis -> radial contraction without the padded matrices, forward and backward; what
+"auto" runs on CUDA tensors). "cpu" and "cuda" have no separate kernel for this op.
 """
 from __future__ import annotations
 
 import torch
 
-from fastcsi.backend import resolve_backend
+from fastcsi.backend import resolve_backend, triton_usable
 
 OP_NAME = "gemnet_oc.interaction_bilinear"
 
@@ -44,9 +46,19 @@ def interaction_bilinear_ref(rad_W1, sph, x, gather_idx, out_idx, out_inner, wei
 
 def interaction_bilinear(rad_W1, sph, x, gather_idx, out_idx, out_inner, weight,
                          agg2_outer=None, agg2_inner=None, agg2_size=None, backend: str = "auto"):
-    """Dispatcher. ``auto`` runs the plain torch path (the only implementation so far); an explicit
-    backend without a kernel raises FastCSIError."""
-    if backend not in ("auto", "ref"):
-        resolve_backend(OP_NAME, backend, x.device, available={}, auto_order=())
+    """Dispatcher. ``auto``: the fused Triton kernel on CUDA tensors (the reference with a
+    FallbackWarning when Triton is missing), the plain torch path on CPU tensors (fastest there,
+    even when the Triton interpreter is on). An explicit backend that cannot run raises FastCSIError."""
+    on_cuda = x.device.type == "cuda"
+    if backend == "auto" and not on_cuda:
+        chosen = "ref"
+    else:
+        usable = x.dtype in (torch.float32, torch.float64) and triton_usable(x.device)
+        chosen = resolve_backend(OP_NAME, backend, x.device, available={"triton": usable}, auto_order=("triton",))
+    if chosen == "triton":
+        from fastcsi.model.gemnet_oc.interaction_triton import interaction_bilinear_triton
+
+        return interaction_bilinear_triton(rad_W1, sph, x, gather_idx, out_idx, out_inner, weight,
+                                           agg2_outer, agg2_inner, agg2_size)
     return interaction_bilinear_ref(rad_W1, sph, x, gather_idx, out_idx, out_inner, weight,
                                     agg2_outer, agg2_inner, agg2_size)
