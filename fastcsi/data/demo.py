@@ -11,7 +11,8 @@ upstream_organic.extxyz     ANI-1x                   rattled conformers of 30 C/
 upstream_reactions.extxyz   Transition-1x            NEB-like linear interpolations (3 bowed
                                                      paths each) of 9 small reactions: H
                                                      transfers, homolyses, H2 elimination;
-                                                     class = reaction
+                                                     class = reaction. Labels use 1000 K
+                                                     Fermi smearing (stretched bonds)
 upstream_slabs.extxyz       OC20 (S2EF)              EMT relaxation frames of fcc(111)/(100)
                                                      Cu/Pt/Ag/Au/Ni/Pd slabs with H/C/N/O
                                                      adsorbates; tags 0/1/2; class = system id
@@ -31,7 +32,8 @@ adsorbates; energies in eV, forces in eV/Å, stored by ase as ``energy`` / ``for
 seed, generator version and sha256.
 
 Regenerate with ``python -m fastcsi.data.demo --out DIR [--seed 0] [--quick]`` (needs the ``demo``
-extra, ``tblite``). Reproducibility: every structure of the organic, reaction and bulk files is a
+extra, ``tblite``). The script runs with ``OMP_NUM_THREADS=1`` unless told otherwise: tblite's
+OpenMP threads spin-wait and slow molecules this small down by up to ~100x on a busy CPU. Reproducibility: every structure of the organic, reaction and bulk files is a
 pure function of numpy's seeded generator (bitwise reproducible); the slab files follow seeded
 rattles through deterministic EMT + BFGS relaxations (bitwise on one platform). xTB energies and
 forces are reproducible to ~1e-9 eV but are not promised bitwise across tblite builds or thread
@@ -46,6 +48,7 @@ import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -106,23 +109,14 @@ def _labelled(atoms, calc, config_type: str):
     """A clean copy of ``atoms`` (no momenta, no constraints) with ``calc``'s energy and forces.
 
     Forces are the raw ones (``apply_constraint=False``): fixed slab atoms keep their true forces,
-    as in OC20. ``calc`` may be a zero-argument factory (fresh calculator per structure).
+    as in OC20. ``calc`` may be a zero-argument factory (a fresh calculator per structure).
     """
     from ase import Atoms
-    from ase.calculators.calculator import CalculationFailed
     from ase.calculators.singlepoint import SinglePointCalculator
 
     work = atoms.copy()
     work.calc = calc() if callable(calc) else calc
-    try:
-        energy = float(work.get_potential_energy())
-    except CalculationFailed:
-        if not callable(calc):
-            raise
-        # stretched bonds can defeat the default SCF mixer; heavier damping changes the path to
-        # the self-consistent solution, not the solution, so the label stays the same method
-        work.calc = calc(mixer_damping=0.05, max_iterations=2000)
-        energy = float(work.get_potential_energy())
+    energy = float(work.get_potential_energy())
     forces = np.array(work.get_forces(apply_constraint=False), dtype=np.float64)
     out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     if "tags" in atoms.arrays:
@@ -208,6 +202,7 @@ REACTIONS = (
 )
 REACTION_PATHS = 3
 REACTION_IMAGES = 11
+REACTION_ELECTRONIC_TEMPERATURE_K = 1000.0
 
 
 def _hydrogens_of(atoms, index: int, cutoff: float = 1.25) -> list[int]:
@@ -245,6 +240,12 @@ def _gen_reactions(seed: int, quick: bool, progress) -> list:
     from ase.build import molecule
 
     reactions = REACTIONS[:QUICK_CLASSES] if quick else REACTIONS
+
+    def reaction_xtb():
+        # stretched bonds (radical pairs) leave the SCF oscillating at the default 300 K; the
+        # whole file uses one Fermi smearing so its labels stay one consistent method
+        return _xtb(electronic_temperature=REACTION_ELECTRONIC_TEMPERATURE_K)
+
     frames = []
     for class_index, (name, mol, kind, i, j) in enumerate(reactions):
         rng = _class_rng(seed, "upstream_reactions", class_index)
@@ -265,7 +266,7 @@ def _gen_reactions(seed: int, quick: bool, progress) -> list:
                 pos += rng.normal(scale=0.01, size=pos.shape)
                 image = reactant.copy()
                 image.positions = pos
-                frames.append(_labelled(image, _xtb, name))
+                frames.append(_labelled(image, reaction_xtb, name))
                 produced += 1
                 progress.update(1)
     return frames
@@ -511,11 +512,11 @@ def _gen_md(seed: int, quick: bool, progress) -> list:
 # driver
 # ----------------------------------------------------------------------------------------------
 _GENERATORS = {
-    "upstream_organic": (_gen_organic, "GFN2-xTB (tblite)", len(ORGANIC_MOLECULES) * ORGANIC_CONFORMERS),
-    "upstream_reactions": (_gen_reactions, "GFN2-xTB (tblite)", len(REACTIONS) * REACTION_PATHS * REACTION_IMAGES),
+    "upstream_organic": (_gen_organic, "GFN2-xTB (tblite), electronic temperature 300 K", len(ORGANIC_MOLECULES) * ORGANIC_CONFORMERS),
+    "upstream_reactions": (_gen_reactions, "GFN2-xTB (tblite), electronic temperature 1000 K", len(REACTIONS) * REACTION_PATHS * REACTION_IMAGES),
     "upstream_slabs": (_gen_slabs, "EMT (ase)", SLAB_SYSTEMS * SLAB_FRAMES),
     "upstream_bulk": (_gen_bulk, "EMT (ase)", (3 * len(BULK_METALS) + len(BULK_ALLOYS)) * BULK_FRAMES),
-    "downstream_md": (_gen_md, "GFN2-xTB (tblite)", sum(n for _, n in MD_MOLECULES)),
+    "downstream_md": (_gen_md, "GFN2-xTB (tblite), electronic temperature 300 K", sum(n for _, n in MD_MOLECULES)),
     "downstream_catalysis": (_gen_catalysis, "EMT (ase)", CATALYSIS_SYSTEMS * CATALYSIS_FRAMES),
 }
 
@@ -613,6 +614,10 @@ def generate(out_dir, seed: int = 0, quick: bool = False, only=None, progress: b
 
 
 def main(argv=None) -> int:
+    if argv is None and "OMP_NUM_THREADS" not in os.environ:
+        # the OpenMP runtime was already started by torch's import: restart with one thread
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.execv(sys.executable, [sys.executable, "-m", "fastcsi.data.demo", *sys.argv[1:]])
     parser = argparse.ArgumentParser(description="Generate the fastcsi demo datasets (needs tblite).")
     parser.add_argument("--out", required=True, help="output folder (the shipped one: fastcsi/data/demo_data)")
     parser.add_argument("--seed", type=int, default=0)
