@@ -138,10 +138,17 @@ def load_extractor(
         model = load_backbone(default_backbone_path())
         description = f"default ({default_backbone_path().name}, shipped with fastcsi)"
     else:
-        # fork_rng keeps the caller's global RNG state untouched by the seeded initialisation.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(DEFAULT_INIT_SEED)
-            model = build_model(DEFAULT_MODEL_NAME)
+        # fork_rng keeps the caller's global RNG state untouched by the seeded initialisation; one
+        # thread because the initialisers' roundoff (and so the extractor fingerprint) otherwise
+        # depends on the thread count, and torchrun ranks run with fewer threads than a single process.
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(DEFAULT_INIT_SEED)
+                model = build_model(DEFAULT_MODEL_NAME)
+        finally:
+            torch.set_num_threads(threads)
         description = f"default ({DEFAULT_MODEL_NAME}, random init seed {DEFAULT_INIT_SEED})"
     try:
         # Fingerprint the weights as stored (before any dtype cast): it names the backbone, while
