@@ -122,3 +122,11 @@ def test_float32_matches_float64(structures, model_direct):
     e64, f64 = run(model_direct, structures["molecule"], structures["slab"])
     torch.testing.assert_close(out32["energy"].double(), e64, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(out32["forces"].double(), f64, rtol=1e-3, atol=1e-4)
+
+
+def test_gradient_forces_under_inference_mode(structures, model_grad):
+    e0, f0 = run(model_grad, structures["slab"])
+    with torch.inference_mode():
+        out = model_grad(batch_of(structures["slab"]))
+    torch.testing.assert_close(out["energy"], e0, rtol=0, atol=0)
+    torch.testing.assert_close(out["forces"], f0, rtol=0, atol=0)

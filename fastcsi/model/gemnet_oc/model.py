@@ -206,11 +206,18 @@ class GemNetOC(nn.Module):
         hp = self.hparams
         batch = self.prepare(batch)
         gradient_forces = hp["regress_forces"] and not hp["direct_forces"]
-        with torch.enable_grad() if gradient_forces else _nullcontext():
+        # gradient forces need autograd even under no_grad / inference_mode (as JMP does)
+        with torch.inference_mode(False) if gradient_forces else _nullcontext(), \
+                torch.enable_grad() if gradient_forces else _nullcontext():
             pos = batch.pos
             if gradient_forces:
-                pos = pos.detach().requires_grad_(True)
-                batch = dataclasses.replace(batch, pos=pos)
+                # clones are normal tensors even when the batch was made under inference_mode
+                pos = pos.detach().clone().requires_grad_(True)
+                batch = dataclasses.replace(
+                    batch, pos=pos, cell=batch.cell.clone(), batch=batch.batch.clone(),
+                    atomic_numbers=batch.atomic_numbers.clone(), natoms=batch.natoms.clone(),
+                    pbc=batch.pbc.clone(), tags=batch.tags.clone(),
+                )
             g = build_graphs(batch, hp, self.graph_backend)
             out = self.backbone(self.embed(batch), g, want_edges=hp["regress_forces"])
             per_atom = self.out_energy(out["energy"])  # (N, T)
