@@ -161,6 +161,22 @@ ORGANIC_MOLECULES = (
     "H2O2", "C3H8", "CH3COCH3", "C4H4O", "C4H4NH", "C5H5N", "C6H6", "butadiene", "trans-butane",
 )
 ORGANIC_CONFORMERS = 8
+ORGANIC_MAX_BOND_STRAIN = 0.10
+
+
+def _bond_pairs(atoms, cutoff: float = 1.6):
+    d = atoms.get_all_distances()
+    i, j = np.triu_indices(len(atoms), 1)
+    keep = d[i, j] < cutoff
+    return i[keep], j[keep], d[i, j][keep]
+
+
+def _max_bond_strain(atoms, bonded) -> float:
+    i, j, d0 = bonded
+    if len(d0) == 0:
+        return 0.0
+    d = np.linalg.norm(atoms.positions[i] - atoms.positions[j], axis=1)
+    return float(np.abs(d / d0 - 1.0).max())
 
 
 def _gen_organic(seed: int, quick: bool, progress) -> list:
@@ -173,11 +189,15 @@ def _gen_organic(seed: int, quick: bool, progress) -> list:
         rng = _class_rng(seed, "upstream_organic", class_index)
         base = molecule(name)
         label = name
+        bonded = _bond_pairs(base)
         for _ in range(n_conf):
-            amplitude = rng.uniform(0.02, 0.08)
+            amplitude = rng.uniform(0.01, 0.05)
             sigma = _mass_scaled_sigma(base, amplitude)
             conf = base.copy()
-            conf.positions = base.positions + rng.normal(size=base.positions.shape) * sigma[:, None]
+            while True:  # thermal-like conformers: no bond stretched or squeezed by more than 10 %
+                conf.positions = base.positions + rng.normal(size=base.positions.shape) * sigma[:, None]
+                if _max_bond_strain(conf, bonded) < ORGANIC_MAX_BOND_STRAIN:
+                    break
             frames.append(_labelled(conf, _xtb, label))
             progress.update(1)
     return frames
