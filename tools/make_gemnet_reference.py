@@ -225,7 +225,7 @@ def build_structures(rattle_seed: int, rattle_std: float):
 
     slab = fcc111("Cu", size=(2, 2, 3), a=3.61, vacuum=7.0, orthogonal=False)
     layer_z = np.unique(np.round(slab.positions[:, 2], 3))
-    add_adsorbate(slab, molecule("CO"), height=1.85, position="ontop")
+    add_adsorbate(slab, molecule("CO"), height=1.85, position="ontop", mol_index=1)  # C down, O up
     # A perfect hexagonal 2x2 cell puts six self-images at one distance, and the max-neighbour
     # cuts then split exact ties; an in-plane strain breaks the six-fold tie into +-pairs
     # that the margin search below can keep away from the cuts.
@@ -507,7 +507,7 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--weight-seed", type=int, default=1234)
     parser.add_argument("--scale-seed", type=int, default=99)
-    parser.add_argument("--rattle-seed", type=int, default=199, help="first seed tried; bumped until margins hold")
+    parser.add_argument("--rattle-seed", type=int, default=126, help="first seed tried, bumped until the margins hold (126 is the first from 0 that does)")
     parser.add_argument("--rattle-std", type=float, default=0.05)
     parser.add_argument("--check", action="store_true", help="re-run for determinism and finite-difference forces")
     args = parser.parse_args(argv)
