@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from fastcsi.cli.app import cli
 
-from toy import lj_structures
+from train_toy import lj_structures
 
 FAST = ["--model", "gemnet-oc-tiny", "--batch-size", "4", "--threads", "1", "--quiet"]
 
@@ -74,7 +74,7 @@ def test_pretrain_interrupt_and_resume_equals_uninterrupted(data, pretrained, tm
 
 def test_finetune_pretrained_and_scratch_then_report(data, pretrained, tmp_path):
     rundir, _ = pretrained
-    common = ["--data", data["down"], "--split", "8,4,rest", "--epochs", 2, "--forces", "direct", *FAST]
+    common = ["--data", data["down"], "--split", "8,4,rest", "--epochs", 1, "--forces", "direct", *FAST]
     ft = run(["finetune", "--pretrained", rundir, "-o", tmp_path / "ft", *common])
     assert ft.exit_code == 0, ft.output
     res = json.loads((tmp_path / "ft" / "results.json").read_text())

@@ -13,7 +13,7 @@ from fastcsi.train.normalization import NormalizedModel, Normalizer, element_cou
 from fastcsi.train.schedule import warmup_cosine_factor
 from fastcsi.train.splits import parse_split, split_indices
 
-from toy import OFFSETS, PairModel, lj_structures
+from train_toy import OFFSETS, PairModel, lj_structures
 
 
 def test_warmup_cosine_endpoints_and_monotone_decay():

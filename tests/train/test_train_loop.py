@@ -12,7 +12,7 @@ from fastcsi.train.config import TrainConfig
 from fastcsi.train.loop import Trainer, epoch_order
 from fastcsi.train.normalization import NormalizedModel, Normalizer
 
-from toy import PairModel, lj_structures
+from train_toy import PairModel, lj_structures
 
 STRUCTURES = lj_structures(30, seed=5)
 TRAIN, VAL = STRUCTURES[:22], STRUCTURES[22:]
