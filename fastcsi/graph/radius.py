@@ -79,9 +79,8 @@ def structure_meta(batch):
     cell = batch.cell.detach().to("cpu", torch.float64).reshape(-1, 3, 3).clone()
     pbc = batch.pbc.detach().to("cpu", torch.bool).reshape(-1, 3).clone()
     natoms = batch.natoms.detach().to("cpu", torch.long)
-    for b in range(cell.shape[0]):
-        if not pbc[b].any():
-            continue
+    # only periodic structures need a look (a batch of 10k molecules must not loop in Python)
+    for b in pbc.any(1).nonzero().flatten().tolist():
         if not torch.isfinite(cell[b]).all():
             raise FastCSIError(f"radius_graph: structure {b} of the batch is periodic but its cell has NaN or inf")
         cell[b] = complete_cell(cell[b], pbc[b], b)
@@ -191,7 +190,10 @@ def radius_graph(batch, cutoff: float, max_neighbors: int | None = None, backend
     """
     check_inputs(batch, cutoff)
     device = batch.pos.device
-    name = resolve_backend("radius_graph", backend, device, _available(batch, device), ("triton", "cpu"))
+    # auto: Triton on CUDA devices, the C++ kernel on the CPU (never the Triton interpreter: it is a
+    # correctness tool, orders of magnitude slower)
+    auto_order = ("triton",) if str(device).startswith("cuda") else ("cpu",)
+    name = resolve_backend("radius_graph", backend, device, _available(batch, device), auto_order)
     if name == "ref":
         from fastcsi.graph.radius_ref import radius_graph_ref
 
