@@ -4,8 +4,8 @@ Methods timed in the same run, same BLAS settings (correctness first: max |cov -
   np.cov            np.cov(X, rowvar=False): upcasts all of X to float64 in memory (O(N d) extra)
   chan-gemm-f64     plain chunked float64 Chan update with a full GEMM per chunk (our ``ref`` per chunk)
   gemm-f32          float32 GEMM per centred chunk, float64 accumulation (fast but ~1e-7 accurate)
-  ours (cpu)        FeatureStats.update, backend "cpu": blocked float64 SYRK (one triangle), Chan merge
-  ours (cpu, gemm)  the same blocked kernel with a full GEMM (what SYRK buys on this BLAS)
+  ours (cpu)        FeatureStats.update, backend "cpu": blocked, centred float64 GEMM, Chan merge
+  ours (cpu, syrk)  the same blocked kernel with one-triangle SYRK (what SYRK buys on this BLAS)
 Streaming run (skipped by --quick): 10^7 x 256 fed in 65536-row chunks to FeatureStats; reports peak
 RSS growth, which stays O(d^2 + chunk) instead of the 20 GB np.cov would need.
 
@@ -70,13 +70,13 @@ def _ours(x, backend="cpu"):
     return stats.covariance()
 
 
-def _ours_gemm(x):
-    # Same blocked kernel with a full GEMM instead of SYRK: shows what one triangle buys on this BLAS.
+def _ours_syrk(x):
+    # Same blocked kernel with one-triangle SYRK instead of GEMM: shows what SYRK buys on this BLAS.
     from fastcsi.stats.covariance_cpu import chunk_moments_cpu
 
     acc = (0, np.zeros(DIM), np.zeros((DIM, DIM)))
     for start in range(0, len(x), CHUNK):
-        acc = merge_moments(*acc, *chunk_moments_cpu(x[start : start + CHUNK], method="gemm"))
+        acc = merge_moments(*acc, *chunk_moments_cpu(x[start : start + CHUNK], method="syrk"))
     return acc[2] / (acc[0] - 1)
 
 
@@ -123,7 +123,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         "chan-gemm-f64": lambda: _chunked(x, _chan_gemm_f64),
         "gemm-f32": lambda: _chunked(x, _gemm_f32),
         "ours (cpu)": lambda: _ours(x),
-        "ours (cpu, gemm)": lambda: _ours_gemm(x),
+        "ours (cpu, syrk)": lambda: _ours_syrk(x),
     }
     if device.startswith("cuda"):
         import torch

@@ -2,7 +2,8 @@
 
 Backends (all return float64 numpy arrays; see each file's header for algorithm and error):
 - ``ref``    covariance_ref.py: plain float64 two-pass + GEMM (the oracle).
-- ``cpu``    covariance_cpu.py: blocked float64 SYRK through the BLAS, O(block * d + d^2) memory.
+- ``cpu``    covariance_cpu.py: blocked, centred float64 GEMM (or SYRK) through the BLAS,
+             O(block * d + d^2) memory.
 - ``triton`` covariance_triton.py: fused centring + one-triangle float32 tile math, float64
              accumulation (error <~ 2e-6 relative, "ieee"); CUDA tensors, or CPU under the interpreter.
 - ``cuda``   covariance_triton.chunk_moments_torch_device: float64 cuBLAS GEMM on the device.
