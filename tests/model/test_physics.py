@@ -63,7 +63,7 @@ def test_gradient_forces_are_minus_dE_dx(kind, structures, model_grad):
     atoms = structures[kind]
     _, forces = run(model_grad, atoms)
     h = 1e-5
-    for atom, axis in [(0, 0), (len(atoms) - 1, 2), (len(atoms) // 2, 1)]:
+    for atom, axis in [(0, 0), (len(atoms) - 1, 2)]:
         plus, minus = atoms.copy(), atoms.copy()
         plus.positions[atom, axis] += h
         minus.positions[atom, axis] -= h

@@ -34,6 +34,7 @@ import torch
 
 from fastcsi.errors import FastCSIError
 from fastcsi.model.gemnet_oc.configs import IGNORED_KEYS, config
+from fastcsi.model.gemnet_oc.layers import skip_weight_init
 from fastcsi.model.gemnet_oc.model import GemNetOC
 from fastcsi.utils import atomic_path, versions
 
@@ -174,7 +175,8 @@ def load_backbone(path, base: str | None = None, **hparams) -> GemNetOC:
         raise FastCSIError(f"{path}: no hyperparameters stored; pass base='gemnet-oc-s' (or -l) and/or the hyperparameters")
     if "num_elements" not in hparams and "embedding.weight" in state:
         merged["num_elements"] = int(state["embedding.weight"].shape[0])
-    model = GemNetOC(**{**merged, "scale_file": None})
+    with skip_weight_init():  # every initialised (backbone) weight is loaded below or it is an error
+        model = GemNetOC(**{**merged, "scale_file": None})
     model.hparams["scale_file"] = merged.get("scale_file")
     expected = model.state_dict()
 

@@ -7,6 +7,7 @@ stored value is 0 (unfitted) and multiplies otherwise.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -15,9 +16,26 @@ from torch import nn
 from fastcsi.errors import FastCSIError
 
 
+_SKIP_INIT = False
+
+
+@contextlib.contextmanager
+def skip_weight_init():
+    """Build modules without the (QR-based, slow) orthogonal initialisation, for weights that are
+    about to be overwritten from a checkpoint; the tensors hold arbitrary values until then."""
+    global _SKIP_INIT
+    previous, _SKIP_INIT = _SKIP_INIT, True
+    try:
+        yield
+    finally:
+        _SKIP_INIT = previous
+
+
 def he_orthogonal_init(tensor: torch.Tensor) -> torch.Tensor:
     """Semi-orthogonal weights, standardised to zero mean / unit variance per output unit and
     scaled by 1/sqrt(fan_in) (He variance with decorrelated columns)."""
+    if _SKIP_INIT:
+        return tensor
     nn.init.orthogonal_(tensor)
     dims = [0, 1] if tensor.dim() == 3 else [1]
     fan_in = tensor.shape[:-1].numel() if tensor.dim() == 3 else tensor.shape[1]

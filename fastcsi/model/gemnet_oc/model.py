@@ -11,6 +11,7 @@ edges plus their reverses), so an atom's in-degree can exceed max_neighbors.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -207,8 +208,8 @@ class GemNetOC(nn.Module):
         batch = self.prepare(batch)
         gradient_forces = hp["regress_forces"] and not hp["direct_forces"]
         # gradient forces need autograd even under no_grad / inference_mode (as JMP does)
-        with torch.inference_mode(False) if gradient_forces else _nullcontext(), \
-                torch.enable_grad() if gradient_forces else _nullcontext():
+        with torch.inference_mode(False) if gradient_forces else contextlib.nullcontext(), \
+                torch.enable_grad() if gradient_forces else contextlib.nullcontext():
             pos = batch.pos
             if gradient_forces:
                 # clones are normal tensors even when the batch was made under inference_mode
@@ -233,11 +234,3 @@ class GemNetOC(nn.Module):
                                                   allow_unused=True)
                     result["forces"] = -grad if grad is not None else torch.zeros_like(pos)
         return result
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
