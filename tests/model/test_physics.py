@@ -1,4 +1,6 @@
 """Physical invariances of the tiny GemNet-OC in float64 (direct and gradient forces)."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -106,6 +108,9 @@ def test_degenerate_inputs(model_direct, model_grad):
     e_h, _ = run(model_direct, Atoms("H", positions=[[0, 0, 0]]))
     e_pair, _ = run(model_direct, far_pair)
     torch.testing.assert_close(e_pair, 2 * e_h)
+    intensive = copy.deepcopy(model_direct)
+    intensive.hparams = {**intensive.hparams, "extensive": False}
+    torch.testing.assert_close(run(intensive, far_pair)[0], e_h)
     nan = Atoms("HH", positions=[[0, 0, 0], [0, 0, np.nan]])
     with pytest.raises(FastCSIError, match="NaN"):
         model_direct(batch_of(nan))

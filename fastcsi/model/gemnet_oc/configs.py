@@ -81,7 +81,8 @@ GRAPH_DEFAULTS: dict = {
 HEAD_DEFAULTS: dict = {"head_num_mlps": 5}
 
 # Keys of fairchem / JMP configs that have no effect here (bookkeeping of those code bases).
-IGNORED_KEYS = {"name", "num_atoms", "bond_feat_dim", "enforce_max_neighbors_strictly", "model", "backbone"}
+IGNORED_KEYS = {"name", "num_atoms", "bond_feat_dim", "enforce_max_neighbors_strictly", "model", "backbone",
+                "use_pbc_single", "output_init"}
 
 _JMP_BASE = {
     **BACKBONE_DEFAULTS,
@@ -145,6 +146,8 @@ def normalize_hparams(hparams: dict) -> dict:
     for key in ("cutoff", "cutoff_aeaint", "cutoff_qint", "cutoff_aint"):
         if not (math.isfinite(hp[key]) and hp[key] > 0):
             raise FastCSIError(f"GemNet-OC: {key} must be a positive number of Å, got {hp[key]!r}")
+    if hp["forces_coupled"]:
+        raise FastCSIError("GemNet-OC: forces_coupled=True (fairchem's symmetrised direct forces) is not supported")
     if hp["regress_forces"] and hp["num_targets"] != 1:
         raise FastCSIError("GemNet-OC: forces need num_targets = 1")
     hp["qint_tags"] = [int(t) for t in hp["qint_tags"]]

@@ -138,8 +138,10 @@ class GemNetOCBackbone(nn.Module):
 class GemNetOC(nn.Module):
     """GemNet-OC energy (and forces) model: ``model(batch) -> {"energy": (B,), "forces": (N, 3)}``.
 
-    Energies in eV (sum of per-atom contributions), forces in eV/Å: direct (edge outputs times unit
-    vectors summed on targets) or, with ``direct_forces=False``, -dE/dpos by autograd.
+    Energies in eV (sum of per-atom contributions; the mean with ``extensive=False``), forces in
+    eV/Å: direct (edge outputs times unit vectors summed on targets) or, with
+    ``direct_forces=False``, -dE/dpos by autograd (also under ``torch.inference_mode``).
+    Dtype: the model's (``model.double()`` for float64); batches are cast to it.
     Hyperparameters: JMP's BackboneConfig names + graph settings (see ``configs.py``).
     """
 
@@ -223,6 +225,8 @@ class GemNetOC(nn.Module):
             out = self.backbone(self.embed(batch), g, want_edges=hp["regress_forces"])
             per_atom = self.out_energy(out["energy"])  # (N, T)
             energy = scatter_sum(per_atom, batch.batch, batch.num_structures)
+            if not hp["extensive"]:  # fairchem's intensive targets: mean over atoms
+                energy = energy / batch.natoms.clamp(min=1).to(energy.dtype)[:, None]
             energy = energy[:, 0] if hp["num_targets"] == 1 else energy
             result = {"energy": energy}
             if hp["regress_forces"]:
