@@ -271,3 +271,36 @@ def test_auto_falls_back_to_reference_with_a_warning(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert torch.equal(graph.edge_index, radius_graph(batch, 3.0, backend="ref").edge_index)
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(1, 40),
+    pbc=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    cutoff=st.floats(0.5, 5.0),
+)
+def test_random_cells_match_ase_and_reference(seed, n, pbc, cutoff):
+    rng = np.random.default_rng(seed)
+    # random, possibly very skewed cells (plane spacing down to ~1.5 Å: many images)
+    cell = np.diag(rng.uniform(2.0, 8.0, 3)) + np.triu(rng.uniform(-3.0, 3.0, (3, 3)), 1)
+    cell = cell[rng.permutation(3)] if abs(np.linalg.det(cell)) > 1.0 else np.diag([3.0, 4.0, 5.0])
+    positions = rng.uniform(-0.5, 1.5, (n, 3)) @ cell  # partly outside the cell
+    atoms = Atoms(numbers=np.ones(n, int), positions=positions, cell=cell, pbc=pbc)
+    batch = batch_from_atoms([atoms], dtype=torch.float64)
+    graph = radius_graph(batch, cutoff, backend=BACKENDS[-1])
+    i, j, shifts = canonical_ase(atoms, cutoff)
+    ours = np.column_stack([graph.edge_index[1].numpy(), graph.edge_index[0].numpy(), graph.cell_offsets.numpy()])
+    theirs = np.column_stack([i, j, shifts])
+    # ase is strict at the cutoff, we are inclusive: equal sets unless a pair sits on the cutoff
+    on_cutoff = np.isclose(graph.distances.numpy(), cutoff, rtol=0, atol=1e-9)
+    if not on_cutoff.any():
+        np.testing.assert_array_equal(ours, theirs)
+    assert_geometry(graph, batch)
+    if n <= 10:
+        ref = radius_graph(batch, cutoff, backend="ref")
+        assert torch.equal(ref.edge_index, graph.edge_index) and torch.equal(ref.cell_offsets, graph.cell_offsets)
