@@ -94,7 +94,9 @@ def extractor_fingerprint(model, layer: str = DEFAULT_LAYER, kind: str = DEFAULT
     _parse_layer(model, layer)
     _check_kind(model, kind)
     digest = hashlib.sha256()
-    digest.update(json.dumps(model.hparams, sort_keys=True).encode())
+    # the scale-factor values are hashed with the weights; where they were read from is not
+    hparams = {k: v for k, v in model.hparams.items() if k != "scale_file"}
+    digest.update(json.dumps(hparams, sort_keys=True).encode())
     digest.update(f"|{layer}|{kind}|".encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous()
