@@ -111,6 +111,10 @@ def test_degenerate_inputs(model_direct, model_grad):
     intensive = copy.deepcopy(model_direct)
     intensive.hparams = {**intensive.hparams, "extensive": False}
     torch.testing.assert_close(run(intensive, far_pair)[0], e_h)
+    from fastcsi.data.batch import collate
+
+    empty = model_grad(collate([], dtype=torch.float64))
+    assert empty["energy"].shape == (0,) and empty["forces"].shape == (0, 3)
     nan = Atoms("HH", positions=[[0, 0, 0], [0, 0, np.nan]])
     with pytest.raises(FastCSIError, match="NaN"):
         model_direct(batch_of(nan))
