@@ -85,6 +85,19 @@ def test_fingerprint(model):
     assert fp != extractor_fingerprint(make_model(direct_forces=True, cutoff=5.0, absolute_rbf_cutoff=6.0))
 
 
+def test_seeded_weights_do_not_depend_on_thread_count():
+    threads = torch.get_num_threads()
+    prints = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            torch.manual_seed(0)
+            prints.append(extractor_fingerprint(build_model("gemnet-oc-tiny")))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(set(prints)) == 1
+
+
 def test_named_configs_build():
     tiny = build_model("gemnet-oc-tiny")
     assert tiny.hparams["max_neighbors_qint"] == 8 and tiny.hparams["max_neighbors_aeaint"] == 20

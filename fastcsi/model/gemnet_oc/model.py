@@ -160,15 +160,23 @@ class GemNetOC(nn.Module):
         super().__init__()
         hp = normalize_hparams(hparams)
         self.hparams = hp
-        self.embedding = nn.Embedding(hp["num_elements"], hp["emb_size_atom"])
-        nn.init.uniform_(self.embedding.weight, -math.sqrt(3), math.sqrt(3))
-        self.backbone = GemNetOCBackbone(hp)
-        head = [hp["head_num_mlps"]]
-        self.out_energy = head_mlp([hp["emb_size_atom"]] * head[0] + [hp["num_targets"]], hp["activation"], bias=False)
-        self.out_forces = (
-            head_mlp([hp["emb_size_edge"]] * head[0] + [hp["num_targets"]], hp["activation"], bias=True)
-            if hp["regress_forces"] and hp["direct_forces"] else None
-        )
+        # The orthogonal initialisation (QR, reductions) gives bitwise different weights with
+        # different intra-op thread counts; one thread makes a seed reproduce the same weights
+        # (and extractor fingerprint) on every machine configuration.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self.embedding = nn.Embedding(hp["num_elements"], hp["emb_size_atom"])
+            nn.init.uniform_(self.embedding.weight, -math.sqrt(3), math.sqrt(3))
+            self.backbone = GemNetOCBackbone(hp)
+            width = hp["head_num_mlps"]
+            self.out_energy = head_mlp([hp["emb_size_atom"]] * width + [hp["num_targets"]], hp["activation"], bias=False)
+            self.out_forces = (
+                head_mlp([hp["emb_size_edge"]] * width + [hp["num_targets"]], hp["activation"], bias=True)
+                if hp["regress_forces"] and hp["direct_forces"] else None
+            )
+        finally:
+            torch.set_num_threads(threads)
         self.graph_backend = "auto"
         if hp["scale_file"]:
             self.apply_scale_file(hp["scale_file"])
