@@ -142,3 +142,26 @@ def test_gradient_forces_under_inference_mode(structures, model_grad):
         out = model_grad(batch_of(structures["slab"]))
     torch.testing.assert_close(out["energy"], e0, rtol=0, atol=0)
     torch.testing.assert_close(out["forces"], f0, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("overrides", [
+    {"quad_interaction": False},
+    {"atom_edge_interaction": False, "edge_atom_interaction": False, "atom_interaction": False},
+    {"sbf": {"name": "spherical_harmonics"}, "cbf": {"name": "gaussian"}},
+    {"rbf": {"name": "spherical_bessel"}, "envelope": {"name": "exponential"}, "absolute_rbf_cutoff": None},
+    {"rbf": {"name": "bernstein"}, "sbf": {"name": "gaussian_outer"}, "num_atom_emb_layers": 0, "scale_basis": True},
+])
+def test_variants_are_invariant(overrides, structures):
+    from goc_helpers import make_model
+
+    model = make_model(direct_forces=False, **overrides)
+    atoms = structures["slab"]
+    e0, f0 = run(model, atoms)
+    rot = random_rotation(11)
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rot.T
+    moved.cell = np.asarray(atoms.cell) @ rot.T
+    e1, f1 = run(model, moved)
+    torch.testing.assert_close(e1, e0, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(f1, f0 @ torch.as_tensor(rot.T), rtol=1e-7, atol=1e-8)
+    assert torch.isfinite(f0).all() and f0.abs().max() > 1e-6
