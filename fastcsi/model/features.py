@@ -67,12 +67,22 @@ def extract_features(model, batch, layer: str = DEFAULT_LAYER, kind: str = DEFAU
     """(N_atoms, d) features of ``layer`` / ``kind`` for every atom of ``batch`` (model dtype).
 
     ``kind="edge"``: edge features averaged over each atom's incoming main-graph edges (zeros for an
-    atom without edges)."""
-    from fastcsi.model.gemnet_oc.layers import scatter_sum
-    from fastcsi.model.gemnet_oc.model import build_graphs
+    atom without edges). Runs in eval mode (the model's mode is restored afterwards)."""
 
     block = _parse_layer(model, layer)
     _check_kind(model, kind)
+    was_training = model.training
+    model.eval()  # dropout / edge dropout off: features must be deterministic
+    try:
+        return _extract(model, batch, block, kind)
+    finally:
+        model.train(was_training)
+
+
+def _extract(model, batch, block, kind):
+    from fastcsi.model.gemnet_oc.layers import scatter_sum
+    from fastcsi.model.gemnet_oc.model import build_graphs
+
     with torch.inference_mode():
         batch = model.prepare(batch)
         g = build_graphs(batch, model.hparams, model.graph_backend)

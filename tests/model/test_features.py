@@ -62,6 +62,16 @@ def test_features_are_per_structure(model, structures, batch):
         start += len(alone)
 
 
+def test_features_ignore_training_mode_dropout(batch):
+    model = make_model(direct_forces=True, dropout=0.5, edge_dropout=0.3)
+    reference = extract_features(model, batch)
+    model.train()
+    torch.testing.assert_close(extract_features(model, batch), reference, rtol=0, atol=0)
+    assert model.training  # restored
+    out_a, out_b = model(batch)["energy"], model(batch)["energy"]
+    assert not torch.allclose(out_a, out_b)  # the dropout is real in training forward passes
+
+
 def test_bad_requests(model, batch):
     with pytest.raises(FastCSIError, match="layer"):
         extract_features(model, batch, layer="block9")
