@@ -3,6 +3,7 @@ the work is in :mod:`fastcsi.pipeline`."""
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -13,6 +14,15 @@ DEFAULT_OUTDIR = "runs/select"
 
 def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def _limit_blas_threads(threads: int) -> None:
+    """Give numpy/scipy's BLAS the same thread budget as torch. BLAS reads these variables when it
+    loads, so this works only before numpy is imported (the CLI imports it lazily, after this)."""
+    if "numpy" in sys.modules:
+        return
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
 
 
 def _model_options(func):
@@ -29,6 +39,9 @@ def _model_options(func):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--batch-size", type=int, default=16, show_default=True),
         click.option("--num-workers", type=int, default=0, show_default=True, help="Data-loading worker processes."),
+        click.option("--threads", default="auto", show_default=True,
+                     help="CPU threads (torch intra-op; BLAS too when given). auto: 1 for a small backbone "
+                     "(faster) and for the demo, else torch's default."),
         click.option("--format", "data_format", default=None, help="Force the input format (default: detected)."),
         click.option("--per-element/--no-per-element", default=True, show_default=True,
                      help="Also accumulate per-element statistics for a per-element CSI breakdown."),
@@ -46,7 +59,7 @@ def _select_options(func):
         click.option("--upstream", "upstreams", type=click.Path(), multiple=True,
                      help="Candidate upstream dataset or stats .npz (repeat). Default: the bundled demo upstreams."),
         click.option("--samples", default=None,
-                     help="Structures per dataset, or 'all' to stream everything. [default: 10000; demo: 48]"),
+                     help="Structures per dataset, or 'all' to stream everything. [default: 10000; demo: 32]"),
         click.option("--upstream-sampling", default="balanced", show_default=True,
                      help="random, balanced (equal quota per class) or all."),
         click.option("--downstream-sampling", default="random", show_default=True, help="random, balanced or all."),
@@ -65,11 +78,20 @@ def _select_options(func):
 
 def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
     from fastcsi.pipeline import DEMO_SAMPLES, DEMO_SEEDS, PAPER_SAMPLES, SelectSettings, parse_samples, parse_seeds
+    from fastcsi.pipeline.settings import parse_threads
+
+    threads = parse_threads(kw["threads"])
+    if downstream is None and not upstreams:
+        demo_mode = True
+    if demo_mode and threads is None:
+        # The demo's tiny backbone and 32-dim statistics are far too small to gain from threads.
+        threads = 1
+    if threads is not None:
+        _limit_blas_threads(threads)
+    # numpy, torch and the rest load only now, after the BLAS thread budget is set.
     from fastcsi.pipeline.report import format_table
     from fastcsi.pipeline.select import run_select
 
-    if downstream is None and not upstreams:
-        demo_mode = True
     if demo_mode:
         from fastcsi.data.demo import demo_downstream, demo_upstreams
 
@@ -95,6 +117,7 @@ def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
         device=kw["device"],
         batch_size=kw["batch_size"],
         num_workers=kw["num_workers"],
+        threads=threads,
         format=kw["data_format"],
     )
     outdir = outdir or DEFAULT_OUTDIR
@@ -151,10 +174,13 @@ def demo(downstream, upstreams, samples, seeds, outdir, **kw):
 def compute(dataset, output, sampling, samples, seed, **kw):
     """Compute one dataset's feature statistics (for `fastcsi select` inputs computed elsewhere)."""
     from fastcsi.pipeline.select import compute_stats_file
-    from fastcsi.pipeline.settings import parse_samples
+    from fastcsi.pipeline.settings import parse_samples, parse_threads
 
     if seed < 0:
         raise FastCSIError(f"--seed {seed}: must be non-negative")
+    threads = parse_threads(kw["threads"])
+    if threads is not None:
+        _limit_blas_threads(threads)
     stats = compute_stats_file(
         dataset,
         output,
@@ -169,6 +195,7 @@ def compute(dataset, output, sampling, samples, seed, **kw):
         device=kw["device"],
         batch_size=kw["batch_size"],
         num_workers=kw["num_workers"],
+        threads=threads,
         format=kw["data_format"],
         checkpoint=kw["checkpoint"],
         progress=not kw["quiet"],

@@ -98,15 +98,23 @@ def plot_ranking(result: dict, path) -> None:
     errors = [r["csi_std"] for r in rows]
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * max(len(rows), 1)))
     y = np.arange(len(rows))
-    ax.barh(y, values, xerr=errors if any(e > 0 for e in errors) else None, color="#4c72b0", capsize=4)
+    positive = [v for v in values if v > 0]
+    # CSIs of unrelated domains are orders of magnitude apart: a log axis keeps the close ones visible.
+    log = len(positive) == len(values) and len(values) > 1 and max(values) / min(positive) > 50
+    ax.barh(y, values, xerr=errors if any(e > 0 for e in errors) else None, color="#4c72b0", capsize=4,
+            log=log)
     ax.set_yticks(y, labels)
     ax.invert_yaxis()
     n_seeds = len(result["settings"].get("seeds", [])) or 1
-    ax.set_xlabel(f"CSI (Fréchet distance; lower = closer; error bars: std over {n_seeds} seed(s))")
+    scale = ", log scale" if log else ""
+    ax.set_xlabel(f"CSI (lower = closer{scale}; error bars: std over {n_seeds} seed(s))")
     ax.set_title(f"CSI to {_short(result['downstream']['path'], 60)}", fontsize=10)
-    for yi, v in zip(y, values):
-        ax.text(v, yi, f" {v:.4g}", va="center", fontsize=8)
-    ax.margins(x=0.15)
+    for yi, v, e in zip(y, values, errors):
+        ax.text(v + e, yi, f"  {v:.4g}", va="center", fontsize=8)
+    if log:
+        ax.set_xlim(min(positive) / 2, max(v + e for v, e in zip(values, errors)) * 8)
+    else:
+        ax.margins(x=0.15)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -122,7 +130,7 @@ def plot_per_element(result: dict, path) -> None:
 
     rows = result["ranking"]
     elements = sorted({int(e["Z"]) for r in rows for e in r.get("per_element", {}).values()})
-    fig_w = max(4.5, 1.6 + 0.75 * max(len(elements), 1))
+    fig_w = max(6.5, 3.5 + 0.6 * max(len(elements), 1))
     fig, ax = plt.subplots(figsize=(fig_w, 1.4 + 0.45 * max(len(rows), 1)))
     if not elements:
         ax.text(0.5, 0.5, "no element is shared between the downstream and any upstream", ha="center")
@@ -132,17 +140,25 @@ def plot_per_element(result: dict, path) -> None:
         for i, r in enumerate(rows):
             for e in r.get("per_element", {}).values():
                 grid[i, elements.index(int(e["Z"]))] = e["csi"]
-        image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis_r")
+        finite = grid[np.isfinite(grid)]
+        norm = None
+        if finite.size and finite.min() > 0 and finite.max() / finite.min() > 50:
+            from matplotlib.colors import LogNorm
+
+            norm = LogNorm(vmin=finite.min(), vmax=finite.max())
+        image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis_r", norm=norm)
         ax.set_xticks(range(len(elements)), [_symbol(z) for z in elements])
         ax.set_yticks(range(len(rows)), [_short(r["upstream"]) for r in rows])
-        finite = grid[np.isfinite(grid)]
         mid = float(np.median(finite)) if finite.size else 0.0
         for i in range(grid.shape[0]):
+            if not np.isfinite(grid[i]).any():
+                ax.text((len(elements) - 1) / 2, i, "no element in common", ha="center", va="center",
+                        fontsize=8, color="grey")
             for j in range(grid.shape[1]):
                 if np.isfinite(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=7,
                             color="white" if grid[i, j] > mid else "black")
-        fig.colorbar(image, ax=ax, label="per-element CSI (lower = closer)")
+        fig.colorbar(image, ax=ax, label="CSI (lower = closer)")
         ax.set_title(f"Per-element CSI to {_short(result['downstream']['path'], 50)}", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fastcsi.errors import FastCSIError
 from fastcsi.pipeline.compute import StatsCache, dataset_stats, open_source
@@ -88,7 +89,10 @@ class StatsProvider:
     @property
     def extractor(self):
         if self._extractor is None:
+            from fastcsi.pipeline.backbone import apply_thread_policy
+
             self._extractor = self._extractor_factory()
+            apply_thread_policy(self._extractor, self.settings.threads)
         return self._extractor
 
     def get(self, source: _Source, strategy: str, seed: int):
@@ -158,6 +162,7 @@ def run_select(
         raise FastCSIError("the same --upstream path is given twice")
 
     t0 = time.perf_counter()
+    threads_before = torch.get_num_threads()
     ctx = init_distributed(settings.device)
     try:
         device = resolve_device(settings.device, ctx.local_rank if ctx.enabled else None)
@@ -197,6 +202,7 @@ def run_select(
             checkpoint=None if checkpoint is None else str(checkpoint),
             device=str(device),
             world_size=ctx.world_size,
+            threads=torch.get_num_threads(),
             cache_dir=None if cache.directory is None else str(cache.directory),
         )
         result.update(
@@ -209,6 +215,7 @@ def run_select(
             result["profile"] = _write_outputs(result, outdir, profiler, run_settings)
         return result
     finally:
+        torch.set_num_threads(threads_before)
         ctx.close()
 
 
@@ -413,6 +420,7 @@ def compute_stats_file(
     device: str = "auto",
     batch_size: int = 16,
     num_workers: int = 0,
+    threads: int | None = None,
     format: str | None = None,
     checkpoint=None,
     progress: bool = True,
@@ -421,7 +429,7 @@ def compute_stats_file(
 ):
     """Compute one dataset's stats on its own and save them to ``output`` (``.npz``) for use as a
     ``select`` input elsewhere. Returns the FeatureStats (on every rank; rank 0 writes)."""
-    from fastcsi.pipeline.backbone import load_extractor, resolve_device
+    from fastcsi.pipeline.backbone import apply_thread_policy, load_extractor, resolve_device
     from fastcsi.pipeline.settings import SAMPLING_STRATEGIES, parse_samples
     from fastcsi.profiling import Profiler
 
@@ -432,7 +440,8 @@ def compute_stats_file(
     if output.suffix != ".npz":
         raise FastCSIError(f"{output}: the stats output must be a .npz file")
     # Validates agg/kind/dtype etc. the same way select does.
-    SelectSettings(samples=samples, agg=agg, layer=layer, kind=kind, dtype=dtype, seeds=(seed,))
+    SelectSettings(samples=samples, agg=agg, layer=layer, kind=kind, dtype=dtype, seeds=(seed,), threads=threads)
+    threads_before = torch.get_num_threads()
     ctx = init_distributed(device)
     try:
         dev = resolve_device(device, ctx.local_rank if ctx.enabled else None)
@@ -441,6 +450,7 @@ def compute_stats_file(
             raise FastCSIError(f"{dataset_path}: is already a stats file, not a dataset")
         try:
             ext = extractor or load_extractor(checkpoint, layer, kind, dev, dtype)
+            apply_thread_policy(ext, threads)
             spec = SampleSpec.make(sampling, samples, seed, len(dataset))
             stats, _ = dataset_stats(
                 dataset,
@@ -463,4 +473,5 @@ def compute_stats_file(
             stats.save(output)
         return stats
     finally:
+        torch.set_num_threads(threads_before)
         ctx.close()

@@ -14,7 +14,7 @@ from fastcsi.errors import FastCSIError
 # The paper draws ~10k structures per dataset: class-balanced upstream, random downstream.
 PAPER_SAMPLES = 10_000
 # `fastcsi demo` must finish in under a minute on a 2-core CPU with the tiny backbone.
-DEMO_SAMPLES = 48
+DEMO_SAMPLES = 32
 DEMO_SEEDS = (0, 1)
 
 SAMPLING_STRATEGIES = ("random", "balanced", "all")
@@ -70,6 +70,19 @@ def parse_samples(text) -> int | None:
     return value
 
 
+def parse_threads(text) -> int | None:
+    """``"auto"`` -> None; ``"4"`` -> 4."""
+    if text is None or str(text).strip().lower() == "auto":
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise FastCSIError(f"--threads {text!r}: give a positive integer or 'auto'") from None
+    if value < 1:
+        raise FastCSIError(f"--threads {text!r}: give a positive integer or 'auto'")
+    return value
+
+
 def _choice(name: str, value: str, choices) -> str:
     if value not in choices:
         raise FastCSIError(f"{name} {value!r}: choose one of {', '.join(choices)}")
@@ -93,6 +106,7 @@ class SelectSettings:
     device: str = "auto"
     batch_size: int = 16
     num_workers: int = 0
+    threads: int | None = None  # intra-op CPU threads; None = auto (see backbone.apply_thread_policy)
     format: str | None = None
     data_options: dict = field(default_factory=dict)
 
@@ -108,6 +122,8 @@ class SelectSettings:
             raise FastCSIError("--seeds: give at least one seed")
         if self.batch_size < 1:
             raise FastCSIError(f"--batch-size {self.batch_size}: must be a positive integer")
+        if self.threads is not None and self.threads < 1:
+            raise FastCSIError(f"--threads {self.threads}: must be a positive integer or 'auto'")
         if self.num_workers < 0:
             raise FastCSIError(f"--num-workers {self.num_workers}: must be >= 0")
 

@@ -23,6 +23,7 @@ def _oracle_stats(path, model):
 
 def test_select_all_samples_matches_oracle(tiny_data, extractor, tmp_path):
     settings = SelectSettings(samples=None, seeds=(0,), batch_size=7, dtype="float64")
+    threads_before = torch.get_num_threads()
     result = run_select(
         tiny_data["down"], [tiny_data["metal"], tiny_data["organic"]], settings,
         outdir=tmp_path / "out", extractor=extractor, progress=False,
@@ -50,6 +51,8 @@ def test_select_all_samples_matches_oracle(tiny_data, extractor, tmp_path):
     assert saved["ranking"][0]["csi"] == ranking[0]["csi"]
     assert saved["settings"]["samples"] == "all" and saved["settings"]["extractor"] == extractor.fingerprint
     assert saved["versions"]["fastcsi"]
+    # auto threads: one for the tiny backbone during the run, the caller's setting restored after
+    assert saved["settings"]["threads"] == 1 and torch.get_num_threads() == threads_before
     for name in ("csi.csv", "csi.png", "csi_per_element.png", "profile.md", "profile.json"):
         assert (out / name).is_file(), name
     stages = json.loads((out / "profile.json").read_text())["stages"]
