@@ -138,12 +138,12 @@ def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
         click.echo(f"fastcsi: warning: {warning}", err=True)
     click.echo(format_table(result))
     prof = result["profile"]
-    atoms_per_s = prof["throughput"].get("atoms_per_s", 0.0)
     click.echo(
-        f"\nwall {prof['wall_s']:.1f} s, {atoms_per_s:,.0f} atoms/s through the backbone; "
-        f"stats computed {result['cache']['computed']}, reused from cache {result['cache']['hits']}"
+        f"\nwall {prof['wall_s']:.1f} s, {prof['backbone_atoms_per_s']:,.0f} atoms/s through the backbone "
+        f"(graph + forward); stats computed {result['cache']['computed']}, reused from cache "
+        f"{result['cache']['hits']}"
     )
-    click.echo(f"outputs: {outdir}/csi.json, csi.csv, csi.png, csi_per_element.png, profile.md")
+    click.echo(f"outputs in {outdir}: {', '.join(prof['outputs'])}")
 
 
 @click.command("select")

@@ -390,18 +390,26 @@ def _adequacy(rows, downstream, per_seed_down, provider, up_srcs, settings, dims
 def _write_outputs(result: dict, outdir: Path, profiler, run_settings) -> dict:
     outdir.mkdir(parents=True, exist_ok=True)
     summary = profiler.write(outdir, settings=run_settings, title="fastcsi select profile")
+    stages = {k: v["total_s"] for k, v in summary["stages"].items()}
+    backbone_s = stages.get("graph", 0.0) + stages.get("model", 0.0)
+    atoms = summary["counters"].get("atoms", 0)
     profile = {
         "wall_s": summary["wall_s"],
-        "stages_s": {k: v["total_s"] for k, v in summary["stages"].items()},
+        "stages_s": stages,
         "throughput": summary["throughput"],
+        # the backbone's own rate (graph + forward), free of start-up, reading and plotting
+        "backbone_atoms_per_s": atoms / backbone_s if backbone_s > 0 else 0.0,
         "memory": summary["memory"],
     }
     result["profile"] = profile
+    outputs = ["csi.json", "csi.csv", "csi.png"]
     write_json(result, outdir / "csi.json")
     write_csv(result, outdir / "csi.csv")
     plot_ranking(result, outdir / "csi.png")
-    if run_settings.get("per_element", True):
+    if run_settings.get("per_element", True) and run_settings.get("agg") == "flat":
         plot_per_element(result, outdir / "csi_per_element.png")
+        outputs.append("csi_per_element.png")
+    profile["outputs"] = outputs + ["profile.md", "profile.json"]
     return profile
 
 

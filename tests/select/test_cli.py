@@ -30,8 +30,9 @@ def test_select_and_stats_compute(tiny_data, tmp_path):
 
     out = tmp_path / "out"
     r = _invoke("select", "--downstream", tiny_data["down"], "--upstream", tiny_data["metal"], "--upstream", npz,
-                "--samples", "4", "--seeds", "1", "-o", out, "--quiet")
+                "--samples", "4", "--seeds", "1", "-o", out, "--quiet", "--trace")
     assert r.exit_code == 0, r.output
+    assert (out / "trace" / "trace.json").is_file()  # the torch.profiler chrome trace
     ranking = json.loads((out / "csi.json").read_text())["ranking"]
     assert [row["upstream"] for row in ranking] == [str(npz), str(tiny_data["metal"])]
     assert "CSI ranking (closest first)" in r.stdout and "organic.npz" in r.stdout

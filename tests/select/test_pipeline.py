@@ -175,3 +175,14 @@ def test_default_backbone_is_reproducible_across_thread_counts():
     finally:
         torch.set_num_threads(before)
     assert len(prints) == 1 and torch.get_num_threads() == before
+
+
+def test_structure_level_aggregation(tiny_data, extractor, tmp_path):
+    settings = SelectSettings(samples=None, seeds=(0,), agg="mean", dtype="float64", batch_size=16)
+    result = run_select(tiny_data["down"], [tiny_data["organic"]], settings, outdir=tmp_path,
+                        extractor=extractor, progress=False, use_cache=False)
+    row = result["ranking"][0]
+    # one sample per structure, and no per-element breakdown (structures have no single element)
+    assert row["per_seed"][0]["n_samples"] == row["n_structures"] == 12
+    assert row["per_element"] == {} and row["stats_settings"]["aggregation"] == "mean"
+    assert not (tmp_path / "csi_per_element.png").exists() and (tmp_path / "csi.png").exists()
