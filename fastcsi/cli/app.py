@@ -56,6 +56,10 @@ def _register():
     cli.add_command(train_cmds.finetune)
     cli.add_command(train_cmds.report)
 
+    from fastcsi.cli import bench as bench_cmds
+
+    cli.add_command(bench_cmds.bench)
+
 
 _register()
 
