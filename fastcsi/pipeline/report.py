@@ -85,6 +85,17 @@ def _short(label: str, width: int = 40) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1) :]
 
 
+def display_names(labels, width: int = 40) -> list:
+    """Short names for paths: the file name, or as many trailing path parts as it takes to tell
+    them apart (``oc20/data.0000.lmdb`` vs ``oc22/data.0000.lmdb``)."""
+    parts = [Path(label).parts or (label,) for label in labels]
+    for depth in range(1, max((len(p) for p in parts), default=1) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            break
+    return [n if len(n) <= width else "…" + n[-(width - 1) :] for n in names]
+
+
 def plot_ranking(result: dict, path) -> None:
     """Horizontal bars, closest upstream on top; error bars = std over seeds."""
     import matplotlib
@@ -93,7 +104,7 @@ def plot_ranking(result: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     rows = result["ranking"]
-    labels = [_short(r["upstream"]) for r in rows]
+    labels = display_names([r["upstream"] for r in rows])
     values = [r["csi"] for r in rows]
     errors = [r["csi_std"] for r in rows]
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * max(len(rows), 1)))
@@ -148,7 +159,7 @@ def plot_per_element(result: dict, path) -> None:
             norm = LogNorm(vmin=finite.min(), vmax=finite.max())
         image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis_r", norm=norm)
         ax.set_xticks(range(len(elements)), [_symbol(z) for z in elements])
-        ax.set_yticks(range(len(rows)), [_short(r["upstream"]) for r in rows])
+        ax.set_yticks(range(len(rows)), display_names([r["upstream"] for r in rows]))
         mid = float(np.median(finite)) if finite.size else 0.0
         for i in range(grid.shape[0]):
             if not np.isfinite(grid[i]).any():
@@ -171,11 +182,12 @@ def format_table(result: dict) -> str:
     down = result["downstream"]
     header = ["rank", "upstream", "CSI", "± std", "mean term", "trace term", "structures", "atoms"]
     lines = []
-    for r in result["ranking"]:
+    names = display_names([r["upstream"] for r in result["ranking"]], 48)
+    for r, name in zip(result["ranking"], names):
         lines.append(
             [
                 str(r["rank"]),
-                _short(r["upstream"], 48),
+                name,
                 f"{r['csi']:.5g}",
                 f"{r['csi_std']:.2g}" if len(r["per_seed"]) > 1 else "-",
                 f"{r['mean_term']:.5g}",

@@ -7,7 +7,7 @@ import torch
 
 from fastcsi.data import Structure, collate
 from fastcsi.pipeline.compute import aggregate, is_stats_file
-from fastcsi.pipeline.report import format_table, mean_std, plot_per_element, plot_ranking, write_csv, write_json
+from fastcsi.pipeline.report import display_names, format_table, mean_std, plot_per_element, plot_ranking, write_csv, write_json
 
 
 def _batch():
@@ -93,3 +93,10 @@ def test_dataset_npz_is_not_a_stats_file(shared_data, tmp_path):
     assert is_stats_file(tmp_path / "s.npz")
     np.savez(tmp_path / "other.npz", count=np.array(3), mean=np.zeros(2), scatter=np.eye(2))
     assert not is_stats_file(tmp_path / "other.npz")
+
+
+def test_display_names_tell_paths_apart():
+    assert display_names(["/d/oc20/data.0000.lmdb", "/d/oc22/data.0000.lmdb", "/x/ani.h5"]) == [
+        "oc20/data.0000.lmdb", "oc22/data.0000.lmdb", "x/ani.h5"
+    ]
+    assert display_names(["/a/one.xyz", "/b/two.xyz"]) == ["one.xyz", "two.xyz"]
