@@ -181,7 +181,7 @@ def package_versions() -> dict:
 
 # ------------------------------------------------------------------------------------------ rows
 def finish_rows(rows: list[dict], peaks: dict | None) -> list[dict]:
-    """Fill throughput, ratios vs every baseline of the same kernel and case, and the roofline."""
+    """Fill throughput, ratios vs every baseline of the same kernel, case and size, and the roofline."""
     for row in rows:
         ok = row["status"] == "ok" and row.get("seconds")
         row["throughput"] = row["items"] / row["seconds"] if ok and row.get("items") else None
@@ -192,7 +192,8 @@ def finish_rows(rows: list[dict], peaks: dict | None) -> list[dict]:
         if not (row["status"] == "ok" and row.get("seconds")):
             continue
         for other in rows:
-            if (other["kernel"], other["case"]) == (row["kernel"], row["case"]) and other is not row \
+            if (other["kernel"], other["case"], other["size"]) == (row["kernel"], row["case"], row["size"]) \
+                    and other is not row \
                     and other["role"] in ("baseline", "anchor") and other["status"] == "ok" and other.get("seconds"):
                 row["ratios"][other["method"]] = other["seconds"] / row["seconds"]
     return rows
