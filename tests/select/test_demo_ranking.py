@@ -1,0 +1,16 @@
+"""CSI is meaningful on the bundled demo data: the ranking follows the downstream's chemistry."""
+from fastcsi.data.demo import demo_paths
+from fastcsi.pipeline import SelectSettings
+from fastcsi.pipeline.select import run_select
+
+
+def test_ranking_flips_with_the_downstream(extractor, tmp_path):
+    paths = demo_paths()
+    upstreams = [paths["upstream_slabs"], paths["upstream_organic"]]
+    settings = SelectSettings(samples=8, seeds=(0,), dtype="float64", batch_size=8)
+    kw = dict(outdir=tmp_path, cache_dir=tmp_path / "cache", extractor=extractor, progress=False)
+    molecular = run_select(paths["downstream_md"], upstreams, settings, **kw)
+    catalysis = run_select(paths["downstream_catalysis"], upstreams, settings, **kw)
+    assert molecular["ranking"][0]["upstream"] == str(paths["upstream_organic"])
+    assert catalysis["ranking"][0]["upstream"] == str(paths["upstream_slabs"])
+    assert catalysis["cache"]["hits"] == 2  # the upstream stats of the first run were reused
