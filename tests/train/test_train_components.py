@@ -104,13 +104,18 @@ def test_ema_matches_closed_form_and_swaps_back():
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         model.weight.fill_(0.0)
-    ema = EMA(model, 0.9)
+    ema = EMA(model, 0.9, warmup=False)
+    warm = EMA(model, 0.9)
     for value in (1.0, 2.0, 3.0):
         with torch.no_grad():
             model.weight.fill_(value)
         ema.update(model)
+        warm.update(model)
     expected = ((0 * 0.9 + 0.1 * 1) * 0.9 + 0.1 * 2) * 0.9 + 0.1 * 3
     assert float(ema.shadow["weight"][0, 0]) == pytest.approx(expected)
+    d = [1 / 10, 2 / 11, 3 / 12]  # warm-up decays (1 + t) / (10 + t), all below 0.9
+    assert float(warm.shadow["weight"][0, 0]) == pytest.approx(((0 * d[0] + (1 - d[0]) * 1) * d[1] + (1 - d[1]) * 2) * d[2] + (1 - d[2]) * 3)
+    assert EMA(model, 0.99).current_decay() == pytest.approx(0.1)
     with ema.applied(model):
         assert float(model.weight[0, 0].detach()) == pytest.approx(expected)
     assert float(model.weight[0, 0].detach()) == 3.0
