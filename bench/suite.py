@@ -104,7 +104,7 @@ def neighbors_cases(quick: bool, device: str, sizes=None):
 
     vesin, vesin_missing = _optional("vesin")
     matscipy_nl, matscipy_missing = _optional("matscipy.neighbours")
-    reps = sizes or ((2, 3) if quick else (3, 5, 8, 12))
+    reps = sizes or ((2, 3) if quick else (3, 5, 8))
     cutoff = NEIGHBOR_CUTOFF
     for rep in reps:
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((rep, rep, rep))
@@ -141,7 +141,7 @@ def neighbors_cases(quick: bool, device: str, sizes=None):
         methods.append(Method("ase", "baseline", lambda atoms=atoms: ase_neighbor_list("ijSd", atoms, cutoff),
                               lambda out: distances_error(out[3]), 1e-9, flops=8.0 * n_edges, bytes=nbytes))
         yield Case("neighbors", f"Cu fcc {rep}x{rep}x{rep} cubic, {cutoff} Å", len(atoms), "atoms", n_edges, "edges",
-                   methods, repeats=3 if quick else 7)
+                   methods, repeats=3 if quick else 5)
 
 
 # ------------------------------------------------------------------------------------ covariance
