@@ -41,13 +41,12 @@ from fastcsi.model.gemnet_oc.layers import FinalMLP, OutputBlock, head_mlp, scat
 def _edge_dict(graph, atom_batch, num_structures):
     edge_index = graph.edge_index
     edge_batch = atom_batch[edge_index[1]] if edge_index.shape[1] else edge_index.new_zeros(0)
-    distance = torch.linalg.vector_norm(graph.vectors, dim=-1)
     return {
         "edge_index": edge_index,
         "cell_offset": graph.cell_offsets,
-        "distance": distance,
+        "distance": graph.distances,
         # unit vector from source to target (the radius graph's vectors point target -> source)
-        "vector": -graph.vectors / distance[:, None],
+        "vector": -graph.vectors / graph.distances[:, None],
         "edge_batch": edge_batch,
         "num_neighbors": torch.bincount(edge_batch, minlength=num_structures),
     }
