@@ -246,14 +246,3 @@ def is_stats_file(path) -> bool:
     except Exception:
         return False
 
-
-def stats_summary(stats) -> dict:
-    """What a report says about one stats object: counts and the settings that shaped it."""
-    meta = dict(stats.metadata)
-    return {
-        "n_structures": int(meta.get("n_structures", stats.count)),
-        "n_atoms": int(meta.get("n_atoms", stats.count)),
-        "n_samples": int(stats.count),
-        "settings": {k: meta.get(k) for k in sorted(meta) if k not in ("n_structures", "n_atoms")},
-    }
-

@@ -27,7 +27,7 @@ CSV_COLUMNS = (
 )
 
 
-def _symbol(z: int) -> str:
+def element_symbol(z: int) -> str:
     from ase.data import chemical_symbols
 
     return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z{z}"
@@ -158,7 +158,7 @@ def plot_per_element(result: dict, path) -> None:
 
             norm = LogNorm(vmin=finite.min(), vmax=finite.max())
         image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="viridis_r", norm=norm)
-        ax.set_xticks(range(len(elements)), [_symbol(z) for z in elements])
+        ax.set_xticks(range(len(elements)), [element_symbol(z) for z in elements])
         ax.set_yticks(range(len(rows)), display_names([r["upstream"] for r in rows]))
         mid = float(np.median(finite)) if finite.size else 0.0
         for i in range(grid.shape[0]):

@@ -18,10 +18,9 @@ import torch
 
 from fastcsi.errors import FastCSIError
 from fastcsi.pipeline.compute import StatsCache, dataset_stats, open_source
-from fastcsi.pipeline.distributed import DistContext, init_distributed
+from fastcsi.pipeline.distributed import init_distributed
 from fastcsi.pipeline.report import (
-    _symbol,
-    format_table,
+    element_symbol,
     mean_std,
     plot_per_element,
     plot_ranking,
@@ -128,8 +127,7 @@ def _counts(stats) -> tuple[int, int]:
 
 
 def _element_counts(stats) -> dict:
-    groups = getattr(stats, "groups", None) or {}
-    return {int(z): int(g.count) for z, g in groups.items()}
+    return {int(z): int(g.count) for z, g in stats.groups.items()}
 
 
 def run_select(
@@ -255,9 +253,7 @@ def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
             down = per_seed_down[seed]
             up = provider.get(up_src, settings.upstream_sampling, seed)
             _check_settings_match(down, up, down_src.label, up_src.label)
-            want_groups = settings.per_element and bool(getattr(down, "groups", None)) and bool(
-                getattr(up, "groups", None)
-            )
+            want_groups = settings.per_element and bool(down.groups) and bool(up.groups)
             with profiler.stage("distance"):
                 res = csi_fn(down, up, per_group=want_groups)
             dims.add(int(down.mean.shape[0]))
@@ -283,7 +279,7 @@ def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
                 down_counts, up_counts = _element_counts(down), _element_counts(up)
                 for z, g in res.per_group.items():
                     entry = per_element_values.setdefault(int(z), {"csi": [], "down": [], "up": []})
-                    entry["csi"].append(float(g.csi) if hasattr(g, "csi") else float(g))
+                    entry["csi"].append(float(g.csi))
                     entry["down"].append(down_counts.get(int(z), 0))
                     entry["up"].append(up_counts.get(int(z), 0))
         csi_mean, csi_std = mean_std([p["csi"] for p in per_seed])
@@ -291,7 +287,7 @@ def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
         for z in sorted(per_element_values):
             v = per_element_values[z]
             m, s = mean_std(v["csi"])
-            per_element[_symbol(z)] = {
+            per_element[element_symbol(z)] = {
                 "Z": z,
                 "csi": m,
                 "csi_std": s,
@@ -312,7 +308,7 @@ def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
                 "n_atoms": int(round(np.mean([p["n_atoms"] for p in per_seed]))),
                 "per_seed": per_seed,
                 "per_element": per_element,
-                "stats_settings": _public_metadata(first_up),
+                "stats_settings": dict(sorted(first_up.metadata.items())),
             }
         )
 
@@ -331,9 +327,9 @@ def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
             {"seed": s, "n_structures": c[0], "n_atoms": c[1], "n_samples": int(per_seed_down[s].count)}
             for s, c in zip(seeds, d_counts)
         ],
-        "stats_settings": _public_metadata(down_first),
+        "stats_settings": dict(sorted(down_first.metadata.items())),
     }
-    adequacy = _adequacy(rows, downstream, per_seed_down, provider, up_srcs, settings, dims, warnings)
+    adequacy = _adequacy(rows, downstream, settings, dims, warnings)
     return {
         "format": RESULT_FORMAT,
         "downstream": downstream,
@@ -343,11 +339,7 @@ def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
     }
 
 
-def _public_metadata(stats) -> dict:
-    return {k: v for k, v in sorted(stats.metadata.items())}
-
-
-def _adequacy(rows, downstream, per_seed_down, provider, up_srcs, settings, dims, warnings) -> dict:
+def _adequacy(rows, downstream, settings, dims, warnings) -> dict:
     """Is the sample big enough? Samples per feature dimension, and how stable the ranking is."""
     dim = max(dims) if dims else 0
     need = ADEQUATE_SAMPLES_PER_DIM * dim
