@@ -45,8 +45,8 @@ def test_disabled_profiler_records_nothing():
 
 
 def test_torch_trace_writes_chrome_trace(tmp_path):
-    with torch_trace(tmp_path, wait=0, warmup=0, active=1) as tracer:
-        for _ in range(2):
+    with torch_trace(tmp_path, wait=0, warmup=1, active=1) as tracer:
+        for _ in range(3):
             torch.ones(4) @ torch.ones(4)
             tracer.step()
     trace = json.loads((tmp_path / "trace.json").read_text())
