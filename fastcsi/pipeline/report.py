@@ -206,7 +206,7 @@ def format_table(result: dict) -> str:
         f"CSI ranking (closest first) for downstream {down['path']} "
         f"({down['n_structures']:,} structures, {down['n_atoms']:,} atoms per seed)",
         f"backbone: {s.get('backbone')}; layer {s.get('layer')}, {s.get('kind')} features, agg {s.get('agg')}, "
-        f"dim {s.get('feature_dim')}; samples {s.get('samples')} "
+        f"dim {s.get('feature_dim')}, {s.get('dtype')}; samples {s.get('samples')} "
         f"(upstream {s.get('upstream_sampling')}, downstream {s.get('downstream_sampling')}); "
         f"seeds {','.join(str(x) for x in s.get('seeds', []))}",
         "",

@@ -105,3 +105,20 @@ def test_stats_compute_rejects_bad_values(tiny_data, tmp_path):
     _assert_user_error(_invoke("stats", "compute", tiny_data["down"], "-o", tmp_path / "x.npz", "--seed", "-1"),
                        "--seed")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_select_without_datasets_runs_the_demo(tmp_path):
+    from fastcsi.data.demo import demo_downstream, demo_upstreams
+
+    out = tmp_path / "demo"
+    r = _invoke("select", "--samples", "3", "--seeds", "0", "-o", out, "--quiet", "--no-per-element")
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "csi.json").read_text())
+    assert result["downstream"]["path"] == str(demo_downstream())
+    assert sorted(row["upstream"] for row in result["ranking"]) == sorted(str(p) for p in demo_upstreams())
+    assert result["settings"]["threads"] == 1  # the demo's thread budget
+    assert not (out / "csi_per_element.png").exists()
+
+
+def test_upstream_without_downstream_is_an_error(tiny_data):
+    _assert_user_error(_invoke("select", "--upstream", tiny_data["organic"]), "--downstream")
