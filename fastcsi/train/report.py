@@ -9,6 +9,7 @@ against test MAE and the Spearman rank correlation (scipy).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from fastcsi.errors import FastCSIError
@@ -74,7 +75,9 @@ def build_report(select_dir, finetune_dirs, metric: str | None = None) -> dict:
 
         result = spearmanr([r["csi"] for r in rows], [r["test_mae"] for r in rows])
         rho = float(result.statistic if hasattr(result, "statistic") else result[0])
-        spearman = {"rho": rho, "p_value": float(result.pvalue), "n": len(rows)}
+        p_value = float(result.pvalue)
+        # two points always rank perfectly (rho = +-1) and scipy gives no p-value for them
+        spearman = {"rho": rho, "p_value": p_value if math.isfinite(p_value) else None, "n": len(rows)}
     return {"kind": "fastcsi-report", "select": str(csi_path), "rows": rows, "spearman": spearman,
             "unmatched": unmatched, "versions": versions()}
 
@@ -89,8 +92,8 @@ def format_report(report: dict) -> str:
     if sp is None:
         lines.append("Spearman rank correlation: needs at least two matched runs")
     else:
-        lines.append(f"Spearman rank correlation (CSI vs test MAE): rho = {sp['rho']:+.3f} "
-                     f"(p = {sp['p_value']:.3g}, n = {sp['n']})")
+        p_text = f"p = {sp['p_value']:.3g}" if sp["p_value"] is not None else "no p-value"
+        lines.append(f"Spearman rank correlation (CSI vs test MAE): rho = {sp['rho']:+.3f} ({p_text}, n = {sp['n']})")
     for u in report["unmatched"]:
         lines.append(f"not matched: {u}")
     return "\n".join(lines)
@@ -105,7 +108,7 @@ def write_report(report: dict, outdir) -> dict:
     outdir = Path(outdir)
     rows = report["rows"]
     with atomic_write(outdir / "report.json") as fh:
-        json.dump(report, fh, indent=1)
+        json.dump(report, fh, indent=1, allow_nan=False)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.scatter([r["csi"] for r in rows], [r["test_mae"] for r in rows])
     for r in rows:

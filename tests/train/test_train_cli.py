@@ -102,7 +102,8 @@ def test_finetune_pretrained_and_scratch_then_report(data, pretrained, tmp_path)
     assert rep.exit_code == 0, rep.output
     assert "rho = +1.000" in rep.output and "not matched" in rep.output
     assert (sel / "csi_vs_mae.png").is_file()
-    assert json.loads((sel / "report.json").read_text())["spearman"]["n"] == 2
+    spearman = json.loads((sel / "report.json").read_text())["spearman"]
+    assert spearman["n"] == 2 and spearman["p_value"] is None  # strict JSON: no NaN
 
 
 def test_finetune_scalar_target_mean_reduction(data, pretrained, tmp_path):
