@@ -25,6 +25,27 @@ def _limit_blas_threads(threads: int) -> None:
         os.environ[name] = str(threads)
 
 
+def _settings(kw, samples, seeds, threads, **sampling):
+    """A SelectSettings from the shared model options (select, demo and stats compute)."""
+    from fastcsi.pipeline import SelectSettings, parse_samples
+
+    return SelectSettings(
+        samples=parse_samples(samples),
+        seeds=seeds,
+        agg=kw["agg"],
+        layer=kw["layer"],
+        kind=kw["kind"],
+        dtype=kw["dtype"],
+        per_element=kw["per_element"],
+        device=kw["device"],
+        batch_size=kw["batch_size"],
+        num_workers=kw["num_workers"],
+        threads=threads,
+        format=kw["data_format"],
+        **sampling,
+    )
+
+
 def _model_options(func):
     """Options that define the features (shared by select, demo and stats compute)."""
     options = [
@@ -77,7 +98,7 @@ def _select_options(func):
 
 
 def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
-    from fastcsi.pipeline import DEMO_SAMPLES, DEMO_SEEDS, PAPER_SAMPLES, SelectSettings, parse_samples, parse_seeds
+    from fastcsi.pipeline import DEMO_SAMPLES, DEMO_SEEDS, PAPER_SAMPLES, parse_seeds
     from fastcsi.pipeline.settings import parse_threads
 
     threads = parse_threads(kw["threads"])
@@ -104,21 +125,13 @@ def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
         raise FastCSIError("--downstream is required when --upstream is given")
     elif not upstreams:
         raise FastCSIError("give at least one --upstream dataset to rank against the downstream")
-    settings = SelectSettings(
-        samples=parse_samples(PAPER_SAMPLES if samples is None else samples),
+    settings = _settings(
+        kw,
+        samples=PAPER_SAMPLES if samples is None else samples,
+        seeds=parse_seeds("0,1,2" if seeds is None else seeds),
+        threads=threads,
         upstream_sampling=kw["upstream_sampling"],
         downstream_sampling=kw["downstream_sampling"],
-        agg=kw["agg"],
-        layer=kw["layer"],
-        kind=kw["kind"],
-        seeds=parse_seeds("0,1,2" if seeds is None else seeds),
-        dtype=kw["dtype"],
-        per_element=kw["per_element"],
-        device=kw["device"],
-        batch_size=kw["batch_size"],
-        num_workers=kw["num_workers"],
-        threads=threads,
-        format=kw["data_format"],
     )
     outdir = outdir or DEFAULT_OUTDIR
     result = run_select(
@@ -173,30 +186,19 @@ def demo(downstream, upstreams, samples, seeds, outdir, **kw):
 @_model_options
 def compute(dataset, output, sampling, samples, seed, **kw):
     """Compute one dataset's feature statistics (for `fastcsi select` inputs computed elsewhere)."""
-    from fastcsi.pipeline.select import compute_stats_file
-    from fastcsi.pipeline.settings import parse_samples, parse_threads
+    from fastcsi.pipeline.settings import parse_threads
 
-    if seed < 0:
-        raise FastCSIError(f"--seed {seed}: must be non-negative")
     threads = parse_threads(kw["threads"])
     if threads is not None:
         _limit_blas_threads(threads)
+    from fastcsi.pipeline.select import compute_stats_file
+
     stats = compute_stats_file(
         dataset,
         output,
+        _settings(kw, samples=samples, seeds=(seed,), threads=threads),
         sampling=sampling,
-        samples=parse_samples(samples),
         seed=seed,
-        agg=kw["agg"],
-        layer=kw["layer"],
-        kind=kw["kind"],
-        per_element=kw["per_element"],
-        dtype=kw["dtype"],
-        device=kw["device"],
-        batch_size=kw["batch_size"],
-        num_workers=kw["num_workers"],
-        threads=threads,
-        format=kw["data_format"],
         checkpoint=kw["checkpoint"],
         progress=not kw["quiet"],
     )

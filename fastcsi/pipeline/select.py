@@ -408,59 +408,49 @@ def _write_outputs(result: dict, outdir: Path, profiler, run_settings) -> dict:
 def compute_stats_file(
     dataset_path,
     output,
+    settings: SelectSettings | None = None,
     *,
     sampling: str = "balanced",
-    samples: int | None = 10_000,
     seed: int = 0,
-    agg: str = "flat",
-    layer: str = "final",
-    kind: str = "node",
-    per_element: bool = True,
-    dtype: str = "float32",
-    device: str = "auto",
-    batch_size: int = 16,
-    num_workers: int = 0,
-    threads: int | None = None,
-    format: str | None = None,
     checkpoint=None,
     progress: bool = True,
-    data_options: dict | None = None,
     extractor=None,
 ):
     """Compute one dataset's stats on its own and save them to ``output`` (``.npz``) for use as a
-    ``select`` input elsewhere. Returns the FeatureStats (on every rank; rank 0 writes)."""
+    ``select`` input elsewhere. ``settings`` gives everything but the sampling strategy and seed
+    (its ``seeds`` are ignored). Returns the FeatureStats (on every rank; rank 0 writes)."""
     from fastcsi.pipeline.backbone import apply_thread_policy, load_extractor, resolve_device
-    from fastcsi.pipeline.settings import SAMPLING_STRATEGIES, parse_samples
+    from fastcsi.pipeline.settings import SAMPLING_STRATEGIES
     from fastcsi.profiling import Profiler
 
+    settings = settings or SelectSettings()
     if sampling not in SAMPLING_STRATEGIES:
         raise FastCSIError(f"--sampling {sampling!r}: choose one of {', '.join(SAMPLING_STRATEGIES)}")
-    samples = parse_samples(samples) if samples is not None else None
+    if seed < 0:
+        raise FastCSIError(f"--seed {seed}: must be non-negative")
     output = Path(output)
     if output.suffix != ".npz":
         raise FastCSIError(f"{output}: the stats output must be a .npz file")
-    # Validates agg/kind/dtype etc. the same way select does.
-    SelectSettings(samples=samples, agg=agg, layer=layer, kind=kind, dtype=dtype, seeds=(seed,), threads=threads)
     threads_before = torch.get_num_threads()
-    ctx = init_distributed(device)
+    ctx = init_distributed(settings.device)
     try:
-        dev = resolve_device(device, ctx.local_rank if ctx.enabled else None)
-        kind_, dataset = open_source(dataset_path, format=format, **(data_options or {}))
+        dev = resolve_device(settings.device, ctx.local_rank if ctx.enabled else None)
+        kind_, dataset = open_source(dataset_path, format=settings.format, **settings.data_options)
         if kind_ != "dataset":
             raise FastCSIError(f"{dataset_path}: is already a stats file, not a dataset")
         try:
-            ext = extractor or load_extractor(checkpoint, layer, kind, dev, dtype)
-            apply_thread_policy(ext, threads)
-            spec = SampleSpec.make(sampling, samples, seed, len(dataset))
+            ext = extractor or load_extractor(checkpoint, settings.layer, settings.kind, dev, settings.dtype)
+            apply_thread_policy(ext, settings.threads)
+            spec = SampleSpec.make(sampling, settings.samples, seed, len(dataset))
             stats, _ = dataset_stats(
                 dataset,
                 str(dataset_path),
                 ext,
                 spec,
-                agg=agg,
-                per_element=per_element,
-                batch_size=batch_size,
-                num_workers=num_workers,
+                agg=settings.agg,
+                per_element=settings.per_element,
+                batch_size=settings.batch_size,
+                num_workers=settings.num_workers,
                 ctx=ctx,
                 profiler=Profiler(device=dev),
                 cache=StatsCache(None),

@@ -123,11 +123,12 @@ def test_interrupted_run_resumes_from_cache(tiny_data, extractor, tmp_path):
 
 
 def test_stats_files_as_inputs(tiny_data, extractor, tmp_path):
-    kw = dict(samples=6, seed=0, dtype="float64", progress=False, extractor=extractor)
+    settings = SelectSettings(samples=6, dtype="float64")
+    kw = dict(seed=0, progress=False, extractor=extractor)
     up_npz = tmp_path / "organic.npz"
-    compute_stats_file(tiny_data["organic"], up_npz, sampling="balanced", **kw)
+    compute_stats_file(tiny_data["organic"], up_npz, settings, sampling="balanced", **kw)
     down_npz = tmp_path / "down.npz"
-    compute_stats_file(tiny_data["down"], down_npz, sampling="random", **kw)
+    compute_stats_file(tiny_data["down"], down_npz, settings, sampling="random", **kw)
     meta = FeatureStats.load(up_npz).metadata
     assert meta["extractor"] == extractor.fingerprint and meta["seed"] == 0 and meta["n_structures"] == 6
 
@@ -153,7 +154,8 @@ def test_stats_file_from_another_backbone_is_refused(tiny_data, extractor, tmp_p
     other = dataclasses.replace(extractor, model=model, fingerprint=extractor_fingerprint(model, "final", "node"))
     assert other.fingerprint != extractor.fingerprint
     up_npz = tmp_path / "organic_other.npz"
-    compute_stats_file(tiny_data["organic"], up_npz, samples=4, dtype="float64", progress=False, extractor=other)
+    compute_stats_file(tiny_data["organic"], up_npz, SelectSettings(samples=4, dtype="float64"), progress=False,
+                       extractor=other)
     settings = SelectSettings(samples=4, seeds=(0,), dtype="float64")
     with pytest.raises(FastCSIError, match="cannot be compared"):
         run_select(tiny_data["down"], [up_npz], settings, outdir=tmp_path / "o", extractor=extractor,
