@@ -9,6 +9,13 @@ import tempfile
 from pathlib import Path
 
 
+def _umask_mode() -> int:
+    # mkstemp creates 0600 files; outputs should get the permissions a plain open() would give.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "w", **kwargs):
     """Open a temp file beside ``path`` and rename it over ``path`` only if the block succeeds.
@@ -24,6 +31,7 @@ def atomic_write(path, mode: str = "w", **kwargs):
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -41,6 +49,7 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
