@@ -29,3 +29,12 @@ def test_native_extension_is_built():
     from fastcsi import _native
 
     assert _native.native is not None, _native.NATIVE_ERROR
+
+
+def test_usage_mistakes_are_one_line_with_exit_2():
+    runner = CliRunner()
+    for argv in (["nosuch"], ["select", "--batch-size", "x"], ["data", "info"]):
+        result = runner.invoke(cli, argv)
+        assert result.exit_code == 2, argv
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("fastcsi: error:"), result.output

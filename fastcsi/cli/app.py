@@ -18,12 +18,24 @@ class UserError(click.ClickException):
         click.echo(f"fastcsi: error: {self.format_message()}", err=True)
 
 
+class OneLineUsageError(click.UsageError):
+    """click's usage errors print usage + hint + message; a user mistake gets one line here."""
+
+    def show(self, file=None):
+        where = self.ctx.command_path if self.ctx is not None else "fastcsi"
+        click.echo(f"fastcsi: error: {self.format_message()} (see '{where} --help')", err=True)
+
+
 class FastCSIGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except FastCSIError as exc:
             raise UserError(str(exc)) from None
+        except OneLineUsageError:
+            raise
+        except click.UsageError as exc:
+            raise OneLineUsageError(exc.format_message(), ctx=exc.ctx) from None
 
 
 @click.group(cls=FastCSIGroup, context_settings={"help_option_names": ["-h", "--help"]})
