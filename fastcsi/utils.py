@@ -17,34 +17,15 @@ def _umask_mode() -> int:
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode: str = "w", **kwargs):
-    """Open a temp file beside ``path`` and rename it over ``path`` only if the block succeeds.
+def atomic_path(path):
+    """Yield a temp path beside ``path`` for writers that want a filename (np.savez, torch.save,
+    ase.io.write); rename it over ``path`` only if the block succeeds.
 
     Readers never see a half-written file, and a crash leaves the old file (or none) in place.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with open(tmp, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temp path beside ``path`` for writers that want a filename (np.savez, torch.save,
-    ase.io.write); rename it over ``path`` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    # Keep the suffix: some writers (np.savez, ase.io.write) pick the format from it.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix or ".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -55,6 +36,16 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "w", **kwargs):
+    """Open a temp file beside ``path``; it replaces ``path`` only if the block succeeds."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
 
 
 def versions() -> dict:
