@@ -24,7 +24,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #ifdef _OPENMP
@@ -44,18 +46,51 @@ constexpr double kBinsPerCutoff = 1.0;
 // |v|^2 <= cutoff^2 test alone decides membership.
 constexpr double kMargin = 1e-6;
 
-// 20 bytes per edge while searching; vectors are computed once, in the output pass, from the caller's
-// positions with the exact formula pos[source] + shift @ cell - pos[target].
-struct Edge {
-    int32_t source, target;  // global atom indices (a batch holds < 2^31 atoms)
-    int32_t shift[3];
-};
-using EdgeBuffer = std::vector<Edge>;
+// Where the edges go: the caller's final arrays, written once per edge (no intermediate edge list).
+// Vectors use the exact formula pos[source] + shift @ cell - pos[target] on the caller's positions.
+struct Output {
+    int64_t* source;
+    int64_t* target;
+    int64_t* shift;  // (E, 3)
+    void* vectors;   // (E, 3) float or double
+    void* distances;
+    bool single;
+    const double* pos;  // the caller's positions (not wrapped)
 
-inline void push(EdgeBuffer& out, int64_t s, int64_t t, int64_t n0, int64_t n1, int64_t n2) {
-    out.push_back(Edge{static_cast<int32_t>(s), static_cast<int32_t>(t),
-                       {static_cast<int32_t>(n0), static_cast<int32_t>(n1), static_cast<int32_t>(n2)}});
-}
+    inline void write(int64_t k, int64_t s, int64_t t, int64_t n0, int64_t n1, int64_t n2, const double* cell) const {
+        source[k] = s;
+        target[k] = t;
+        shift[3 * k] = n0;
+        shift[3 * k + 1] = n1;
+        shift[3 * k + 2] = n2;
+        const double* pj = pos + 3 * s;
+        const double* pi = pos + 3 * t;
+        double v[3] = {pj[0] - pi[0], pj[1] - pi[1], pj[2] - pi[2]};
+        if (n0 | n1 | n2)
+            for (int q = 0; q < 3; ++q) v[q] += n0 * cell[q] + n1 * cell[3 + q] + n2 * cell[6 + q];
+        const double d = std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
+        if (single) {
+            float* vo = static_cast<float*>(vectors) + 3 * k;
+            vo[0] = static_cast<float>(v[0]);
+            vo[1] = static_cast<float>(v[1]);
+            vo[2] = static_cast<float>(v[2]);
+            static_cast<float*>(distances)[k] = static_cast<float>(d);
+        } else {
+            double* vo = static_cast<double*>(vectors) + 3 * k;
+            vo[0] = v[0];
+            vo[1] = v[1];
+            vo[2] = v[2];
+            static_cast<double*>(distances)[k] = d;
+        }
+    }
+};
+
+// One outgoing edge of a cell-list centre, 8 bytes: the target (local index) and the code of the
+// bin-wrap image m of the target (see Prepared::image_half); the shift is rebuilt when written.
+struct Entry {
+    int32_t target;
+    int32_t image;
+};
 
 // One structure, prepared for searching: wrapped positions, fractional coordinates, bins.
 struct Prepared {
@@ -71,6 +106,7 @@ struct Prepared {
     bool brute_force = true;
     int64_t nbins[3] = {1, 1, 1};
     int64_t reach[3] = {0, 0, 0};  // bins scanned on either side
+    int64_t image_half[3] = {0, 0, 0};  // |m_a| <= image_half[a]: m is coded in a (2h+1)^3 box
     std::vector<int64_t> bin_of;     // (n,)
     std::vector<int64_t> bin_start;  // (nbins + 1,)
     std::vector<int64_t> bin_atoms;  // atoms sorted by bin (stable: ascending index inside a bin)
@@ -172,6 +208,13 @@ void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, const do
         p.reach[a] = static_cast<int64_t>(std::ceil(cutoff * (1.0 + kMargin) / p.plane_spacing[a] / bin_frac));
         if (!p.pbc[a]) p.reach[a] = std::min<int64_t>(p.reach[a], p.nbins[a] - 1);
     }
+    double codes = 1.0;
+    for (int a = 0; a < 3; ++a) {
+        p.image_half[a] = p.pbc[a] ? p.reach[a] / p.nbins[a] + 1 : 0;
+        codes *= 2.0 * p.image_half[a] + 1.0;
+    }
+    // (2 * reach + 1)^3 bins per centre would be scanned anyway: such a cell is unsearchable
+    if (codes >= 2147483647.0) throw std::invalid_argument("cell far thinner than the cutoff (too many images)");
     p.bin_of.resize(n);
     p.bin_start.assign(total + 1, 0);
     for (int64_t i = 0; i < n; ++i) {
@@ -196,8 +239,10 @@ void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, const do
     }
 }
 
-// Targets [begin, end) by all pairs with per-pair image ranges; canonical order by construction.
-void search_brute(const Prepared& p, double cutoff, int64_t begin, int64_t end, EdgeBuffer& out) {
+// Targets [begin, end) by all pairs with per-pair image ranges, in canonical order by construction:
+// emit(local source j, local target i, n0, n1, n2) for every edge.
+template <class Emit>
+void search_brute(const Prepared& p, double cutoff, int64_t begin, int64_t end, Emit&& emit) {
     const double cutoff_sq = cutoff * cutoff;
     double reach[3];
     for (int a = 0; a < 3; ++a) reach[a] = p.pbc[a] ? cutoff * (1.0 + kMargin) / p.plane_spacing[a] + kMargin : 0.0;
@@ -212,7 +257,7 @@ void search_brute(const Prepared& p, double cutoff, int64_t begin, int64_t end, 
             if (!periodic) {
                 if (j == i) continue;
                 double d2 = base[0] * base[0] + base[1] * base[1] + base[2] * base[2];
-                if (d2 <= cutoff_sq) push(out, p.offset + j, p.offset + i, 0, 0, 0);
+                if (d2 <= cutoff_sq) emit(j, i, 0, 0, 0);
                 continue;
             }
             const double* fj = &p.frac[3 * j];
@@ -239,8 +284,7 @@ void search_brute(const Prepared& p, double cutoff, int64_t begin, int64_t end, 
                         double y = v1[1] + n2 * p.cell[2][1];
                         double z = v1[2] + n2 * p.cell[2][2];
                         if (x * x + y * y + z * z <= cutoff_sq)
-                            push(out, p.offset + j, p.offset + i, n0 + sj[0] - si[0], n1 + sj[1] - si[1],
-                                 n2 + sj[2] - si[2]);
+                            emit(j, i, n0 + sj[0] - si[0], n1 + sj[1] - si[1], n2 + sj[2] - si[2]);
                     }
                 }
             }
@@ -248,16 +292,28 @@ void search_brute(const Prepared& p, double cutoff, int64_t begin, int64_t end, 
     }
 }
 
-// Where one centre's outgoing edges lie: buffer `part`, positions [begin, begin + count).
-struct Block {
-    int32_t part = 0;
-    int64_t begin = 0, count = 0;
-};
+// Counting pass: in-degrees of targets [begin, end) into degree (global indices); returns their sum.
+int64_t count_brute(const Prepared& p, double cutoff, int64_t begin, int64_t end, int64_t* degree) {
+    std::fill(degree + p.offset + begin, degree + p.offset + end, 0);
+    search_brute(p, cutoff, begin, end,
+                 [&](int64_t, int64_t i, int64_t, int64_t, int64_t) { ++degree[p.offset + i]; });
+    int64_t total = 0;
+    for (int64_t i = begin; i < end; ++i) total += degree[p.offset + i];
+    return total;
+}
+
+// Writing pass: the edges of targets [begin, end) straight into the output from edge k on.
+void write_brute(const Prepared& p, double cutoff, int64_t begin, int64_t end, const Output& out, int64_t k) {
+    const double* cell = &p.cell[0][0];
+    search_brute(p, cutoff, begin, end, [&](int64_t j, int64_t i, int64_t n0, int64_t n1, int64_t n2) {
+        out.write(k++, p.offset + j, p.offset + i, n0, n1, n2, cell);
+    });
+}
 
 struct NeighbourBin {
     int64_t first, last;  // slice of bin_atoms / bin_pos
     double shift[3];      // -(m @ cell): the source's wrapped shift n = -m, target image m
-    int32_t m[3];
+    int32_t image;        // code of m
     bool zero_image;
 };
 
@@ -266,6 +322,7 @@ struct NeighbourBin {
 // ascending, the canonical order for the images of one (source, target) pair.
 void neighbour_bins(const Prepared& p, int64_t b0, int64_t b1, int64_t b2, std::vector<NeighbourBin>& out) {
     out.clear();
+    const int64_t w1 = 2 * p.image_half[1] + 1, w2 = 2 * p.image_half[2] + 1;
     for (int64_t d0 = p.reach[0]; d0 >= -p.reach[0]; --d0) {
         int64_t t0 = b0 + d0, m0 = 0;
         if (p.pbc[0]) {
@@ -297,9 +354,8 @@ void neighbour_bins(const Prepared& p, int64_t b0, int64_t b1, int64_t b2, std::
                 nb.last = p.bin_start[bin + 1];
                 for (int q = 0; q < 3; ++q)
                     nb.shift[q] = -(m0 * p.cell[0][q] + m1 * p.cell[1][q] + m2 * p.cell[2][q]);
-                nb.m[0] = static_cast<int32_t>(m0);
-                nb.m[1] = static_cast<int32_t>(m1);
-                nb.m[2] = static_cast<int32_t>(m2);
+                nb.image = static_cast<int32_t>(((m0 + p.image_half[0]) * w1 + m1 + p.image_half[1]) * w2 + m2 +
+                                                p.image_half[2]);
                 nb.zero_image = m0 == 0 && m1 == 0 && m2 == 0;
                 out.push_back(nb);
             }
@@ -307,17 +363,39 @@ void neighbour_bins(const Prepared& p, int64_t b0, int64_t b1, int64_t b2, std::
     }
 }
 
-// Centres in bins [bin_begin, bin_end) through the cell list, emitting each centre's OUTGOING edges
-// (source = centre) as one contiguous block. The full list is symmetric (edge j->i with shift n iff
-// i->j with -n), so a centre's neighbours are exactly its outgoing edges. Centres are visited bin by
-// bin (the 125 neighbour bins are set up once per bin, and positions stay in cache); the stable
-// counting sort by target in to_target_major then reads blocks in ascending source order, giving the
-// canonical order without any comparison sort.
-void search_cells(const Prepared& p, double cutoff, int64_t bin_begin, int64_t bin_end, int32_t part,
-                  EdgeBuffer& out, std::vector<Block>& blocks) {
+// A cell-list structure between its counting/search pass (A) and its writing pass (B).
+// Pass A visits centres bin by bin (neighbour bins set up once per bin, positions in cache) and
+// stores each centre's OUTGOING edges (source = centre) as one 8-byte-per-edge block. The full list
+// is symmetric (edge j->i with shift n iff i->j with -n; distances are computed antisymmetrically,
+// (w_j - w_i) + shift, so the pair test agrees both ways bit for bit), hence every in-degree equals
+// the out-degree already counted: row starts of the target-major output need no extra pass.
+// Pass B reads the blocks in ascending source order and scatters each edge to the next free slot of
+// its target's row (a stable counting sort by target), which is the canonical order, writing the
+// final arrays directly. Pass B can split the sources over `splits` threads: thread t starts row i
+// at row_start[i] + below[t - 1][i], the number of i's edges from sources before its range, which
+// by symmetry is the number of i's OUTGOING edges to targets before it, counted in pass A.
+struct CellSearch {
+    Prepared p;
+    struct Block {
+        int32_t part = 0, count = 0;
+        int64_t begin = 0;
+    };
+    std::vector<std::vector<Entry>> parts;
+    std::vector<Block> blocks;
+    int splits = 1;
+    std::vector<int64_t> split_at;  // (splits + 1,) source ranges of pass B
+    std::vector<int32_t> below;     // (splits - 1, n)
+    std::vector<int64_t> row_start; // (n + 1,) relative to the structure's first edge
+    std::vector<int32_t> image_m;   // (codes, 3): m decoded
+};
+
+void search_cells(CellSearch& cs, double cutoff, int64_t bin_begin, int64_t bin_end, int32_t part) {
+    const Prepared& p = cs.p;
     const double cutoff_sq = cutoff * cutoff;
+    std::vector<Entry>& out = cs.parts[part];
     std::vector<NeighbourBin> around;
     std::vector<int32_t> accepted(64);
+    const int extra_splits = cs.splits - 1;
     for (int64_t bin = bin_begin; bin < bin_end; ++bin) {
         if (p.bin_start[bin] == p.bin_start[bin + 1]) continue;
         const int64_t b0 = bin / (p.nbins[1] * p.nbins[2]);
@@ -327,10 +405,7 @@ void search_cells(const Prepared& p, double cutoff, int64_t bin_begin, int64_t b
         for (int64_t c = p.bin_start[bin]; c < p.bin_start[bin + 1]; ++c) {
             const int64_t j = p.bin_atoms[c];
             const double* wj = &p.bin_pos[3 * c];
-            const int32_t* sj = &p.wrap_shift[3 * j];
-            Block& block = blocks[j];
-            block.part = part;
-            block.begin = static_cast<int64_t>(out.size());
+            const int64_t begin = static_cast<int64_t>(out.size());
             for (const NeighbourBin& nb : around) {
                 // branch-free compaction: about a quarter of candidates pass, unpredictably, and a
                 // mispredicted branch per candidate cost more than the distance itself
@@ -349,51 +424,79 @@ void search_cells(const Prepared& p, double cutoff, int64_t bin_begin, int64_t b
                 for (int64_t a = 0; a < count; ++a) {
                     const int64_t i = p.bin_atoms[nb.first + accepted[a]];
                     if (nb.zero_image && i == j) continue;
-                    const int32_t* si = &p.wrap_shift[3 * i];
-                    push(out, p.offset + j, p.offset + i, -nb.m[0] + sj[0] - si[0], -nb.m[1] + sj[1] - si[1],
-                         -nb.m[2] + sj[2] - si[2]);
+                    out.push_back(Entry{static_cast<int32_t>(i), nb.image});
+                    for (int t = 0; t < extra_splits; ++t) cs.below[t * p.n + j] += i < cs.split_at[t + 1];
                 }
             }
-            block.count = static_cast<int64_t>(out.size()) - block.begin;
+            CellSearch::Block& block = cs.blocks[j];
+            block.part = part;
+            block.begin = begin;
+            block.count = static_cast<int32_t>(static_cast<int64_t>(out.size()) - begin);
         }
     }
 }
 
-// Stable counting sort by target of the centres' blocks, read in ascending source order, appended to
-// `out`: the canonical order. The full list is symmetric and its distances are computed
-// antisymmetrically ((w_j - w_i) + shift, exactly negated for the reverse edge), so every in-degree
-// equals the out-degree already known from the blocks: no counting pass. A violated count (a bug)
-// raises instead of corrupting memory.
-void to_target_major(const std::vector<EdgeBuffer>& parts, const std::vector<Block>& blocks, int64_t n,
-                     int64_t offset, EdgeBuffer& out) {
-    std::vector<int64_t> next(n + 1);
-    const int64_t base = static_cast<int64_t>(out.size());
-    next[0] = base;
-    for (int64_t i = 0; i < n; ++i) next[i + 1] = next[i] + blocks[i].count;
-    std::vector<int64_t> end(next.begin() + 1, next.end());
-    out.resize(next[n]);
-    Edge* dst = out.data();
-    for (int64_t j = 0; j < n; ++j) {
-        const Edge* e = parts[blocks[j].part].data() + blocks[j].begin;
-        for (int64_t k = 0; k < blocks[j].count; ++k) {
-            const int64_t i = e[k].target - offset;
-            if (next[i] >= end[i]) throw std::logic_error("neighbour list is not symmetric");
-            dst[next[i]++] = e[k];
-        }
+// Pass A over the whole structure with `threads` threads (each a contiguous range of bins), then
+// row starts and in-degrees (into degree, global indices). Returns the number of edges.
+int64_t count_cells(CellSearch& cs, double cutoff, int threads, int splits, int64_t* degree) {
+    const Prepared& p = cs.p;
+    const int64_t n = p.n;
+    cs.splits = splits;
+    cs.split_at.resize(splits + 1);
+    for (int t = 0; t <= splits; ++t) cs.split_at[t] = n * t / splits;
+    cs.below.assign(static_cast<size_t>(splits - 1) * n, 0);
+    cs.blocks.assign(n, CellSearch::Block{});
+    cs.parts.assign(threads, {});
+    const int64_t num_bins = static_cast<int64_t>(p.bin_start.size()) - 1;
+    if (threads == 1) {
+        search_cells(cs, cutoff, 0, num_bins, 0);
+    } else {
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int t = 0; t < threads; ++t) search_cells(cs, cutoff, num_bins * t / threads, num_bins * (t + 1) / threads, t);
     }
+    cs.row_start.resize(n + 1);
+    cs.row_start[0] = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        cs.row_start[i + 1] = cs.row_start[i] + cs.blocks[i].count;
+        degree[p.offset + i] = cs.blocks[i].count;
+    }
+    const int64_t w1 = 2 * p.image_half[1] + 1, w2 = 2 * p.image_half[2] + 1;
+    const int64_t codes = (2 * p.image_half[0] + 1) * w1 * w2;
+    cs.image_m.resize(3 * codes);
+    for (int64_t c = 0; c < codes; ++c) {
+        cs.image_m[3 * c] = static_cast<int32_t>(c / (w1 * w2) - p.image_half[0]);
+        cs.image_m[3 * c + 1] = static_cast<int32_t>((c / w2) % w1 - p.image_half[1]);
+        cs.image_m[3 * c + 2] = static_cast<int32_t>(c % w2 - p.image_half[2]);
+    }
+    return cs.row_start[n];
 }
 
-// All edges of targets (brute force) or the whole structure (cell list), canonical order, appended.
-void search_structure(const Prepared& p, double cutoff, EdgeBuffer& out, std::vector<EdgeBuffer>& scratch) {
-    if (p.brute_force) {
-        search_brute(p, cutoff, 0, p.n, out);
-        return;
+// Pass B for the sources of split t; the structure's edges start at output edge `first`. Returns
+// false if a row overflowed (the list was not symmetric: a bug), without writing out of bounds.
+bool write_cells(const CellSearch& cs, const Output& out, int64_t first, int t) {
+    const Prepared& p = cs.p;
+    const int64_t n = p.n;
+    const double* cell = &p.cell[0][0];
+    std::vector<int64_t> next(n), limit(n);
+    for (int64_t i = 0; i < n; ++i) {
+        next[i] = first + cs.row_start[i] + (t > 0 ? cs.below[(t - 1) * n + i] : 0);
+        limit[i] = first + (t + 1 < cs.splits ? cs.row_start[i] + cs.below[t * n + i] : cs.row_start[i + 1]);
     }
-    scratch.resize(1);
-    scratch[0].clear();
-    std::vector<Block> blocks(p.n);
-    search_cells(p, cutoff, 0, static_cast<int64_t>(p.bin_start.size()) - 1, 0, scratch[0], blocks);
-    to_target_major(scratch, blocks, p.n, p.offset, out);
+    for (int64_t j = cs.split_at[t]; j < cs.split_at[t + 1]; ++j) {
+        const CellSearch::Block& block = cs.blocks[j];
+        const Entry* e = cs.parts[block.part].data() + block.begin;
+        const int32_t* sj = &p.wrap_shift[3 * j];
+        for (int32_t q = 0; q < block.count; ++q) {
+            const int64_t i = e[q].target;
+            const int64_t k = next[i]++;
+            if (k >= limit[i]) return false;
+            const int32_t* m = &cs.image_m[3 * static_cast<int64_t>(e[q].image)];
+            const int32_t* si = &p.wrap_shift[3 * i];
+            out.write(k, p.offset + j, p.offset + i, -m[0] + sj[0] - si[0], -m[1] + sj[1] - si[1],
+                      -m[2] + sj[2] - si[2], cell);
+        }
+    }
+    return true;
 }
 
 int max_threads(int requested) {
@@ -404,6 +507,13 @@ int max_threads(int requested) {
     return 1;
 #endif
 }
+
+// Contiguous runs of structures: a big one alone (threads inside it) or many small ones (threads
+// over structures). The same runs serve both passes.
+struct Run {
+    int64_t begin, end;
+    bool big;
+};
 
 py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::forcecast> pos_arr,
                           py::array_t<double, py::array::c_style | py::array::forcecast> cell_arr,
@@ -420,66 +530,73 @@ py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::fo
     const bool* pbc = pbc_arr.data();
     const int64_t* ptr = ptr_arr.data();
     const int threads = max_threads(num_threads);
-    if (pos_arr.shape(0) >= (int64_t(1) << 31)) throw std::invalid_argument("more than 2^31 atoms in one batch");
+    const int64_t num_atoms = pos_arr.shape(0);
+    if (num_atoms >= (int64_t(1) << 31)) throw std::invalid_argument("more than 2^31 atoms in one batch");
+    if (num_structures < 0 || ptr[0] != 0 || ptr[num_structures] != num_atoms)
+        throw std::invalid_argument("ptr must run from 0 to the number of atoms");
+    for (int64_t s = 0; s < num_structures; ++s)
+        if (ptr[s + 1] < ptr[s]) throw std::invalid_argument("ptr must be non-decreasing");
 
+    py::array_t<int64_t> degree(static_cast<py::ssize_t>(num_atoms));
+    int64_t* degree_out = degree.mutable_data();
     // structures big enough to split over threads are searched one at a time; the rest in chunks
     const int64_t big = threads > 1 ? 512 : INT64_MAX;
-    std::vector<EdgeBuffer> buffers;  // in canonical order once concatenated
+    std::vector<Run> runs;
+    for (int64_t s = 0; s < num_structures;) {
+        if (ptr[s + 1] - ptr[s] >= big) {
+            runs.push_back({s, s + 1, true});
+            ++s;
+            continue;
+        }
+        int64_t stop = s;
+        while (stop < num_structures && ptr[stop + 1] - ptr[stop] < big) ++stop;
+        runs.push_back({s, stop, false});
+        s = stop;
+    }
+    // cell-list structures keep their pass-A state until pass B; brute-force ones are recomputed
+    std::vector<std::unique_ptr<CellSearch>> cells(num_structures);
+    std::vector<int64_t> edges_of(num_structures + 1, 0);
     std::string error;
+
+    // ---- pass A: counts (and cell-list blocks) of every structure
     {
         py::gil_scoped_release release;
-        int64_t s = 0;
-        while (s < num_structures) {
-            int64_t n = ptr[s + 1] - ptr[s];
-            if (n >= big) {
-                Prepared p;
-                prepare(p, pos + 3 * ptr[s], n, ptr[s], cell + 9 * s, pbc + 3 * s, cutoff);
-                std::vector<EdgeBuffer> local(threads);
-                std::vector<Block> blocks(p.brute_force ? 0 : n);
-                const int64_t num_bins = static_cast<int64_t>(p.bin_start.size()) - 1;
-#pragma omp parallel for num_threads(threads) schedule(static)
-                for (int t = 0; t < threads; ++t) {
-                    if (p.brute_force)
-                        search_brute(p, cutoff, n * t / threads, n * (t + 1) / threads, local[t]);
-                    else
-                        search_cells(p, cutoff, num_bins * t / threads, num_bins * (t + 1) / threads, t, local[t],
-                                     blocks);
-                }
-                if (p.brute_force) {
-                    for (auto& b : local) buffers.push_back(std::move(b));
+        for (const Run& r : runs) {
+            if (r.big) {
+                const int64_t s = r.begin, n = ptr[s + 1] - ptr[s];
+                auto cs = std::make_unique<CellSearch>();
+                prepare(cs->p, pos + 3 * ptr[s], n, ptr[s], cell + 9 * s, pbc + 3 * s, cutoff);
+                if (cs->p.brute_force) {
+                    int64_t total = 0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(+ : total)
+                    for (int t = 0; t < threads; ++t)
+                        total += count_brute(cs->p, cutoff, n * t / threads, n * (t + 1) / threads, degree_out);
+                    edges_of[s] = total;
                 } else {
-                    buffers.emplace_back();
-                    to_target_major(local, blocks, n, ptr[s], buffers.back());
+                    edges_of[s] = count_cells(*cs, cutoff, threads, threads, degree_out);
                 }
-                ++s;
+                cells[s] = std::move(cs);
                 continue;
             }
-            int64_t stop = s;
-            while (stop < num_structures && ptr[stop + 1] - ptr[stop] < big) ++stop;
-            // contiguous run [s, stop) of small structures: contiguous chunks per thread
-            const int64_t run = stop - s;
+            const int64_t run = r.end - r.begin;
             const int chunks = static_cast<int>(std::min<int64_t>(run, static_cast<int64_t>(threads) * 8));
-            std::vector<EdgeBuffer> local(chunks);
             std::vector<std::string> errors(chunks);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
             for (int c = 0; c < chunks; ++c) {
-                int64_t lo = s + run * c / chunks, hi = s + run * (c + 1) / chunks;
                 Prepared p;
-                std::vector<EdgeBuffer> scratch;
-                // molecules are searched all-pairs: n(n-1) bounds their edges, so reserve it once
-                // (buffer regrowth copies were a visible share of the per-edge cost)
-                int64_t bound = 0;
-                for (int64_t k = lo; k < hi; ++k) {
+                for (int64_t k = r.begin + run * c / chunks; k < r.begin + run * (c + 1) / chunks; ++k) {
                     const int64_t m = ptr[k + 1] - ptr[k];
-                    if (!(pbc[3 * k] || pbc[3 * k + 1] || pbc[3 * k + 2])) bound += m * (m - 1);
-                }
-                local[c].reserve(static_cast<size_t>(std::min<int64_t>(bound, int64_t(1) << 24)));
-                for (int64_t k = lo; k < hi; ++k) {
-                    int64_t m = ptr[k + 1] - ptr[k];
                     if (m == 0) continue;
                     try {  // exceptions must not leave an OpenMP region
                         prepare(p, pos + 3 * ptr[k], m, ptr[k], cell + 9 * k, pbc + 3 * k, cutoff);
-                        search_structure(p, cutoff, local[c], scratch);
+                        if (p.brute_force) {
+                            edges_of[k] = count_brute(p, cutoff, 0, m, degree_out);
+                        } else {
+                            auto cs = std::make_unique<CellSearch>();
+                            cs->p = std::move(p);
+                            edges_of[k] = count_cells(*cs, cutoff, 1, 1, degree_out);
+                            cells[k] = std::move(cs);
+                        }
                     } catch (const std::exception& e) {
                         errors[c] = "structure " + std::to_string(k) + ": " + e.what();
                         break;
@@ -488,75 +605,83 @@ py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::fo
             }
             for (auto& e : errors)
                 if (!e.empty() && error.empty()) error = e;
-            for (auto& b : local) buffers.push_back(std::move(b));
-            s = stop;
         }
     }
     if (!error.empty()) throw std::invalid_argument(error);
 
-    std::vector<size_t> starts(buffers.size() + 1, 0);
-    for (size_t b = 0; b < buffers.size(); ++b) starts[b + 1] = starts[b] + buffers[b].size();
-    const size_t total = starts.back();
-    const int64_t num_atoms = pos_arr.shape(0);
+    // edges_of becomes each structure's first edge
+    int64_t total = 0;
+    for (int64_t s = 0; s < num_structures; ++s) {
+        const int64_t count = edges_of[s];
+        edges_of[s] = total;
+        total += count;
+    }
+    edges_of[num_structures] = total;
     const auto E = static_cast<py::ssize_t>(total);
+    // uninitialised (np.empty): every slot is written exactly once below
     py::array_t<int64_t> edge_index({static_cast<py::ssize_t>(2), E});
     py::array_t<int64_t> shifts({E, static_cast<py::ssize_t>(3)});
-    py::array_t<int64_t> degree(static_cast<py::ssize_t>(num_atoms));
     py::array vectors = single ? py::array(py::array_t<float>({E, static_cast<py::ssize_t>(3)}))
                                : py::array(py::array_t<double>({E, static_cast<py::ssize_t>(3)}));
     py::array distances = single ? py::array(py::array_t<float>(E)) : py::array(py::array_t<double>(E));
-    int64_t* src_out = edge_index.mutable_data();
-    int64_t* dst_out = src_out + total;
-    int64_t* shift_out = shifts.mutable_data();
-    int64_t* degree_out = degree.mutable_data();
-    void* vec_out = vectors.mutable_data();
-    void* dist_out = distances.mutable_data();
+    Output out;
+    out.source = edge_index.mutable_data();
+    out.target = out.source + total;
+    out.shift = shifts.mutable_data();
+    out.vectors = vectors.mutable_data();
+    out.distances = distances.mutable_data();
+    out.single = single;
+    out.pos = pos;
+
+    // ---- pass B: every edge written once, in place
+    bool symmetric = true;
     {
         py::gil_scoped_release release;
-        std::vector<int32_t> structure_of(num_atoms);
-        for (int64_t s = 0; s < num_structures; ++s)
-            std::fill(structure_of.begin() + ptr[s], structure_of.begin() + ptr[s + 1], static_cast<int32_t>(s));
-        const int64_t nb = static_cast<int64_t>(buffers.size());
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-        for (int64_t b = 0; b < nb; ++b) {
-            const EdgeBuffer& buf = buffers[b];
-            const size_t at = starts[b], m = buf.size();
-            for (size_t e = 0; e < m; ++e) {
-                const Edge& edge = buf[e];
-                const size_t k = at + e;
-                src_out[k] = edge.source;
-                dst_out[k] = edge.target;
-                const double* pj = pos + 3 * static_cast<int64_t>(edge.source);
-                const double* pi = pos + 3 * static_cast<int64_t>(edge.target);
-                double v[3] = {pj[0] - pi[0], pj[1] - pi[1], pj[2] - pi[2]};
-                const int32_t* n = edge.shift;
-                shift_out[3 * k] = n[0];
-                shift_out[3 * k + 1] = n[1];
-                shift_out[3 * k + 2] = n[2];
-                if (n[0] | n[1] | n[2]) {
-                    const double* c = cell + 9 * structure_of[edge.source];
-                    for (int q = 0; q < 3; ++q) v[q] += n[0] * c[q] + n[1] * c[3 + q] + n[2] * c[6 + q];
-                }
-                const double d = std::sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2]);
-                if (single) {
-                    float* vo = static_cast<float*>(vec_out) + 3 * k;
-                    vo[0] = static_cast<float>(v[0]);
-                    vo[1] = static_cast<float>(v[1]);
-                    vo[2] = static_cast<float>(v[2]);
-                    static_cast<float*>(dist_out)[k] = static_cast<float>(d);
+        for (const Run& r : runs) {
+            if (r.big) {
+                const int64_t s = r.begin, n = ptr[s + 1] - ptr[s];
+                CellSearch& cs = *cells[s];
+                if (cs.p.brute_force) {
+                    std::vector<int64_t> first(threads + 1, edges_of[s]);
+                    for (int t = 0; t < threads; ++t) {
+                        first[t + 1] = first[t];
+                        for (int64_t i = n * t / threads; i < n * (t + 1) / threads; ++i)
+                            first[t + 1] += degree_out[ptr[s] + i];
+                    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+                    for (int t = 0; t < threads; ++t)
+                        write_brute(cs.p, cutoff, n * t / threads, n * (t + 1) / threads, out, first[t]);
                 } else {
-                    double* vo = static_cast<double*>(vec_out) + 3 * k;
-                    vo[0] = v[0];
-                    vo[1] = v[1];
-                    vo[2] = v[2];
-                    static_cast<double*>(dist_out)[k] = d;
+                    int ok = 1;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(& : ok)
+                    for (int t = 0; t < cs.splits; ++t) ok &= write_cells(cs, out, edges_of[s], t) ? 1 : 0;
+                    symmetric = symmetric && ok;
+                }
+                cells[s].reset();
+                continue;
+            }
+            const int64_t run = r.end - r.begin;
+            const int chunks = static_cast<int>(std::min<int64_t>(run, static_cast<int64_t>(threads) * 8));
+            std::vector<char> chunk_ok(chunks, 1);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+            for (int c = 0; c < chunks; ++c) {
+                Prepared p;
+                for (int64_t k = r.begin + run * c / chunks; k < r.begin + run * (c + 1) / chunks; ++k) {
+                    const int64_t m = ptr[k + 1] - ptr[k];
+                    if (m == 0) continue;
+                    if (cells[k]) {
+                        chunk_ok[c] &= write_cells(*cells[k], out, edges_of[k], 0);
+                        cells[k].reset();
+                    } else {  // succeeded in pass A, so cannot throw here
+                        prepare(p, pos + 3 * ptr[k], m, ptr[k], cell + 9 * k, pbc + 3 * k, cutoff);
+                        write_brute(p, cutoff, 0, m, out, edges_of[k]);
+                    }
                 }
             }
+            for (char ok : chunk_ok) symmetric = symmetric && ok;
         }
-        // targets are sorted, so each in-degree is the length of a run
-        std::fill(degree_out, degree_out + num_atoms, 0);
-        for (size_t e = 0; e < total; ++e) degree_out[dst_out[e]]++;
     }
+    if (!symmetric) throw std::logic_error("neighbour list is not symmetric");
     return py::make_tuple(edge_index, shifts, vectors, distances, degree);
 }
 
