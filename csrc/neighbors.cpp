@@ -85,12 +85,10 @@ struct Output {
     }
 };
 
-// One outgoing edge of a cell-list centre, 8 bytes: the target (local index) and the code of the
-// bin-wrap image m of the target (see Prepared::image_half); the shift is rebuilt when written.
-struct Entry {
-    int32_t target;
-    int32_t image;
-};
+// One neighbour x of a cell-list centre, 8 bytes: (local index of x) << 32 | code of the bin-wrap
+// image m of x (see Prepared::image_half), so that sorting the integers sorts by (x, m); the shift is
+// rebuilt when the edge is written.
+using Entry = uint64_t;
 
 // One structure, prepared for searching: wrapped positions, fractional coordinates, bins.
 struct Prepared {
@@ -363,17 +361,15 @@ void neighbour_bins(const Prepared& p, int64_t b0, int64_t b1, int64_t b2, std::
     }
 }
 
-// A cell-list structure between its counting/search pass (A) and its writing pass (B).
+// A cell-list structure between its search pass (A) and its writing pass (B).
 // Pass A visits centres bin by bin (neighbour bins set up once per bin, positions in cache) and
-// stores each centre's OUTGOING edges (source = centre) as one 8-byte-per-edge block. The full list
-// is symmetric (edge j->i with shift n iff i->j with -n; distances are computed antisymmetrically,
-// (w_j - w_i) + shift, so the pair test agrees both ways bit for bit), hence every in-degree equals
-// the out-degree already counted: row starts of the target-major output need no extra pass.
-// Pass B reads the blocks in ascending source order and scatters each edge to the next free slot of
-// its target's row (a stable counting sort by target), which is the canonical order, writing the
-// final arrays directly. Pass B can split the sources over `splits` threads: thread t starts row i
-// at row_start[i] + below[t - 1][i], the number of i's edges from sources before its range, which
-// by symmetry is the number of i's OUTGOING edges to targets before it, counted in pass A.
+// stores each centre's neighbours as one block of 8-byte entries, sorted by (neighbour index, image)
+// while the block is still in L1. The full list is symmetric (edge x->c with shift n iff c->x with
+// -n; distances are computed antisymmetrically, (w_c - w_x) + shift, so the pair test agrees both
+// ways bit for bit), so centre c's neighbours are exactly its INCOMING edges, already in canonical
+// order (source x, then shift = m + s_x - s_c, lexicographic in m). Pass B then streams the blocks
+// in target order into the final arrays: every output byte written sequentially, once; threads split
+// the targets into contiguous ranges with known row starts.
 struct CellSearch {
     Prepared p;
     struct Block {
@@ -382,11 +378,8 @@ struct CellSearch {
     };
     std::vector<std::vector<Entry>> parts;
     std::vector<Block> blocks;
-    int splits = 1;
-    std::vector<int64_t> split_at;  // (splits + 1,) source ranges of pass B
-    std::vector<int32_t> below;     // (splits - 1, n)
-    std::vector<int64_t> row_start; // (n + 1,) relative to the structure's first edge
-    std::vector<int32_t> image_m;   // (codes, 3): m decoded
+    std::vector<int64_t> row_start;  // (n + 1,) relative to the structure's first edge
+    std::vector<int32_t> image_m;    // (codes, 3): m decoded
 };
 
 void search_cells(CellSearch& cs, double cutoff, int64_t bin_begin, int64_t bin_end, int32_t part) {
@@ -395,7 +388,6 @@ void search_cells(CellSearch& cs, double cutoff, int64_t bin_begin, int64_t bin_
     std::vector<Entry>& out = cs.parts[part];
     std::vector<NeighbourBin> around;
     std::vector<int32_t> accepted(64);
-    const int extra_splits = cs.splits - 1;
     for (int64_t bin = bin_begin; bin < bin_end; ++bin) {
         if (p.bin_start[bin] == p.bin_start[bin + 1]) continue;
         const int64_t b0 = bin / (p.nbins[1] * p.nbins[2]);
@@ -403,48 +395,44 @@ void search_cells(CellSearch& cs, double cutoff, int64_t bin_begin, int64_t bin_
         const int64_t b2 = bin % p.nbins[2];
         neighbour_bins(p, b0, b1, b2, around);
         for (int64_t c = p.bin_start[bin]; c < p.bin_start[bin + 1]; ++c) {
-            const int64_t j = p.bin_atoms[c];
-            const double* wj = &p.bin_pos[3 * c];
-            const int64_t begin = static_cast<int64_t>(out.size());
+            const int64_t centre = p.bin_atoms[c];
+            const double* wc = &p.bin_pos[3 * c];
+            const size_t begin = out.size();
             for (const NeighbourBin& nb : around) {
                 // branch-free compaction: about a quarter of candidates pass, unpredictably, and a
                 // mispredicted branch per candidate cost more than the distance itself
                 const int64_t size = nb.last - nb.first;
                 if (static_cast<int64_t>(accepted.size()) < size) accepted.resize(size);
                 int64_t count = 0;
-                const double* wi = &p.bin_pos[3 * nb.first];
+                const double* wx = &p.bin_pos[3 * nb.first];
                 for (int64_t s = 0; s < size; ++s) {
                     // antisymmetric on purpose: the reverse edge gets exactly -x, -y, -z
-                    const double x = (wj[0] - wi[3 * s]) + nb.shift[0];
-                    const double y = (wj[1] - wi[3 * s + 1]) + nb.shift[1];
-                    const double z = (wj[2] - wi[3 * s + 2]) + nb.shift[2];
+                    const double x = (wc[0] - wx[3 * s]) + nb.shift[0];
+                    const double y = (wc[1] - wx[3 * s + 1]) + nb.shift[1];
+                    const double z = (wc[2] - wx[3 * s + 2]) + nb.shift[2];
                     accepted[count] = static_cast<int32_t>(s);
                     count += (x * x + y * y + z * z <= cutoff_sq);
                 }
                 for (int64_t a = 0; a < count; ++a) {
-                    const int64_t i = p.bin_atoms[nb.first + accepted[a]];
-                    if (nb.zero_image && i == j) continue;
-                    out.push_back(Entry{static_cast<int32_t>(i), nb.image});
-                    for (int t = 0; t < extra_splits; ++t) cs.below[t * p.n + j] += i < cs.split_at[t + 1];
+                    const int64_t x = p.bin_atoms[nb.first + accepted[a]];
+                    if (nb.zero_image && x == centre) continue;
+                    out.push_back(static_cast<Entry>(x) << 32 | static_cast<uint32_t>(nb.image));
                 }
             }
-            CellSearch::Block& block = cs.blocks[j];
+            std::sort(out.begin() + begin, out.end());
+            CellSearch::Block& block = cs.blocks[centre];
             block.part = part;
-            block.begin = begin;
-            block.count = static_cast<int32_t>(static_cast<int64_t>(out.size()) - begin);
+            block.begin = static_cast<int64_t>(begin);
+            block.count = static_cast<int32_t>(out.size() - begin);
         }
     }
 }
 
 // Pass A over the whole structure with `threads` threads (each a contiguous range of bins), then
 // row starts and in-degrees (into degree, global indices). Returns the number of edges.
-int64_t count_cells(CellSearch& cs, double cutoff, int threads, int splits, int64_t* degree) {
+int64_t count_cells(CellSearch& cs, double cutoff, int threads, int64_t* degree) {
     const Prepared& p = cs.p;
     const int64_t n = p.n;
-    cs.splits = splits;
-    cs.split_at.resize(splits + 1);
-    for (int t = 0; t <= splits; ++t) cs.split_at[t] = n * t / splits;
-    cs.below.assign(static_cast<size_t>(splits - 1) * n, 0);
     cs.blocks.assign(n, CellSearch::Block{});
     cs.parts.assign(threads, {});
     const int64_t num_bins = static_cast<int64_t>(p.bin_start.size()) - 1;
@@ -471,32 +459,23 @@ int64_t count_cells(CellSearch& cs, double cutoff, int threads, int splits, int6
     return cs.row_start[n];
 }
 
-// Pass B for the sources of split t; the structure's edges start at output edge `first`. Returns
-// false if a row overflowed (the list was not symmetric: a bug), without writing out of bounds.
-bool write_cells(const CellSearch& cs, const Output& out, int64_t first, int t) {
+// Pass B for targets [begin, end); the structure's edges start at output edge `first`.
+void write_cells(const CellSearch& cs, const Output& out, int64_t first, int64_t begin, int64_t end) {
     const Prepared& p = cs.p;
-    const int64_t n = p.n;
     const double* cell = &p.cell[0][0];
-    std::vector<int64_t> next(n), limit(n);
-    for (int64_t i = 0; i < n; ++i) {
-        next[i] = first + cs.row_start[i] + (t > 0 ? cs.below[(t - 1) * n + i] : 0);
-        limit[i] = first + (t + 1 < cs.splits ? cs.row_start[i] + cs.below[t * n + i] : cs.row_start[i + 1]);
-    }
-    for (int64_t j = cs.split_at[t]; j < cs.split_at[t + 1]; ++j) {
-        const CellSearch::Block& block = cs.blocks[j];
+    int64_t k = first + cs.row_start[begin];
+    for (int64_t c = begin; c < end; ++c) {
+        const CellSearch::Block& block = cs.blocks[c];
         const Entry* e = cs.parts[block.part].data() + block.begin;
-        const int32_t* sj = &p.wrap_shift[3 * j];
+        const int32_t* sc = &p.wrap_shift[3 * c];
         for (int32_t q = 0; q < block.count; ++q) {
-            const int64_t i = e[q].target;
-            const int64_t k = next[i]++;
-            if (k >= limit[i]) return false;
-            const int32_t* m = &cs.image_m[3 * static_cast<int64_t>(e[q].image)];
-            const int32_t* si = &p.wrap_shift[3 * i];
-            out.write(k, p.offset + j, p.offset + i, -m[0] + sj[0] - si[0], -m[1] + sj[1] - si[1],
-                      -m[2] + sj[2] - si[2], cell);
+            const int64_t x = static_cast<int64_t>(e[q] >> 32);
+            const int32_t* m = &cs.image_m[3 * static_cast<int64_t>(e[q] & 0xffffffffu)];
+            const int32_t* sx = &p.wrap_shift[3 * x];
+            out.write(k++, p.offset + x, p.offset + c, m[0] + sx[0] - sc[0], m[1] + sx[1] - sc[1],
+                      m[2] + sx[2] - sc[2], cell);
         }
     }
-    return true;
 }
 
 int max_threads(int requested) {
@@ -573,7 +552,7 @@ py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::fo
                         total += count_brute(cs->p, cutoff, n * t / threads, n * (t + 1) / threads, degree_out);
                     edges_of[s] = total;
                 } else {
-                    edges_of[s] = count_cells(*cs, cutoff, threads, threads, degree_out);
+                    edges_of[s] = count_cells(*cs, cutoff, threads, degree_out);
                 }
                 cells[s] = std::move(cs);
                 continue;
@@ -594,7 +573,7 @@ py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::fo
                         } else {
                             auto cs = std::make_unique<CellSearch>();
                             cs->p = std::move(p);
-                            edges_of[k] = count_cells(*cs, cutoff, 1, 1, degree_out);
+                            edges_of[k] = count_cells(*cs, cutoff, 1, degree_out);
                             cells[k] = std::move(cs);
                         }
                     } catch (const std::exception& e) {
@@ -634,7 +613,6 @@ py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::fo
     out.pos = pos;
 
     // ---- pass B: every edge written once, in place
-    bool symmetric = true;
     {
         py::gil_scoped_release release;
         for (const Run& r : runs) {
@@ -652,17 +630,15 @@ py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::fo
                     for (int t = 0; t < threads; ++t)
                         write_brute(cs.p, cutoff, n * t / threads, n * (t + 1) / threads, out, first[t]);
                 } else {
-                    int ok = 1;
-#pragma omp parallel for num_threads(threads) schedule(static) reduction(& : ok)
-                    for (int t = 0; t < cs.splits; ++t) ok &= write_cells(cs, out, edges_of[s], t) ? 1 : 0;
-                    symmetric = symmetric && ok;
+#pragma omp parallel for num_threads(threads) schedule(static)
+                    for (int t = 0; t < threads; ++t)
+                        write_cells(cs, out, edges_of[s], n * t / threads, n * (t + 1) / threads);
                 }
                 cells[s].reset();
                 continue;
             }
             const int64_t run = r.end - r.begin;
             const int chunks = static_cast<int>(std::min<int64_t>(run, static_cast<int64_t>(threads) * 8));
-            std::vector<char> chunk_ok(chunks, 1);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
             for (int c = 0; c < chunks; ++c) {
                 Prepared p;
@@ -670,7 +646,7 @@ py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::fo
                     const int64_t m = ptr[k + 1] - ptr[k];
                     if (m == 0) continue;
                     if (cells[k]) {
-                        chunk_ok[c] &= write_cells(*cells[k], out, edges_of[k], 0);
+                        write_cells(*cells[k], out, edges_of[k], 0, m);
                         cells[k].reset();
                     } else {  // succeeded in pass A, so cannot throw here
                         prepare(p, pos + 3 * ptr[k], m, ptr[k], cell + 9 * k, pbc + 3 * k, cutoff);
@@ -678,10 +654,8 @@ py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::fo
                     }
                 }
             }
-            for (char ok : chunk_ok) symmetric = symmetric && ok;
         }
     }
-    if (!symmetric) throw std::logic_error("neighbour list is not symmetric");
     return py::make_tuple(edge_index, shifts, vectors, distances, degree);
 }
 
