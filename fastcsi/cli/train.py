@@ -84,6 +84,8 @@ def pretrain(data, mix, sampling, samples, epochs, val_samples, model, rundir, *
         trace=kw["trace"], progress=not kw["quiet"],
     )
     out = run_pretrain(settings, resume=kw["resume"], log=click.echo)
+    if out["rank"] != 0:
+        return
     if out["interrupted"]:
         click.echo(f"stopped after step {out['steps']}; continue with the same command plus --resume")
     else:
@@ -117,6 +119,8 @@ def finetune(pretrained, data, target, split, recipe, epochs, patience, model, b
         device=kw["device"], rundir=rundir, train=cfg, trace=kw["trace"], progress=not kw["quiet"],
     )
     out = run_finetune(settings, resume=kw["resume"], log=click.echo)
+    if out["rank"] != 0:
+        return
     if out.get("interrupted"):
         click.echo(f"stopped after step {out['steps']}; continue with the same command plus --resume")
     else:

@@ -103,6 +103,8 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
     if device.startswith("cuda") and ctx.enabled:
         device = f"cuda:{ctx.local_rank}"
         torch.cuda.set_device(ctx.local_rank)
+    if not ctx.is_main:
+        log = lambda *args, **kwargs: None  # noqa: E731 - one rank speaks
     rundir = Path(settings.rundir)
     if not resume and ctx.is_main and (rundir / ckpt.LAST).exists():
         raise FastCSIError(f"{rundir}: already holds a run; pass --resume to continue it or choose another -o")
@@ -151,7 +153,7 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         result = trainer.fit(resume=resume)
         train_seconds = time.perf_counter() - t0
         if result.interrupted:
-            return {"interrupted": True, "steps": result.steps, "rundir": str(rundir)}
+            return {"interrupted": True, "steps": result.steps, "rundir": str(rundir), "rank": ctx.rank}
         best = ckpt.load(rundir / ckpt.BEST) if (rundir / ckpt.BEST).is_file() else None
         if best is not None:
             trainer.model.load_state_dict(best["weights"])
@@ -195,7 +197,7 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         profiler.write(rundir, settings=settings.to_dict(), title="Fine-tuning profile")
         log("test MAE: " + ", ".join(f"{t} {v:.4g} {units[t]}" for t, v in test_mae.items()))
     ctx.barrier()
-    return out
+    return {**out, "rank": ctx.rank}
 
 
 def plot_learning_curve(history, path, metric: str, title: str = ""):

@@ -128,6 +128,8 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
     if device.startswith("cuda") and ctx.enabled:
         device = f"cuda:{ctx.local_rank}"
         torch.cuda.set_device(ctx.local_rank)
+    if not ctx.is_main:
+        log = lambda *args, **kwargs: None  # noqa: E731 - one rank speaks
     rundir = Path(settings.rundir)
     profiler = Profiler(device=device)
     record = rundir / "pretrain.json"
@@ -191,7 +193,7 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
         _write_record(record, settings, budget, datasets, normalizer, gemnet,
                       status="interrupted" if result.interrupted else "done", results=summary)
     ctx.barrier()
-    return {"budget": budget, **summary, "rundir": str(rundir)}
+    return {"budget": budget, **summary, "rundir": str(rundir), "rank": ctx.rank}
 
 
 def _write_record(path, settings, budget, datasets, normalizer, gemnet, status, results=None):
