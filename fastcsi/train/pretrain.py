@@ -95,9 +95,13 @@ def draw_samples(datasets, n_train: int, n_val: int, weights, strategy: str, see
     train = mixture_indices(datasets, n_train, weights=weights, seed=seed, strategy=strategy)
     if len(train) != n_train:
         raise FastCSIError(f"could draw only {len(train)} of {n_train} training structures from the data")
-    taken = set(map(tuple, train.tolist()))
-    rest = np.array([(k, i) for k, d in enumerate(datasets) for i in range(len(d)) if (k, i) not in taken],
-                    dtype=np.int64).reshape(-1, 2)
+    parts = []
+    for k, d in enumerate(datasets):  # vectorised: upstreams can hold millions of structures
+        free = np.ones(len(d), dtype=bool)
+        free[train[train[:, 0] == k, 1]] = False
+        idx = np.flatnonzero(free)
+        parts.append(np.stack([np.full(len(idx), k, dtype=np.int64), idx], axis=1))
+    rest = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
     n_val = min(n_val, len(rest))
     pick = np.sort(np.random.default_rng([seed, 0xFA1]).choice(len(rest), size=n_val, replace=False))
     return train, rest[pick]
