@@ -36,6 +36,24 @@ from fastcsi.graph.radius_cpu import search_cpu  # noqa: E402
 from fastcsi.utils import atomic_write, versions  # noqa: E402
 
 
+def alternating(named, repeats: int) -> list:
+    """[(name, (median wall, mean CPU seconds))] for callables timed round-robin: one call of each
+    per round, so every implementation sees the same load drift of a shared machine. CPU time is
+    summed over threads and comes in scheduler ticks (4 ms here): its mean over rounds, not its
+    median, estimates it."""
+    for _, fn in named:  # warm-up
+        fn()
+    walls = {name: [] for name, _ in named}
+    cpus = {name: [] for name, _ in named}
+    for _ in range(repeats):
+        for name, fn in named:
+            start, cpu = time.perf_counter(), time.process_time()
+            fn()
+            cpus[name].append(time.process_time() - cpu)
+            walls[name].append(time.perf_counter() - start)
+    return [(name, (statistics.median(walls[name]), statistics.fmean(cpus[name]))) for name, _ in named]
+
+
 def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
     """Median (wall, process CPU) seconds. On a shared, overloaded machine the wall time is mostly
     waiting for a core; the CPU time (all threads summed) is the steadier number to compare."""
@@ -89,8 +107,9 @@ def bench_bulk(atoms, cutoff, repeats, threads, with_slow_baselines, notes):
         i, j, shifts = nl.compute(points=positions, box=box, periodic=True, quantities="ijS")
         if not pair_set_equal(kernel[0], kernel[1], i, j, shifts):
             raise SystemExit(f"correctness check failed: our pairs differ from vesin's ({len(i)} vs {pairs})")
-        rows.append(("vesin", timed(lambda: nl.compute(points=positions, box=box, periodic=True, quantities="ijSDd"), repeats)))
+        fast = [("vesin", lambda: nl.compute(points=positions, box=box, periodic=True, quantities="ijSDd"))]
     except ImportError:
+        fast = []
         notes.append("vesin not installed: skipped")
     if with_slow_baselines:
         try:
@@ -102,16 +121,17 @@ def bench_bulk(atoms, cutoff, repeats, threads, with_slow_baselines, notes):
         from ase.neighborlist import neighbor_list as ase_list
 
         rows.append(("ase", timed(lambda: ase_list("ijSDd", atoms, cutoff), 1, warmup=0)))
-    rows += ours(batch, cutoff, repeats, threads)
+    rows += alternating(fast + ours(batch, cutoff, threads), repeats)
     return pairs, rows
 
 
-def ours(batch, cutoff, repeats, threads):
-    rows = [(f"fastcsi kernel {threads}t", timed(lambda: search_cpu(batch, cutoff, threads, single=True), repeats))]
+def ours(batch, cutoff, threads):
+    """Our callables: the kernel alone (numpy out) and the full API users call (torch out)."""
+    named = [(f"fastcsi kernel {threads}t", lambda: search_cpu(batch, cutoff, threads, single=True))]
     if threads == 1:  # the multi-threaded kernel too, for reference (vesin is single-threaded)
-        rows.append(("fastcsi kernel 2t", timed(lambda: search_cpu(batch, cutoff, 2, single=True), repeats)))
-    rows.append(("fastcsi api", timed(lambda: radius_graph(batch, cutoff, backend="cpu"), repeats)))
-    return rows
+        named.append(("fastcsi kernel 2t", lambda: search_cpu(batch, cutoff, 2, single=True)))
+    named.append(("fastcsi api", lambda: radius_graph(batch, cutoff, backend="cpu")))
+    return named
 
 
 def bench_molecules(count, cutoff, repeats, threads, notes):
@@ -141,10 +161,11 @@ def bench_molecules(count, cutoff, repeats, threads, notes):
             raise SystemExit(f"correctness check failed: {len(i)} vesin pairs vs {pairs} ours")
         loop_repeats = max(1, repeats // 3)
         rows.append(("vesin per molecule", timed(per_molecule, loop_repeats)))
-        rows.append(("vesin packed box", timed(lambda: nl.compute(points=packed, box=zero, periodic=False, quantities="ijSDd"), repeats)))
+        fast = [("vesin packed box", lambda: nl.compute(points=packed, box=zero, periodic=False, quantities="ijSDd"))]
     except ImportError:
+        fast = []
         notes.append("vesin not installed: molecule baselines skipped")
-    rows += ours(batch, cutoff, repeats, threads)
+    rows += alternating(fast + ours(batch, cutoff, threads), repeats)
     return pairs, rows
 
 
@@ -177,8 +198,10 @@ def run(quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
     """Run the benchmark; returns a JSON-able dict (used by the suite and by ``main``)."""
     if device != "cpu":
         raise ValueError("bench/neighbors.py times the CPU kernels; the Triton path has no GPU here")
-    repeats = 3 if quick else 7
-    notes = [f"our kernel rows: {threads or 'default'} OpenMP thread(s), plus 2 threads; api = radius_graph (OpenMP default)",
+    repeats = 3 if quick else 11
+    notes = [f"our kernel rows: {threads or 'default'} OpenMP thread(s), plus 2 threads; api = radius_graph "
+             f"(OpenMP threads = torch.get_num_threads() = {torch.get_num_threads()})",
+             "vesin and ours timed round-robin (alternating calls); wall = median, cpu = mean over rounds",
              f"load average at start: {os.getloadavg()}"]
     cases = []
     specs = [("bulk10k", lambda: fcc_bulk((13, 14, 14)), 6.0, not quick)]
@@ -186,7 +209,7 @@ def run(quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
         specs.append(("bulk100k", lambda: fcc_bulk((29, 29, 30)), 6.0, False))
     for name, make, cutoff, slow in specs:
         atoms = make()
-        pairs, rows = bench_bulk(atoms, cutoff, repeats if name == "bulk10k" else 3, threads, slow, notes)
+        pairs, rows = bench_bulk(atoms, cutoff, repeats if name == "bulk10k" else 5, threads, slow, notes)
         cases.append({"case": name, "atoms": len(atoms), "cutoff": cutoff, "pairs": pairs, "rows": rows})
     count = 1000 if quick else 10000
     pairs, rows = bench_molecules(count, 12.0, repeats, threads, notes)
