@@ -14,59 +14,14 @@ non-empty batch and averages per-rank means).
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self):
-        if self.enabled:
-            torch.distributed.barrier()
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.enabled:
-            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-        return tensor
-
-    def broadcast_object(self, obj):
-        if not self.enabled:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def init_distributed(device: str = "cpu") -> DistContext:
-    """Join the process group that torchrun describes in the environment (no-op otherwise)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext()
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", rank))
-    if not torch.distributed.is_initialized():
-        backend = "nccl" if str(device).startswith("cuda") and torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend=backend)
-    return DistContext(rank=rank, world_size=world, local_rank=local_rank)
+from fastcsi.distributed import DistContext, init_distributed  # noqa: F401  (re-exported)
 
 
 def rank_share(global_batch, ctx: DistContext):
     """This rank's part of one global batch (strided, so sizes differ by at most one)."""
-    return global_batch[ctx.rank::ctx.world_size]
+    return ctx.shard(global_batch)
 
 
 def all_reduce_gradients(parameters, ctx: DistContext):
