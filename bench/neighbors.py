@@ -6,6 +6,8 @@ Cases (same run, same machine; only same-run ratios mean anything on a shared ma
   molecules  10,000 small molecules (3-20 atoms), cutoff 12 Å (1,000 in --quick): vesin once per
              molecule, vesin on all molecules packed far apart in one big non-periodic box, ours in
              ONE call with the batch index
+vesin and our rows are timed round-robin (one call of each per round), so load drift on a shared
+machine hits all of them alike; compare ratios from the same run only.
 For ours, two numbers: ``kernel`` = the C++ search alone returning numpy arrays (indices, shifts,
 vectors, distances, degrees), ``api`` = ``radius_graph(batch, cutoff, backend="cpu")`` including the
 float64 conversion, validation and torch tensors. Every baseline is asked for the same quantities
@@ -199,8 +201,9 @@ def run(quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
     if device != "cpu":
         raise ValueError("bench/neighbors.py times the CPU kernels; the Triton path has no GPU here")
     repeats = 3 if quick else 11
-    notes = [f"our kernel rows: {threads or 'default'} OpenMP thread(s), plus 2 threads; api = radius_graph "
-             f"(OpenMP threads = torch.get_num_threads() = {torch.get_num_threads()})",
+    notes = [f"our kernel rows: {threads or 'default'} thread(s), plus 2 threads (the kernel keeps batches "
+             "under ~1M candidate pair tests per thread on fewer threads); api = radius_graph "
+             f"(threads = torch.get_num_threads() = {torch.get_num_threads()})",
              "vesin and ours timed round-robin (alternating calls); wall = median, cpu = mean over rounds",
              f"load average at start: {os.getloadavg()}"]
     cases = []
