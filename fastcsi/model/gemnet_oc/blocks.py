@@ -53,7 +53,7 @@ class TripletInteraction(nn.Module):
         if self.symmetric_mp:
             x_ca = self.up_projection_ca(x)
             x_ac = self.up_projection_ac(x)[id_swap]  # add to a->c, not c->a
-            return (x_ca + x_ac) * INV_SQRT_2
+            return x_ca.add_(x_ac).mul_(INV_SQRT_2)  # x_ca: a fresh Dense output
         if self.swap_output:
             x = x[id_swap]
         return self.up_projection_ca(x)
@@ -87,7 +87,7 @@ class QuadrupletInteraction(nn.Module):
         if self.symmetric_mp:
             x_ca = self.up_projection_ca(x)
             x_ac = self.up_projection_ac(x)[id_swap]
-            return (x_ca + x_ac) * INV_SQRT_2
+            return x_ca.add_(x_ac).mul_(INV_SQRT_2)
         return self.up_projection_ca(x)
 
 
@@ -149,12 +149,13 @@ class InteractionBlock(nn.Module):
     def forward(self, h, m, bases, g):
         main, a2ee2a, a2a, id_swap = g["main"], g["a2ee2a"], g["a2a"], g["id_swap"]
         num_atoms = h.shape[0]
-        x = self.dense_ca(m) + self.trip_interaction(m, bases["e2e"], g["trip_e2e"], id_swap)
+        # sums of fresh edge tensors are accumulated in place (no backward needs the operands)
+        x = self.dense_ca(m).add_(self.trip_interaction(m, bases["e2e"], g["trip_e2e"], id_swap))
         if self.quad_interaction is not None:
-            x = x + self.quad_interaction(m, bases["qint"], g["quad"], id_swap)
+            x.add_(self.quad_interaction(m, bases["qint"], g["quad"], id_swap))
         if self.atom_edge_interaction is not None:
-            x = x + self.atom_edge_interaction(h, bases["a2e"], g["trip_a2e"], id_swap, expand_idx=a2ee2a["edge_index"][0])
-        x = x * self.inv_sqrt_num_eint
+            x.add_(self.atom_edge_interaction(h, bases["a2e"], g["trip_a2e"], id_swap, expand_idx=a2ee2a["edge_index"][0]))
+        x.mul_(self.inv_sqrt_num_eint)
 
         h_new = h
         if self.edge_atom_interaction is not None:
@@ -167,7 +168,7 @@ class InteractionBlock(nn.Module):
 
         for layer in self.layers_before_skip:
             x = layer(x)
-        m = (m + x) * INV_SQRT_2
+        m = x.add_(m).mul_(INV_SQRT_2)
         for layer in self.layers_after_skip:
             m = layer(m)
         for layer in self.atom_emb_layers:
@@ -176,4 +177,4 @@ class InteractionBlock(nn.Module):
         m2 = self.concat_layer(h, m, main["edge_index"])
         for layer in self.residual_m:
             m2 = layer(m2)
-        return h, (m + m2) * INV_SQRT_2
+        return h, m2.add_(m).mul_(INV_SQRT_2)
