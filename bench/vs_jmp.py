@@ -138,7 +138,7 @@ def _jmp_worker(args) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
     reply.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
@@ -223,7 +223,7 @@ class Ours:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss)
+        return float(loss.detach())
 
 
 def timed(fn) -> dict:
