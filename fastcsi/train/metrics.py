@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
+
+from fastcsi.utils import atomic_write
 
 
 class MetricsLogger:
@@ -42,13 +43,10 @@ class MetricsLogger:
         keys: list[str] = []
         for row in self.rows:
             keys += [k for k in row if k not in keys]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_write(self.path, newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=keys)
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.path)
 
     def close(self):
         if self._tb is not None:

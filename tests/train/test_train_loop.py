@@ -18,12 +18,13 @@ STRUCTURES = lj_structures(30, seed=5)
 TRAIN, VAL = STRUCTURES[:22], STRUCTURES[22:]
 
 
-def make_trainer(rundir, gradient=False, **cfg):
+def make_trainer(rundir, gradient=False, ctx=None, **cfg):
     torch.manual_seed(0)
     norm = Normalizer.fit(TRAIN)
     model = NormalizedModel(PairModel(gradient_forces=gradient), norm, gradient_forces=gradient)
     config = TrainConfig(**{"epochs": 3, "batch_size": 4, "lr": 3e-3, **cfg})
-    return Trainer(model, config, TRAIN, VAL, ("energy", "forces"), rundir, progress=False, log=lambda *a: None)
+    return Trainer(model, config, TRAIN, VAL, ("energy", "forces"), rundir, progress=False, log=lambda *a: None,
+                   ctx=ctx)
 
 
 def test_epoch_order_is_a_seeded_permutation():
@@ -86,8 +87,8 @@ def _ddp_worker(rank, world, port, rundir):
     from fastcsi.train.distributed import init_distributed
 
     ctx = init_distributed("cpu")
-    trainer = make_trainer(rundir, epochs=2, batch_size=5)
-    trainer.ctx = ctx
+    # the context goes in at construction: only rank 0 may own the metrics file and checkpoints
+    trainer = make_trainer(rundir, epochs=2, batch_size=5, ctx=ctx)
     trainer.progress = False
     trainer.model.backbone.radial[2].p = 0.0  # dropout masks differ per rank by design
     trainer.fit()  # rank 0 writes last.pt and metrics.csv into rundir
