@@ -6,6 +6,8 @@ DataLoader worker or torch.distributed rank opens its own (and a fork reopens th
 """
 from __future__ import annotations
 
+import abc
+
 import hashlib
 import json
 import os
@@ -40,7 +42,7 @@ def formula_of(numbers) -> str:
     return "".join(f"{s}{counts[s] if counts[s] > 1 else ''}" for s in order)
 
 
-class Dataset:
+class Dataset(abc.ABC):
     """A random-access, lazily read collection of :class:`Structure` records.
 
     Subclasses set ``format`` and ``units_note`` and implement ``__len__``, ``_read(i)`` and
@@ -57,14 +59,17 @@ class Dataset:
         self._pid = os.getpid()
 
     # --- the contract -------------------------------------------------------------------------
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of structures, known without reading them."""
 
+    @abc.abstractmethod
     def _read(self, index: int) -> Structure:
-        raise NotImplementedError
+        """Structure ``index`` (already bounds-checked) in Å / eV / eV/Å."""
 
+    @abc.abstractmethod
     def class_keys(self) -> np.ndarray:
-        raise NotImplementedError
+        """One class key per structure, computed without reading positions."""
 
     def __getitem__(self, index) -> Structure:
         if not isinstance(index, (int, np.integer)):
