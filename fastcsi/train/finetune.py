@@ -22,10 +22,9 @@ from fastcsi.profiling import Profiler
 from fastcsi.train import backbones
 from fastcsi.train import checkpoint as ckpt
 from fastcsi.train.config import TrainConfig, recipe_for
-from fastcsi.train.distributed import init_distributed
 from fastcsi.train.loop import Trainer
 from fastcsi.train.normalization import NormalizedModel, Normalizer
-from fastcsi.train.pretrain import resolve_device
+from fastcsi.train.pretrain import start_run
 from fastcsi.train.splits import split_indices
 from fastcsi.utils import atomic_write, versions
 
@@ -95,16 +94,7 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
     targets = parse_targets(settings.target)
     recipe = recipe_for(settings.recipe, list(targets))
     cfg = settings.train or recipe.train
-    if cfg.max_threads:
-        # before the model is built: orthogonal initialisation (QR) depends on the thread count
-        torch.set_num_threads(cfg.max_threads)
-    device = resolve_device(settings.device)
-    ctx = init_distributed(device)
-    if device.startswith("cuda") and ctx.enabled:
-        device = f"cuda:{ctx.local_rank}"
-        torch.cuda.set_device(ctx.local_rank)
-    if not ctx.is_main:
-        log = lambda *args, **kwargs: None  # noqa: E731 - one rank speaks
+    device, ctx, log = start_run(cfg.max_threads, settings.device, log)
     rundir = Path(settings.rundir)
     if not resume and ctx.is_main and (rundir / ckpt.LAST).exists():
         raise FastCSIError(f"{rundir}: already holds a run; pass --resume to continue it or choose another -o")

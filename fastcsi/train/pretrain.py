@@ -61,6 +61,21 @@ def resolve_device(spec: str) -> str:
     return str(spec)
 
 
+def start_run(max_threads, device_spec: str, log):
+    """Threads, device and process group for a training run; ``log`` is silenced on ranks > 0."""
+    if max_threads:
+        # before the model is built: orthogonal initialisation (QR) depends on the thread count
+        torch.set_num_threads(max_threads)
+    device = resolve_device(device_spec)
+    ctx = init_distributed(device)
+    if device.startswith("cuda") and ctx.enabled:
+        device = f"cuda:{ctx.local_rank}"
+        torch.cuda.set_device(ctx.local_rank)
+    if not ctx.is_main:
+        log = lambda *args, **kwargs: None  # noqa: E731 - one rank speaks
+    return device, ctx, log
+
+
 def mixture_weights(mix: str, sizes) -> np.ndarray:
     """Per-dataset shares: ``balanced`` (equal), ``proportional`` (T=1) or ``temperature:T``."""
     from fastcsi.data import temperature_mix
@@ -124,16 +139,7 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
     from fastcsi.data import open_dataset
 
     cfg = settings.train
-    if cfg.max_threads:
-        # before the model is built: orthogonal initialisation (QR) depends on the thread count
-        torch.set_num_threads(cfg.max_threads)
-    device = resolve_device(settings.device)
-    ctx = init_distributed(device)
-    if device.startswith("cuda") and ctx.enabled:
-        device = f"cuda:{ctx.local_rank}"
-        torch.cuda.set_device(ctx.local_rank)
-    if not ctx.is_main:
-        log = lambda *args, **kwargs: None  # noqa: E731 - one rank speaks
+    device, ctx, log = start_run(cfg.max_threads, settings.device, log)
     rundir = Path(settings.rundir)
     profiler = Profiler(device=device)
     record = rundir / "pretrain.json"
