@@ -10,7 +10,7 @@ void register_neighbors(py::module_& m);
 }  // namespace fastcsi
 
 PYBIND11_MODULE(_C, m) {
-    m.doc() = "fastcsi CPU kernels (C++17 + OpenMP)";
+    m.doc() = "fastcsi CPU kernels (C++17, std::thread)";
     m.attr("abi_version") = 1;
     fastcsi::register_neighbors(m);
 }

@@ -36,10 +36,6 @@
 #include <thread>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace py = pybind11;
 
 namespace fastcsi {
@@ -517,12 +513,9 @@ void write_cells(const CellSearch& cs, const Output& out, int64_t first, int64_t
 }
 
 int max_threads(int requested) {
-#ifdef _OPENMP
-    return requested > 0 ? requested : omp_get_max_threads();
-#else
-    (void)requested;
-    return 1;
-#endif
+    if (requested > 0) return requested;
+    const unsigned hardware = std::thread::hardware_concurrency();
+    return hardware > 0 ? static_cast<int>(hardware) : 1;
 }
 
 // Contiguous runs of structures: a big one alone (threads inside it) or many small ones (threads

@@ -2,13 +2,13 @@
 
 Algorithm: per structure, all pairs for small structures and a fractional-coordinate cell list
 (O(n) per structure) otherwise, in two passes (count/search, then every edge written once straight
-into the final arrays); the whole batch in ONE call, OpenMP over structures (many small molecules)
+into the final arrays); the whole batch in ONE call, threads over structures (many small molecules)
 or over targets (one large structure). Edges come out in the canonical order. This module only
 converts the batch to float64 numpy buffers and wraps the results in torch tensors (zero copy).
 
 Host-side preparation is plain numpy on purpose: on a busy machine each small torch CPU op can wake
 torch's intra-op thread pool and cost milliseconds (16 ms to convert 10k cells measured here), more
-than the search itself for a batch of molecules. OpenMP threads default to ``torch.get_num_threads()``.
+than the search itself for a batch of molecules. Threads default to ``torch.get_num_threads()``.
 
 Without autograd the kernel's own float64 vectors (rounded to the batch dtype) are returned; when
 ``batch.pos`` or ``batch.cell`` requires grad, vectors/distances are recomputed in torch from the
