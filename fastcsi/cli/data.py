@@ -15,6 +15,13 @@ _SPLIT = click.option("--split", default=None, help="Transition-1x split: data|t
 _EUNIT = click.option("--energy-unit", default=None, help="Energy unit of ASE/npz files not in eV (e.g. kcal/mol).")
 
 
+def _reader_options(command):
+    """The options every command that opens a dataset takes (passed on to ``_open``)."""
+    for option in reversed((_FORMAT, _ENERGY, _FORCES, _LEVEL, _SPLIT, _EUNIT)):
+        command = option(command)
+    return command
+
+
 def _open(path, fmt, energy_key=None, forces_key=None, level=None, split=None, energy_unit=None):
     from fastcsi.data import open_dataset
 
@@ -77,12 +84,7 @@ def data():
 
 @data.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@_FORMAT
-@_ENERGY
-@_FORCES
-@_LEVEL
-@_SPLIT
-@_EUNIT
+@_reader_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(path, fmt, energy_key, forces_key, level, split, energy_unit, as_json):
     """Count structures, atoms, elements and classes; say which labels are present."""
@@ -175,12 +177,7 @@ def _meta(ds, extra: dict) -> dict:
 @data.command()
 @click.argument("inp", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-@_FORMAT
-@_ENERGY
-@_FORCES
-@_LEVEL
-@_SPLIT
-@_EUNIT
+@_reader_options
 def convert(inp, out, fmt, energy_key, forces_key, level, split, energy_unit):
     """Convert IN to extxyz or an ASE db (chosen by OUT's extension), in Å/eV/eV/Å."""
     with _open(inp, fmt, energy_key, forces_key, level, split, energy_unit) as ds:
@@ -197,12 +194,9 @@ def convert(inp, out, fmt, energy_key, forces_key, level, split, energy_unit):
               help="Indices file: .json (indices + settings) or .npy (settings in OUT.meta.json).")
 @click.option("--write-structures", "structures_out", type=click.Path(path_type=Path), default=None,
               help="Also write the chosen structures (.extxyz or .db).")
-@_FORMAT
-@_ENERGY
-@_FORCES
-@_LEVEL
-@_SPLIT
-def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces_key, level, split):
+@_reader_options
+def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces_key, level, split,
+           energy_unit):
     """Choose N structures (seeded; class-balanced or random) and save their indices."""
     import numpy as np
 
@@ -210,7 +204,7 @@ def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces
     from fastcsi.errors import FastCSIError
     from fastcsi.utils import atomic_path, atomic_write
 
-    with _open(path, fmt, energy_key, forces_key, level, split) as ds:
+    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit) as ds:
         indices = sample_indices(ds, n, strategy=strategy, seed=seed)
         meta = _meta(ds, {"n_requested": n, "n_selected": int(len(indices)), "strategy": strategy, "seed": seed,
                           "order": "ascending"})
