@@ -243,17 +243,6 @@ def _counting_flops(fn):
     return output, (float(counter.get_total_flops()) or None)
 
 
-def _ethanols(n: int):
-    from ase.build import molecule
-
-    out = []
-    for seed in range(n):
-        atoms = molecule("CH3CH2OH")
-        atoms.rattle(0.05, seed=seed)
-        out.append(atoms)
-    return out
-
-
 def _set_interaction_backend(model, backend: str) -> None:
     from fastcsi.model.gemnet_oc.blocks import EfficientInteractionBilinear
 
@@ -274,7 +263,7 @@ def gemnet_cases(quick: bool, device: str, sizes=None):
     model = build_model(config).to(device).eval()
     cuda = str(device).startswith("cuda")
     for n in sizes or ((1, 3) if quick else (4, 16, 32)):
-        batch = batch_from_atoms(_ethanols(n), dtype=torch.float32).to(device)
+        batch = batch_from_atoms(_sibling("gemnet").rattled_ethanols(n), dtype=torch.float32).to(device)
         with torch.no_grad():
             energy = model(batch)["energy"]
         energy_scale = float(energy.abs().max().clamp_min(1.0))
