@@ -20,6 +20,9 @@ _TRAIN_OPTIONS = [
     click.option("--checkpoint-every", type=int, default=None, help="Also checkpoint every K optimizer steps."),
     click.option("--stop-after", "stop_after_steps", type=int, default=None,
                  help="Stop (with a checkpoint) after this many steps; continue later with --resume."),
+    click.option("--layer-lr", "layer_lr", default=None, metavar="auto|jmp|none|NAME=SCALE,...",
+                 help="Layer-wise learning-rate scales (fine-tuning default auto: JMP's for a pretrained "
+                      "backbone, none from scratch)."),
     click.option("--threads", "max_threads", type=int, default=None, help="torch CPU threads (default: torch's)."),
     click.option("--no-amp", is_flag=True, help="No bf16 autocast on GPU."),
     click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
@@ -54,7 +57,7 @@ def _model_overrides(options) -> dict:
 
 def _config(base, kw):
     fields = ("epochs", "batch_size", "lr", "weight_decay", "ema_decay", "energy_weight", "force_weight",
-              "warmup_fraction", "seed", "checkpoint_every", "stop_after_steps", "max_threads")
+              "warmup_fraction", "seed", "checkpoint_every", "stop_after_steps", "max_threads", "layer_lr")
     changes = {k: kw.get(k) for k in fields if kw.get(k) is not None}
     if kw.get("no_amp"):
         changes["amp"] = False

@@ -10,7 +10,8 @@ steps, so a 200-step CPU run still has a warm-up and a decay):
   both on normalised targets (per-element linear reference, then scale), bf16 autocast on GPU.
 - fine-tuning: AdamW(lr 5e-6 for JMP-L; we use 1e-4 for the small models trained here, see
   ``FINETUNE_RECIPES``), clipping by value at 1.0, warm-up 5 epochs from 0.1 x lr, cosine decay to
-  0.1 x lr, EMA 0.99, early stopping on the validation metric.
+  0.1 x lr, EMA 0.99, early stopping on the validation metric, and JMP's layer-wise learning-rate
+  scales on a pretrained backbone (embedding 0.3, blocks on a U-shaped 0.3-0.625 profile; layer_lr.py).
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class TrainConfig:
     early_stopping_patience: int = 0  # epochs without validation improvement; 0 = off
     stop_after_steps: int = 0  # interrupt (checkpoint then return) after this many steps; 0 = off
     max_threads: int = 0  # torch.set_num_threads; 0 = leave alone
+    # Layer-wise learning-rate scales (layer_lr.py): "none" | "jmp" | "name=scale,..."; fine-tuning
+    # recipes say "auto" = "jmp" for a pretrained backbone, "none" from scratch.
+    layer_lr: str = "none"
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -100,6 +104,7 @@ def _ft(**kw) -> TrainConfig:
         warmup_fraction=0.1,
         early_stopping_patience=10,
         epochs=50,
+        layer_lr="auto",
         batch_size=4,
     )
     base.update(kw)

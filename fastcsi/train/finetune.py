@@ -126,6 +126,8 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
     else:
         gemnet = backbones.load_pretrained(pretrained, cfg.seed, overrides, base=settings.base)
         origin = f"pretrained backbone {pretrained} with fresh heads"
+    if cfg.layer_lr == "auto":
+        cfg = cfg.replace(layer_lr="jmp" if pretrained is not None else "none")
     model = NormalizedModel(gemnet, normalizer, gradient_forces=backbones.uses_gradient_forces(gemnet),
                             target=scalar[0] if scalar else "energy", reduction=recipe.reduction)
     n = {k: len(v) for k, v in sets.items()}

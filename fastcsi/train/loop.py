@@ -24,6 +24,7 @@ from fastcsi.data import collate
 from fastcsi.errors import FastCSIError
 from fastcsi.profiling import Profiler, torch_trace
 from fastcsi.train import checkpoint as ckpt
+from fastcsi.train import layer_lr
 from fastcsi.train.config import TrainConfig
 from fastcsi.train.distributed import DistContext, all_reduce_gradients, rank_share
 from fastcsi.train.ema import EMA
@@ -86,15 +87,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = int(round(config.warmup_fraction * self.total_steps))
-        decay, no_decay = [], []
-        for p in self.model.parameters():
-            if p.requires_grad:
-                # Biases, norms and scalar scales are not decayed (standard AdamW practice).
-                (decay if p.ndim >= 2 else no_decay).append(p)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=config.lr, betas=config.betas,
-        )
+        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=config.betas)
         self.ema = EMA(self.model, config.ema_decay)
         self.weights = {"energy": config.energy_weight, "forces": config.force_weight}
         for t in self.targets:
@@ -108,6 +101,29 @@ class Trainer:
         self.best_epoch = -1
         self.bad_epochs = 0
         self._running = self._zero_running()
+
+    def _param_groups(self) -> list:
+        """AdamW groups: decayed (matrices) vs not (biases, scalar scales, standard AdamW practice),
+        times the layer-wise learning-rate scales of ``config.layer_lr`` (see layer_lr.py)."""
+        cfg = self.config
+        scales = {}
+        backbone = getattr(self.model, "backbone", None)
+        if str(cfg.layer_lr).strip().lower() not in ("", "none", "off", "auto"):
+            if "num_blocks" not in getattr(backbone, "hparams", {}):
+                raise FastCSIError("layer-wise learning rates (--layer-lr) need a GemNet-OC backbone")
+            spec = layer_lr.parse_spec(cfg.layer_lr, int(backbone.hparams["num_blocks"]))
+            scales = layer_lr.parameter_scales(backbone, spec, prefix="backbone.")
+        groups = {}
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            decayed = p.ndim >= 2
+            scale = scales.get(name, 1.0)
+            group = groups.setdefault((decayed, scale), {
+                "params": [], "weight_decay": cfg.weight_decay if decayed else 0.0, "lr_scale": scale,
+                "min_lr_factor": layer_lr.floor_factor(cfg.min_lr_factor, scale)})
+            group["params"].append(p)
+        return [groups[k] for k in sorted(groups, key=lambda k: (-k[1], not k[0]))]
 
     # ------------------------------------------------------------------ state
     def _zero_running(self) -> dict:
@@ -188,10 +204,10 @@ class Trainer:
     def train_step(self, global_idx) -> float:
         cfg = self.config
         local_idx = rank_share(global_idx, self.ctx)
-        factor = warmup_cosine_factor(self.step, self.total_steps, self.warmup_steps,
-                                      cfg.warmup_start_factor, cfg.min_lr_factor)
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * factor
+            factor = warmup_cosine_factor(self.step, self.total_steps, self.warmup_steps,
+                                          cfg.warmup_start_factor, group["min_lr_factor"])
+            group["lr"] = cfg.lr * group["lr_scale"] * factor
         self.optimizer.zero_grad(set_to_none=True)
         loss_value = 0.0
         if len(local_idx):

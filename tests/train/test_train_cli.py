@@ -82,8 +82,10 @@ def test_finetune_pretrained_and_scratch_then_report(data, pretrained, tmp_path)
     assert res["split"]["train"] == 8 and res["split"]["test"] == 4
     assert res["pretrained"]["data"] == [str(data["up_a"].resolve()), str(data["up_b"].resolve())]
     assert (tmp_path / "ft" / "learning_curve.png").stat().st_size > 0
+    assert res["train_config"]["layer_lr"] == "jmp"  # the recipe's "auto" on a pretrained backbone
     scratch = run(["finetune", "--pretrained", "none", "-o", tmp_path / "scratch", *common])
     assert scratch.exit_code == 0, scratch.output
+    assert json.loads((tmp_path / "scratch" / "results.json").read_text())["train_config"]["layer_lr"] == "none"
     # report: two single-upstream runs (faked from the real results.json) against a csi.json
     runs = []
     for name, mae in (("up_a", 5.0), ("up_b", 9.0)):
@@ -127,6 +129,8 @@ def test_finetune_scalar_target_mean_reduction(data, pretrained, tmp_path):
       "-o", "{tmp}/y"], "no 'homo' label"),
     (["finetune", "--pretrained", "none", "--data", "{down}", "--split", "950,50,rest", "-o", "{tmp}/y"],
      "dataset has only 16"),
+    (["finetune", "--pretrained", "none", "--data", "{down}", "--split", "8,4,rest", "--layer-lr", "blocks_7=0.5",
+      "-o", "{tmp}/y"], "does not exist"),
 ])
 def test_user_mistakes_are_one_line_exit_2(data, tmp_path, args, message):
     args = [str(a).format(tmp=tmp_path, down=data["down"]) for a in args]
