@@ -10,26 +10,31 @@ Algorithm, for the structures routed here (see :func:`plan_cells`), all of them 
    Every bin is thus at least one cutoff wide, measured perpendicular to its faces. At most ~2 bins
    per atom (sparse boxes stay O(n) in memory). Atoms are sorted by (bin, index), bins get a start
    pointer by a prefix sum.
-2. Neighbour bins. Two atoms within the cutoff are at most ``reach_a = ceil(cutoff' / bin_width_a)``
-   bins apart along axis a (1 for a cell at least one cutoff high; more when the cell is thinner than
-   the cutoff: the extra offsets wrap onto further periodic images, so small cells need no separate
-   rule). Offset d along a periodic axis maps to bin (b + d) mod nbins and image m = floor((b + d) /
-   nbins); along a non-periodic axis an offset outside the box is skipped.
-3. Kernel (Triton). One program takes up to BLOCK_I centres of one bin and loops over the
-   prod(2 reach + 1) neighbour bins (27 for cells above the cutoff) and their atoms in BLOCK_J tiles,
-   testing |x_j + m @ cell - x_i|^2 <= cutoff^2 in float64 (the zero-image self pair excluded). It
-   runs twice: a COUNT pass writes each centre's in-degree; a prefix sum gives every centre its output
-   range; the WRITE pass writes (target, source, image code) at fixed positions (an in-tile cumsum, no
-   atomics), so the output never depends on scheduling.
+2. Neighbour bins (torch). Two atoms within the cutoff are at most ``reach_a = ceil(cutoff' /
+   bin_width_a)`` bins apart along axis a (1 for a cell at least one cutoff high; more when the cell
+   is thinner than the cutoff: the extra offsets wrap onto further periodic images, so small cells
+   need no separate rule). Offset d along a periodic axis maps to bin (b + d) mod nbins and image
+   m = floor((b + d) / nbins); along a non-periodic axis an offset outside the box is dropped. Each
+   bin gets its CANDIDATE list, a CSR over bins of (neighbour slot, image code): the atoms of its
+   prod(2 reach + 1) neighbour bins (27 for cells above the cutoff), ~27 x atoms-per-bin entries,
+   8 bytes each.
+3. Kernel (Triton). One program takes up to BLOCK_I centres of one bin and walks the bin's candidate
+   list in BLOCK_J tiles, testing |x_j + m @ cell - x_i|^2 <= cutoff^2 in float64 (the zero-image
+   self pair excluded). One flat candidate loop instead of a loop over neighbour bins keeps tiles full
+   (bins hold ~20 atoms, tiles 64) and the interpreter fast. It runs twice: a COUNT pass writes each
+   centre's in-degree; a prefix sum gives every centre its output range; the WRITE pass writes
+   (target, source, image code) at fixed positions (an in-tile cumsum, no atomics), so the output
+   never depends on scheduling.
 4. Canonical order. One sort of the unique key (target, source, image code) (torch, on the device)
    gives the edge order every backend uses (target, then source, then shift lexicographically; the
    code encodes m lexicographically and the final shift n = m + s_source - s_target is, for one pair,
    a constant offset of m). Shifts are then mapped back to the caller's unwrapped positions.
 
 Complexity: O(n) binning plus a sort of n keys, O(n * prod(2 reach + 1) * atoms per bin) distance
-tests (about 27 x 20 per atom for metals at 6 Å), O(E log E) for the final sort, O(E) memory, against
-O(n^2 * images) for the all-pairs kernel. Verified here under TRITON_INTERPRET=1 on CPU tensors only
-(no GPU on the development machine); the kernel is written for CUDA devices.
+tests (about 27 x 20 per atom for metals at 6 Å), O(E log E) for the final sort; memory O(E) plus
+the candidate lists (~27 x 8 bytes per atom), against O(n^2 * images) work for the all-pairs
+kernel. Verified here under TRITON_INTERPRET=1 on CPU tensors only (no GPU on the development
+machine); the kernel is written for CUDA devices.
 """
 from __future__ import annotations
 
