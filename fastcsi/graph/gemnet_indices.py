@@ -1,7 +1,6 @@
 """GemNet-OC index sets: symmetric main-graph bookkeeping, triplets, mixed triplets, quadruplets.
 
-Plain torch reference (no torch_sparse / torch_scatter), fully vectorised. Conventions follow
-JMP's GemNet-OC so that a JMP checkpoint gives the same numbers:
+Conventions follow JMP's GemNet-OC so that a JMP checkpoint gives the same numbers:
 
 * An edge set is a dict with ``edge_index`` (2, E) (row 0 = source s, row 1 = target t),
   ``cell_offset`` (E, 3) (image shift of the source), ``distance`` (E,), ``vector`` (E, 3)
@@ -11,9 +10,18 @@ JMP's GemNet-OC so that a JMP checkpoint gives the same numbers:
   CSR built from a stable sort of the edges by (target, source): for every selecting index ``r`` it
   yields the edges whose target is ``idx[r]`` in (source, original position) order.
 
-Algorithm and complexity: every function is a handful of sorts, cumulative sums and gathers,
-O(E log E) for sorting plus O(output size) (triplets T = sum_t deg(t)^2, quadruplets Q ~ E * k_qint
-* deg), with no Python loop over atoms or edges.
+Algorithm and complexity. Every builder is one stable sort of the input edges into a CSR by target
+(O(E log E)), then a walk over the selected adjacency rows producing the output (O(T), T = output
+size: triplets sum_t deg(t)^2, quadruplets ~ E * k_qint * deg). Two implementations of the walk:
+
+* CPU tensors: numba loops (``_walk_*``), one pass per output array, every output element written
+  once, the exclusions (same edge / same atom in the same image) tested inline; output sizes are exact
+  (triplets) or bounded then trimmed (mixed triplets, quadruplets). Compiled on first use (cached on
+  disk by numba).
+* Other devices (CUDA): vectorised torch (sorts, cumulative sums, repeat_interleave, gathers, no
+  Python loop over atoms or edges), the formulation kept in ``gemnet_indices_ref``.
+
+Both give bit-for-bit the outputs of ``gemnet_indices_ref`` (tests/graph/test_gemnet_indices_fast.py).
 """
 from __future__ import annotations
 
@@ -57,14 +65,6 @@ def _csr_by_target(targets: torch.Tensor, sources: torch.Tensor, num_atoms: int)
     counts = torch.bincount(targets, minlength=num_atoms)
     rowptr = torch.cumsum(counts, 0) - counts
     return order, rowptr, counts
-
-
-def _select_rows(order, rowptr, counts, rows: torch.Tensor):
-    """For each r, the entries of adjacency row ``rows[r]``: returns (r repeated, entry)."""
-    per = counts[rows]
-    out = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), per)
-    entry = order[torch.repeat_interleave(rowptr[rows], per) + ragged_range(per)]
-    return out, entry
 
 
 def _edges_per_structure(edge_index: torch.Tensor, atom_batch: torch.Tensor, num_structures: int):
@@ -147,11 +147,13 @@ def triplets(graph: dict, num_atoms: int) -> dict:
     """All input edges b->a for each output edge c->a (b == c allowed only for distinct images,
     i.e. distinct edges). Returns ``in`` (T,), ``out`` (T,) (sorted) and ``out_agg`` (T,)."""
     idx_s, idx_t = graph["edge_index"]
+    if not _use_numba(idx_t):
+        from fastcsi.graph.gemnet_indices_ref import triplets_ref
+
+        return triplets_ref(graph, num_atoms)
     order, rowptr, counts = _csr_by_target(idx_t, idx_s, num_atoms)
-    out, inn = _select_rows(order, rowptr, counts, idx_t)
-    keep = inn != out
-    out, inn = out[keep], inn[keep]
-    return {"in": inn, "out": out, "out_agg": inner_index(out, idx_s.numel())}
+    inn, out, agg = _kernels().triplets(_np(order), _np(rowptr), _np(counts), _np(idx_t))
+    return {"in": torch.from_numpy(inn), "out": torch.from_numpy(out), "out_agg": torch.from_numpy(agg)}
 
 
 def mixed_triplets(graph_in: dict, graph_out: dict, num_atoms: int, to_outedge: bool = False,
@@ -161,18 +163,20 @@ def mixed_triplets(graph_in: dict, graph_out: dict, num_atoms: int, to_outedge: 
     ``out`` is sorted (output edge order)."""
     idx_out_s, idx_out_t = graph_out["edge_index"]
     idx_in_s, idx_in_t = graph_in["edge_index"]
+    if not _use_numba(idx_in_t):
+        from fastcsi.graph.gemnet_indices_ref import mixed_triplets_ref
+
+        return mixed_triplets_ref(graph_in, graph_out, num_atoms, to_outedge, return_agg_idx)
     order, rowptr, counts = _csr_by_target(idx_in_t, idx_in_s, num_atoms)
-    out, inn = _select_rows(order, rowptr, counts, idx_out_s if to_outedge else idx_out_t)
-    atom_in = idx_in_s[inn]
-    atom_out = idx_out_t[out] if to_outedge else idx_out_s[out]
-    keep = atom_in != atom_out
-    if _has_images(graph_in, graph_out):
-        sign = 1 if to_outedge else -1
-        offset_sum = graph_out["cell_offset"][out] + sign * graph_in["cell_offset"][inn]
-        keep |= (offset_sum != 0).any(dim=-1)
-    idx = {"in": inn[keep], "out": out[keep]}
+    anchor = idx_out_s if to_outedge else idx_out_t
+    other = idx_out_t if to_outedge else idx_out_s
+    images = _has_images(graph_in, graph_out)
+    inn, out, agg = _kernels().mixed_triplets(
+        _np(order), _np(rowptr), _np(counts), _np(anchor), _np(other), _np(idx_in_s),
+        _np(graph_out["cell_offset"]), _np(graph_in["cell_offset"]), 1 if to_outedge else -1, images)
+    idx = {"in": torch.from_numpy(inn), "out": torch.from_numpy(out)}
     if return_agg_idx:
-        idx["out_agg"] = inner_index(idx["out"], idx_out_s.numel())
+        idx["out_agg"] = torch.from_numpy(agg)
     return idx
 
 
@@ -184,36 +188,51 @@ def quadruplets(main_graph: dict, qint_graph: dict, num_atoms: int) -> dict:
     ``out`` (Q,) (c->a, sorted), ``trip_in_to_quad``, ``trip_out_to_quad`` and ``out_agg`` (Q,).
     """
     idx_s = main_graph["edge_index"][0]
+    if not _use_numba(idx_s):
+        from fastcsi.graph.gemnet_indices_ref import quadruplets_ref
+
+        return quadruplets_ref(main_graph, qint_graph, num_atoms)
     num_qint = qint_graph["edge_index"].shape[1]
     trip_in = mixed_triplets(main_graph, qint_graph, num_atoms, to_outedge=True)
     trip_out = mixed_triplets(qint_graph, main_graph, num_atoms, to_outedge=False)
-
-    # trip_in is grouped by its (sorted) output qint edge: a CSR over qint edges.
+    # trip_in is grouped by its (sorted) output qint edge: a CSR over qint edges
     per_qint = torch.bincount(trip_in["out"], minlength=num_qint)
     start = torch.cumsum(per_qint, 0) - per_qint
-    per_trip_out = per_qint[trip_out["in"]]
-    out = torch.repeat_interleave(trip_out["out"], per_trip_out)
-    idx_inter = torch.repeat_interleave(trip_out["in"], per_trip_out)
-    trip_out_to_quad = torch.repeat_interleave(
-        torch.arange(trip_out["out"].numel(), device=idx_s.device), per_trip_out
-    )
-    trip_in_to_quad = torch.repeat_interleave(start[trip_out["in"]], per_trip_out) + ragged_range(per_trip_out)
-    idx_in = trip_in["in"][trip_in_to_quad]
-
-    keep = idx_s[out] != idx_s[idx_in]
-    if _has_images(main_graph, qint_graph):
-        offset_cd = (
-            main_graph["cell_offset"][idx_in]
-            + qint_graph["cell_offset"][idx_inter]
-            - main_graph["cell_offset"][out]
-        )
-        keep |= (offset_cd != 0).any(dim=-1)
-    out = out[keep]
+    out, to_out, to_in, agg = _kernels().quadruplets(
+        _np(trip_out["in"]), _np(trip_out["out"]), _np(start), _np(per_qint), _np(trip_in["in"]), _np(idx_s),
+        _np(main_graph["cell_offset"]), _np(qint_graph["cell_offset"]), _has_images(main_graph, qint_graph))
     return {
         "triplet_in": trip_in,
         "triplet_out": trip_out,
-        "out": out,
-        "trip_out_to_quad": trip_out_to_quad[keep],
-        "trip_in_to_quad": trip_in_to_quad[keep],
-        "out_agg": inner_index(out, idx_s.numel()),
+        "out": torch.from_numpy(out),
+        "trip_out_to_quad": torch.from_numpy(to_out),
+        "trip_in_to_quad": torch.from_numpy(to_in),
+        "out_agg": torch.from_numpy(agg),
     }
+
+
+# ---------------------------------------------------------------------------------------------------
+# CPU walks (numba). Each reproduces, element for element, the order of the torch formulation:
+# selecting edges in ascending order, each adjacency row in CSR (source, position) order.
+
+def _use_numba(index: torch.Tensor) -> bool:
+    return index.device.type == "cpu" and _kernels() is not None
+
+
+def _np(tensor: torch.Tensor):
+    return tensor.detach().contiguous().numpy()
+
+
+_KERNELS = []
+
+
+def _kernels():
+    """The compiled walks (a namespace), or None without numba. Imported lazily: numba adds ~0.5 s
+    to the first import, and CUDA-only users never need it."""
+    if not _KERNELS:
+        try:
+            from fastcsi.graph import _gemnet_walks as walks
+        except ImportError:  # pragma: no cover - numba missing: the torch formulation runs
+            walks = None
+        _KERNELS.append(walks)
+    return _KERNELS[0]
