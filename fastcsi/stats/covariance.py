@@ -2,8 +2,9 @@
 
 Backends (all return float64 numpy arrays; see each file's header for algorithm and error):
 - ``ref``    covariance_ref.py: plain float64 two-pass + GEMM (the oracle).
-- ``cpu``    covariance_cpu.py: blocked, centred float64 GEMM (or SYRK) through the BLAS,
-             O(block * d + d^2) memory.
+- ``cpu``    covariance_cpu.py: native C++ one-triangle float64 SYRK with the upcast and centring
+             fused into packing (``method="native"``, default), or blocked, centred float64 GEMM /
+             SYRK through the BLAS (``method="gemm"|"syrk"``); O(threads * d^2 + block * d) memory.
 - ``triton`` covariance_triton.py: fused centring + one-triangle float32 tile math, float64
              accumulation (error <~ 2e-6 relative, "ieee"); CUDA tensors, or CPU under the interpreter.
 - ``cuda``   covariance_triton.chunk_moments_torch_device: float64 cuBLAS GEMM on the device.
