@@ -40,7 +40,7 @@ def test_cpu_backends_match_np_cov_with_large_offset(backend, dtype):
 def test_cpu_numpy_input_and_method_agree():
     x = _offset_data(5000, 17, seed=1).astype(np.float32)
     reference = np.cov(x.astype(np.float64), rowvar=False)
-    for method in ("syrk", "gemm"):
+    for method in ("native", "syrk", "gemm"):
         count, _, scatter = chunk_moments(x, backend="cpu", block_rows=1024, method=method)
         assert _rel(scatter / (count - 1), reference) <= 1e-12
         assert np.array_equal(scatter, scatter.T)
@@ -100,3 +100,141 @@ def test_row_order_and_batching_do_not_matter():
     _, mean_b, scatter_b = chunk_moments(permuted, backend="cpu", block_rows=333)
     assert np.abs(mean_a - mean_b).max() <= 1e-12 * 1e3
     assert _rel(scatter_a, scatter_b) <= 1e-12
+
+
+# ---------------------------------------------------------------------------- native SYRK (csrc/syrk.cpp)
+from fastcsi import _native  # noqa: E402
+from fastcsi.backend import FallbackWarning  # noqa: E402
+from fastcsi.stats import covariance_cpu  # noqa: E402
+
+needs_native = pytest.mark.skipif(
+    not covariance_cpu.native_available(), reason=f"fastcsi._C without covariance_moments: {_native.NATIVE_ERROR}"
+)
+# Both micro-kernels run here when the CPU has AVX2+FMA; the portable one always.
+NATIVE_KERNELS = ["portable"] + (["avx2"] if _native.has("covariance_kernel_isa") and _native.native.covariance_kernel_isa() == "avx2" else [])
+
+
+def _native_moments(x, **options):
+    count, mean, scatter = _native.native.covariance_moments(x, **options)
+    return int(count), mean, scatter
+
+
+def _exact_moments(x):
+    x64 = np.asarray(x, dtype=np.float64)
+    mean = x64.mean(axis=0) if len(x64) else np.zeros(x64.shape[1])
+    centred = x64 - mean
+    return mean, centred.T @ centred
+
+
+@needs_native
+@pytest.mark.parametrize("kernel", NATIVE_KERNELS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [1, 3, 7, 13, 257])
+def test_native_matches_float64_oracle_for_ragged_widths(d, dtype, kernel):
+    # d not a multiple of the 4-wide panel or the 12-wide tile; rows cross block (100) and packing
+    # depth (40) boundaries, including a final block of one row; offset 1e3 as in the features.
+    for rows in (0, 1, 2, 39, 40, 41, 201):
+        x = _offset_data(rows, d, seed=rows + d).astype(dtype)
+        count, mean, scatter = _native_moments(x, block_rows=100, depth=40, kernel=kernel, num_threads=1)
+        mean_ref, scatter_ref = _exact_moments(x)
+        assert count == rows and mean.shape == (d,) and scatter.shape == (d, d)
+        assert np.abs(mean - mean_ref).max(initial=0) <= 1e-12 * 1e3
+        if rows < 2:
+            assert not scatter.any()
+            continue
+        assert _rel(scatter, scatter_ref) <= 1e-12
+        assert np.array_equal(scatter, scatter.T)
+
+
+@needs_native
+@pytest.mark.parametrize("kernel", NATIVE_KERNELS)
+def test_native_large_offset_against_np_cov(kernel):
+    # Mean 1e3, std ~1: a raw sum of squares would lose ~6 digits (see the guard test above).
+    x = _offset_data(4000, 40, seed=11).astype(np.float32)
+    count, _, scatter = _native_moments(x, block_rows=512, kernel=kernel, num_threads=1)
+    assert _rel(scatter / (count - 1), np.cov(x.astype(np.float64), rowvar=False)) <= 1e-12
+
+
+@needs_native
+def test_native_threads_agree_and_are_reproducible():
+    x = _offset_data(6000, 29, seed=12).astype(np.float32)
+    _, mean_1, scatter_1 = _native_moments(x, block_rows=256, num_threads=1)
+    for threads in (2, 3, 5):
+        _, mean_t, scatter_t = _native_moments(x, block_rows=256, num_threads=threads)
+        assert np.abs(mean_t - mean_1).max() <= 1e-13 * 1e3
+        assert _rel(scatter_t, scatter_1) <= 1e-13
+        again = _native_moments(x, block_rows=256, num_threads=threads)
+        assert np.array_equal(again[2], scatter_t) and np.array_equal(again[1], mean_t)  # bitwise
+
+
+@needs_native
+def test_native_reads_any_strides():
+    base = _offset_data(900, 40, seed=13)
+    views = {
+        "rows step 2": base.astype(np.float32)[::2],
+        "columns step 3": base.astype(np.float32)[:, ::3],
+        "fortran order": np.asfortranarray(base),
+        "negative strides": base[::-1, ::-1],
+    }
+    for name, view in views.items():
+        count, mean, scatter = chunk_moments(view, backend="cpu", block_rows=128)
+        mean_ref, scatter_ref = _exact_moments(view)
+        assert count == len(view), name
+        assert np.abs(mean - mean_ref).max() <= 1e-12 * 1e3, name
+        assert _rel(scatter, scatter_ref) <= 1e-12, name
+    tensor = torch.from_numpy(base.astype(np.float32)).t().contiguous().t()[::3]  # column-major rows
+    assert not tensor.is_contiguous()
+    _, _, scatter = chunk_moments(tensor, backend="cpu")
+    assert _rel(scatter, _exact_moments(tensor.numpy())[1]) <= 1e-12
+
+
+@needs_native
+def test_native_nan_and_inf_mark_their_columns_like_the_blas_path():
+    x = _offset_data(700, 9, seed=14).astype(np.float32)
+    x[333, 4] = np.nan
+    x[500, 7] = np.inf
+    _, mean_native, scatter_native = chunk_moments(x, backend="cpu", block_rows=128)
+    with np.errstate(invalid="ignore"):  # the BLAS path warns on the NaN it propagates
+        _, mean_gemm, scatter_gemm = chunk_moments(x, backend="cpu", block_rows=128, method="gemm")
+    assert np.array_equal(np.isfinite(mean_native), np.isfinite(mean_gemm))
+    assert np.array_equal(np.isfinite(scatter_native), np.isfinite(scatter_gemm))
+    assert not np.isfinite(scatter_native[4, 4]) and not np.isfinite(scatter_native[7, 7])
+    clean = [0, 1, 2, 3, 5, 6, 8]
+    assert np.isfinite(scatter_native[np.ix_(clean, clean)]).all()
+    from fastcsi.stats import FeatureStats
+
+    stats = FeatureStats(9)
+    with pytest.raises(FastCSIError, match="NaN or inf"):
+        stats.update(x)
+    assert stats.count == 0  # nothing was added
+
+
+@needs_native
+def test_native_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="kernel"):
+        _native.native.covariance_moments(np.zeros((4, 3)), kernel="avx512")
+    with pytest.raises(ValueError, match="block_rows"):
+        _native.native.covariance_moments(np.zeros((4, 3)), block_rows=0)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        _native.native.covariance_moments(np.zeros((4, 3), dtype=np.int64))
+    with pytest.raises(ValueError, match="unknown method"):
+        chunk_moments(np.zeros((4, 3)), backend="cpu", method="blas")
+
+
+def test_cpu_falls_back_to_blas_with_a_warning_without_the_extension(monkeypatch):
+    monkeypatch.setattr(covariance_cpu, "native_available", lambda: False)
+    x = _offset_data(300, 6, seed=15)
+    with pytest.warns(FallbackWarning, match="native kernel unavailable"):
+        count, _, scatter = chunk_moments(x, backend="cpu")
+    assert count == 300 and _rel(scatter, _exact_moments(x)[1]) <= 1e-12
+
+
+@needs_native
+def test_feature_stats_streaming_matches_np_cov():
+    from fastcsi.stats import FeatureStats
+
+    x = _offset_data(5000, 64, seed=16).astype(np.float32)
+    stats = FeatureStats(64)
+    for start in range(0, 5000, 1234):
+        stats.update(x[start : start + 1234])
+    assert _rel(stats.covariance(), np.cov(x.astype(np.float64), rowvar=False)) <= 1e-12
