@@ -11,10 +11,21 @@ machine hits all of them alike; compare ratios from the same run only.
 For ours, two numbers: ``kernel`` = the C++ search alone returning numpy arrays (indices, shifts,
 vectors, distances, degrees), ``api`` = ``radius_graph(batch, cutoff, backend="cpu")`` including the
 float64 conversion, validation and torch tensors. Every baseline is asked for the same quantities
-(i, j, S, D, d). Correctness is checked first (same pair set as vesin). The optional last table
-times the GemNet-OC index construction (fastcsi.graph.gemnet_indices) per 1,000 edges.
+(i, j, S, D, d). Correctness is checked first (same pair set as vesin).
 
-Usage: python bench/neighbors.py [--quick] [--out FILE.json] [--threads N]
+The last table times the GemNet-OC index construction (fastcsi.graph.gemnet_indices) per 1,000 main
+edges, BEFORE (the torch formulation, gemnet_indices_ref) and AFTER (the numba walks) in the same run,
+after checking their outputs are bit-for-bit equal: the full 6 Å graph of Cu fcc 4x4x4 (triplets),
+and GemNet-OC's default graphs (main 12 Å / 30 neighbours, symmetrised; quadruplet graph 8 Å / 8;
+atom-edge graph 12 Å / 20) on four Cu(111) slabs.
+
+``--device cuda`` instead times the Triton backend (``radius_graph(backend="triton")``: cell list for
+large structures, all pairs for small ones) on rattled Cu fcc: the cell list against the all-pairs
+kernel at ~500 and ~2,000 atoms (where the auto threshold sits), the cell list at 10k and ~100k
+atoms against vesin-torch on the same GPU (skipped with a note when vesin-torch is not installed);
+pair set checked against the C++ CPU kernel first, CUDA synchronised around every call.
+
+Usage: python bench/neighbors.py [--quick] [--device cpu|cuda] [--out FILE.json] [--threads N]
 """
 from __future__ import annotations
 
@@ -68,6 +79,19 @@ def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
         cpus.append(time.process_time() - cpu)
         walls.append(time.perf_counter() - start)
     return statistics.median(walls), statistics.median(cpus)
+
+
+def timed_device(fn, repeats: int, device: str, warmup: int = 1) -> tuple[float, float]:
+    """:func:`timed` with the device synchronised before and after every call (CUDA kernels are
+    asynchronous: without it the clock would stop at the launch)."""
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+    def call():
+        sync()
+        fn()
+        sync()
+
+    return timed(call, repeats, warmup)
 
 
 def fcc_bulk(repeats, seed=0):
@@ -171,35 +195,130 @@ def bench_molecules(count, cutoff, repeats, threads, notes):
     return pairs, rows
 
 
-def bench_gemnet_indices(atoms, cutoff, repeats, notes):
-    try:
-        from fastcsi.graph import gemnet_indices as gi
-    except ImportError:
-        notes.append("fastcsi.graph.gemnet_indices not present: index timing skipped")
-        return None
-    batch = batch_from_atoms([atoms], dtype=torch.float32)
-    graph = radius_graph(batch, cutoff, backend="cpu")
-    edges = {"edge_index": graph.edge_index, "cell_offset": graph.cell_offsets, "distance": graph.distances,
-             "vector": graph.vectors / graph.distances[:, None].clamp_min(1e-12),
-             "num_neighbors": torch.tensor([graph.num_edges])}
-    n = batch.num_atoms
+def _edge_dict(graph, batch):
+    """The edge-set dict gemnet_indices takes (as GemNet-OC's build_graphs makes it)."""
+    edge_batch = batch.batch[graph.edge_index[1]]
+    return {"edge_index": graph.edge_index, "cell_offset": graph.cell_offsets, "distance": graph.distances,
+            "vector": -graph.vectors / graph.distances[:, None].clamp_min(1e-12), "edge_batch": edge_batch,
+            "num_neighbors": torch.bincount(edge_batch, minlength=batch.num_structures)}
+
+
+def _identical(new, old) -> bool:
+    if isinstance(old, dict):
+        return new.keys() == old.keys() and all(_identical(new[k], old[k]) for k in old)
+    return new.dtype == old.dtype and torch.equal(new, old)
+
+
+def bench_gemnet_indices(repeats, notes, quick=False):
+    """Index construction before (torch formulation) / after (numba walks), same run, same graphs."""
+    from ase.build import fcc111
+
+    from fastcsi.graph import gemnet_indices as gi
+    from fastcsi.graph import gemnet_indices_ref as gr
+    from fastcsi.graph import select_neighbors
+
+    cases = []
+    # the full 6 Å graph of bulk Cu (the graph the earlier ~2.8 ms / 1000 edges was measured on)
+    bulk_batch = batch_from_atoms([fcc_bulk((4, 4, 4))], dtype=torch.float32)
+    bulk_main, _ = gi.symmetrize_edges(_edge_dict(radius_graph(bulk_batch, 6.0, backend="cpu"), bulk_batch),
+                                       bulk_batch.num_atoms)
+    n = bulk_batch.num_atoms
+    cases.append(("Cu fcc 4x4x4, 6 Å full graph", bulk_main, [
+        ("triplets", lambda: gi.triplets(bulk_main, n), lambda: gr.triplets_ref(bulk_main, n))]))
+    # GemNet-OC's default graphs on slabs (main 12 Å / 30, qint 8 Å / 8, atom-edge 12 Å / 20)
+    slab = fcc111("Cu", size=(4, 4, 4), vacuum=8.0)
+    slab.rattle(0.05, seed=0)
+    batch = batch_from_atoms([slab] * (2 if quick else 4), dtype=torch.float32)
+    raw = radius_graph(batch, 12.0, max_neighbors=30, strict=True, backend="cpu")
+    m = batch.num_atoms
+    main, _ = gi.symmetrize_edges(_edge_dict(raw, batch), m)
+    qint = _edge_dict(select_neighbors(raw, cutoff=8.0, max_neighbors=8, strict=True), batch)
+    aeaint = _edge_dict(select_neighbors(raw, max_neighbors=20, strict=True), batch)
+    cases.append((f"{batch.num_structures} Cu(111) slabs, GemNet-OC graphs", main, [
+        ("triplets", lambda: gi.triplets(main, m), lambda: gr.triplets_ref(main, m)),
+        ("mixed_triplets a2e", lambda: gi.mixed_triplets(aeaint, main, m, return_agg_idx=True),
+         lambda: gr.mixed_triplets_ref(aeaint, main, m, return_agg_idx=True)),
+        ("quadruplets", lambda: gi.quadruplets(main, qint, m), lambda: gr.quadruplets_ref(main, qint, m)),
+    ]))
     rows = []
+    for label, graph, ops in cases:
+        edges = int(graph["edge_index"].shape[1])
+        for op, after, before in ops:
+            if not _identical(after(), before()):
+                raise SystemExit(f"correctness check failed: {op} differs from gemnet_indices_ref ({label})")
+            (t_before, _), (t_after, _) = [t for _, t in alternating([("before", before), ("after", after)], repeats)]
+            rows.append({"graph": label, "op": op, "edges": edges, "before_seconds": t_before,
+                         "after_seconds": t_after, "before_ms_per_1000_edges": t_before / edges * 1e6,
+                         "after_ms_per_1000_edges": t_after / edges * 1e6, "speedup": t_before / t_after})
+    notes.append("index construction: before = gemnet_indices_ref (torch), after = gemnet_indices (numba walks "
+                 "on CPU tensors), outputs checked bit-for-bit equal, timed round-robin (median wall)")
+    return {"rows": rows}
+
+
+def bench_triton(atoms, cutoff, repeats, device, notes, with_pairs=False, with_vesin=True):
+    """Triton backend on one structure: the cell list (and, optionally, the all-pairs kernel) against
+    vesin-torch on the same device. Pair set checked against the C++ kernel (or the reference) first."""
+    from fastcsi.graph.radius_triton import radius_graph_triton
+
+    batch = batch_from_atoms([atoms], dtype=torch.float32, device=device)
+    graph = radius_graph_triton(batch, cutoff, method="cells")
+    cpu_batch = batch.to("cpu")
     try:
-        symmetric, _ = gi.symmetrize_edges(edges, n)
-        rows.append(("symmetrize_edges", timed(lambda: gi.symmetrize_edges(edges, n), repeats)))
-        rows.append(("triplets", timed(lambda: gi.triplets(symmetric, n), repeats)))
-    except Exception as exc:  # another engineer's module: report, do not fail the benchmark
-        notes.append(f"gemnet_indices timing failed: {type(exc).__name__}: {exc}")
-        return None
-    return {"edges": graph.num_edges, "atoms": n, "cutoff": cutoff,
-            "rows": [{"op": name, "seconds": t, "us_per_1000_edges": t / graph.num_edges * 1e3 * 1e6}
-                     for name, (t, _) in rows]}
+        expected = search_cpu(cpu_batch, cutoff, 0, single=True)
+        expected_index, expected_shifts = expected[0], expected[1]
+    except Exception:  # the compiled extension is absent: the reference
+        ref = radius_graph(cpu_batch, cutoff, backend="ref")
+        expected_index, expected_shifts = ref.edge_index.numpy(), ref.cell_offsets.numpy()
+    if not (np.array_equal(graph.edge_index.cpu().numpy(), expected_index)
+            and np.array_equal(graph.cell_offsets.cpu().numpy(), expected_shifts)):
+        raise SystemExit("correctness check failed: the Triton cell list differs from the CPU kernel")
+    named = [("triton cells", lambda: radius_graph_triton(batch, cutoff, method="cells")),
+             ("triton auto (api)", lambda: radius_graph(batch, cutoff, backend="triton"))]
+    if with_pairs:
+        named.append(("triton all-pairs", lambda: radius_graph_triton(batch, cutoff, method="pairs")))
+    if with_vesin:
+        try:
+            from vesin.torch import NeighborList as TorchNeighborList
+
+            nl = TorchNeighborList(cutoff=cutoff, full_list=True)
+            points = batch.pos.to(torch.float64)
+            box = batch.cell[0].to(torch.float64)
+            named.insert(0, ("vesin-torch", lambda: nl.compute(points=points, box=box, periodic=True,
+                                                                quantities="ijSDd")))
+        except ImportError:
+            notes.append("vesin-torch not installed: the Triton rows have no same-device baseline")
+    rows = [(name, timed_device(fn, repeats, device)) for name, fn in named]
+    return graph.num_edges, rows
+
+
+def run_triton(quick: bool, device: str) -> dict:
+    """The Triton backend on a CUDA device (see the module docstring)."""
+    repeats = 3 if quick else 11
+    notes = ["Triton rows: CUDA synchronised around every call; median wall over repeats",
+             "triton cells = radius_graph_triton(method='cells'); triton auto = radius_graph(backend='triton')"]
+    specs = [("bulk500", (5, 5, 5), True), ("bulk2k", (8, 8, 8), True), ("bulk10k", (13, 14, 14), False)]
+    if not quick:
+        specs.append(("bulk100k", (29, 29, 30), False))
+    cases = []
+    for name, repeats_xyz, with_pairs in specs:
+        atoms = fcc_bulk(repeats_xyz)
+        pairs, rows = bench_triton(atoms, 6.0, repeats, device, notes, with_pairs=with_pairs)
+        named = dict(rows)
+        baseline = named.get("vesin-torch")
+        cases.append({"case": name, "atoms": len(atoms), "cutoff": 6.0, "pairs": pairs, "rows": [
+            {"impl": impl, "seconds": wall, "cpu_seconds": cpu, "mpairs_per_s": pairs / wall / 1e6,
+             "speedup_vs_vesin": (baseline[0] / wall) if baseline else None, "cpu_speedup_vs_vesin": None}
+            for impl, (wall, cpu) in rows]})
+    return {"benchmark": "neighbors", "quick": quick, "device": device, "cases": cases, "gemnet_indices": None,
+            "notes": notes, "versions": versions()}
 
 
 def run(quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
     """Run the benchmark; returns a JSON-able dict (used by the suite and by ``main``)."""
+    if str(device).startswith("cuda"):
+        return run_triton(quick, device)
     if device != "cpu":
-        raise ValueError("bench/neighbors.py times the CPU kernels; the Triton path has no GPU here")
+        raise ValueError(f"bench/neighbors.py runs on cpu or cuda, not {device!r}")
     repeats = 3 if quick else 11
     notes = [f"our kernel rows: {threads or 'default'} thread(s), plus 2 threads (the kernel keeps batches "
              "under ~1M candidate pair tests per thread on fewer threads); api = radius_graph "
@@ -228,7 +347,7 @@ def run(quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
              **({"us_per_molecule": wall / case["molecules"] * 1e6} if case.get("molecules") else {})}
             for impl, (wall, cpu) in case["rows"]
         ]
-    indices = bench_gemnet_indices(fcc_bulk((4, 4, 4)), 6.0, repeats, notes)
+    indices = bench_gemnet_indices(repeats, notes, quick)
     return {"benchmark": "neighbors", "quick": quick, "device": device, "cases": cases,
             "gemnet_indices": indices, "notes": notes, "versions": versions()}
 
@@ -245,10 +364,11 @@ def print_table(result: dict) -> None:
             print(f"  {row['impl']:<20}{row['seconds'] * 1e3:>9.1f}ms{row['cpu_seconds'] * 1e3:>9.1f}ms"
                   f"{row['mpairs_per_s']:>10.1f}{ratio:>9}{cpu_ratio:>9}{per_mol:>9}")
     if result["gemnet_indices"]:
-        g = result["gemnet_indices"]
-        print(f"\nGemNet-OC indices on {g['edges']:,} edges ({g['atoms']} atoms, cutoff {g['cutoff']} Å)")
-        for row in g["rows"]:
-            print(f"  {row['op']:<20}{row['seconds'] * 1e3:>10.1f}ms{row['us_per_1000_edges']:>10.1f} us/1000 edges")
+        print("\nGemNet-OC index construction, ms per 1000 main edges (before = torch, after = numba walks)")
+        print(f"  {'graph':<38}{'op':<20}{'edges':>8}{'before':>9}{'after':>9}{'speedup':>9}")
+        for row in result["gemnet_indices"]["rows"]:
+            print(f"  {row['graph']:<38}{row['op']:<20}{row['edges']:>8}{row['before_ms_per_1000_edges']:>9.3f}"
+                  f"{row['after_ms_per_1000_edges']:>9.3f}{row['speedup']:>8.1f}x")
     for note in result["notes"]:
         print(f"note: {note}")
 
@@ -258,8 +378,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small cases, finishes in seconds")
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--threads", type=int, default=1, help="OpenMP threads for our kernel rows (0 = default)")
+    parser.add_argument("--device", default="cpu", help="cpu (C++ kernel, index construction) or cuda (Triton)")
     args = parser.parse_args(argv)
-    result = run(quick=args.quick, threads=args.threads)
+    result = run(quick=args.quick, device=args.device, threads=args.threads)
     print_table(result)
     if args.out:
         with atomic_write(args.out) as handle:

@@ -194,3 +194,18 @@ def test_routing_rule():
     assert chosen == {}
     with pytest.raises(Exception, match="unknown Triton method"):
         radius_graph_triton(batch_from_atoms([molecule("H2O")], device=DEVICE), 2.0, method="grid")
+
+
+def test_bench_triton_rows_run_under_the_interpreter(monkeypatch):
+    """bench/neighbors.py's --device cuda rows, exercised on a tiny structure (correctness check
+    against the CPU kernel, then one timed call of each row)."""
+    from fastcsi._bench import neighbors as bench
+
+    monkeypatch.setattr(cells, "CELL_MIN_ATOMS", 16)  # the auto row takes the cell list here too
+    cu = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
+    cu.rattle(0.05, seed=7)
+    notes = []
+    pairs, rows = bench.bench_triton(cu, 3.0, 1, DEVICE, notes, with_vesin=False)
+    assert pairs == 12 * len(cu)
+    assert [name for name, _ in rows] == ["triton cells", "triton auto (api)"]
+    assert all(wall > 0 for _, (wall, _) in rows)
