@@ -56,11 +56,12 @@ if AVAILABLE:
         zero_image_ptr,  # (B,) index of the zero shift in the structure's image list
         image_vec_ptr,  # (sum M_b, 3) float64 Cartesian image shifts
         mask_ptr,  # int8 output
-        cutoff_sq,
+        cutoff_sq_ptr,  # (1,) float64: a Python float argument would be typed fp32 by Triton
         BLOCK_I: tl.constexpr,
         BLOCK_J: tl.constexpr,
     ):
         pid = tl.program_id(0)
+        cutoff_sq = tl.load(cutoff_sq_ptr)
         b = tl.load(item_structure_ptr + pid)
         first = tl.load(item_first_ptr + pid)
         row0 = tl.load(item_mask_ptr + pid)
@@ -166,6 +167,7 @@ def search_triton(batch, cutoff: float, method: str = "auto"):
         ("atom_start", ptr[:-1].tolist()), ("natoms", natoms), ("nimages", nimages),
         ("image_start", image_start), ("zero", zero_index))}
     images_d, image_vec_d = images.to(device), image_vec.to(device).contiguous()
+    cutoff_sq = torch.tensor([float(cutoff) ** 2], dtype=torch.float64, device=device)
     sources, targets, shifts = [], [], []
     k = 0
     while k < len(items):
@@ -180,7 +182,7 @@ def search_triton(batch, cutoff: float, method: str = "auto"):
         mask = torch.zeros(size, dtype=torch.int8, device=device)
         _pair_mask_kernel[(len(chunk),)](
             wrapped, item_structure, item_first, item_mask, meta["atom_start"], meta["natoms"],
-            meta["nimages"], meta["image_start"], meta["zero"], image_vec_d, mask, float(cutoff) ** 2,
+            meta["nimages"], meta["image_start"], meta["zero"], image_vec_d, mask, cutoff_sq,
             BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J,
         )
         flat = mask.nonzero().flatten()

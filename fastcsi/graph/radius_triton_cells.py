@@ -87,13 +87,14 @@ if AVAILABLE:
         target_ptr,  # (E,) int64 out (WRITE pass)
         source_ptr,  # (E,) int64 out
         code_ptr,  # (E,) int64 out: the image code
-        cutoff_sq,
+        cutoff_sq_ptr,  # (1,) float64: a Python float argument would be typed fp32 by Triton
         half,  # H: largest |m_a| over all structures (W = 2H + 1)
         WRITE: tl.constexpr,
         BLOCK_I: tl.constexpr,
         BLOCK_J: tl.constexpr,
     ):
         pid = tl.program_id(0)
+        cutoff_sq = tl.load(cutoff_sq_ptr)
         bin_id = tl.load(item_bin_ptr + pid)
         first = tl.load(item_first_ptr + pid)
         s = tl.load(item_struct_ptr + pid)
@@ -317,7 +318,7 @@ def search_cells(wrapped, frac, wrap, batch_index, cell, pbc, ptr, cutoff: float
     scratch = torch.zeros(1, dtype=torch.long, device=device)
     args = (slot_pos, slot_atom, bin_start, cand_start, cand_slot.contiguous(), cand_code.contiguous(),
             item_bin, item_first, item_struct, cell_t)
-    cutoff_sq = float(cutoff) ** 2
+    cutoff_sq = torch.tensor([float(cutoff) ** 2], dtype=torch.float64, device=device)
     _cell_pairs_kernel[grid](*args, counts, scratch, scratch, scratch, scratch, cutoff_sq, half,
                              WRITE=False, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J)
     counts = counts.to(torch.long)

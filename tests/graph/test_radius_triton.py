@@ -209,3 +209,12 @@ def test_bench_triton_rows_run_under_the_interpreter(monkeypatch):
     assert pairs == 12 * len(cu)
     assert [name for name, _ in rows] == ["triton cells", "triton auto (api)"]
     assert all(wall > 0 for _, (wall, _) in rows)
+
+
+@pytest.mark.parametrize("method", ["cells", "pairs"])
+def test_inclusive_cutoff_is_tested_in_float64(method):
+    # 2.1^2 rounds DOWN in float32: a cutoff squared passed as a (fp32-typed) scalar would drop this
+    # pair at exactly the cutoff, which the float64 reference keeps
+    pair = Atoms("H2", positions=[[0.0, 0.0, 0.0], [2.1, 0.0, 0.0]])
+    graph = radius_graph_triton(batch_from_atoms([pair], dtype=torch.float64, device=DEVICE), 2.1, method=method)
+    assert graph.num_edges == 2
