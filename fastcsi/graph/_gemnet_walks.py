@@ -65,7 +65,7 @@ def mixed_triplets(order, rowptr, counts, anchor, other, idx_in_s, offset_out, o
                 agg[k] = a
                 a += 1
                 k += 1
-    return inn[:k].copy(), out[:k].copy(), agg[:k].copy()
+    return inn[:k], out[:k], agg[:k]  # views: a copy would touch every page again
 
 
 @numba.njit(cache=True, nogil=True)
@@ -105,4 +105,4 @@ def quadruplets(trip_out_in, trip_out_out, start, per_qint, trip_in_in, idx_s, m
                 agg[k] = a
                 a += 1
                 k += 1
-    return out[:k].copy(), to_out[:k].copy(), to_in[:k].copy(), agg[:k].copy()
+    return out[:k], to_out[:k], to_in[:k], agg[:k]
