@@ -77,3 +77,6 @@ def test_other_devices_take_the_torch_formulation(monkeypatch):
     main, qint, _, num_atoms = _graphs(*CASES["mixed"])
     monkeypatch.setattr(gi, "_use_numba", lambda index: False)
     _assert_identical(gi.quadruplets(main, qint, num_atoms), ref.quadruplets_ref(main, qint, num_atoms))
+    for case in CASES:  # the compaction-free torch triplets
+        main, _, _, num_atoms = _graphs(*CASES[case])
+        _assert_identical(gi.triplets(main, num_atoms), ref.triplets_ref(main, num_atoms))
