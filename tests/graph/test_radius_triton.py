@@ -218,3 +218,18 @@ def test_inclusive_cutoff_is_tested_in_float64(method):
     pair = Atoms("H2", positions=[[0.0, 0.0, 0.0], [2.1, 0.0, 0.0]])
     graph = radius_graph_triton(batch_from_atoms([pair], dtype=torch.float64, device=DEVICE), 2.1, method=method)
     assert graph.num_edges == 2
+
+
+def test_cells_random_skewed_partly_periodic_batches():
+    """Seeded random batches: skewed cells, random pbc per axis, positions up to half a cell outside,
+    random cutoffs (often larger than the cell): the cell list gives the reference's edges."""
+    rng = np.random.default_rng(11)
+    for _ in range(3):
+        structures = []
+        for _ in range(2):
+            n = int(rng.integers(1, 40))
+            cell = rng.normal(size=(3, 3)) * 2 + np.diag(rng.uniform(3, 12, 3))
+            frac = rng.uniform(-0.5, 1.5, size=(n, 3))
+            structures.append(Atoms(numbers=[1] * n, positions=frac @ cell, cell=cell, pbc=rng.random(3) < 0.6))
+        graph, batch = _cells_graph(structures, float(rng.uniform(1.0, 6.0)))
+        _assert_equal_to_reference(graph, batch)
