@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from fastcsi.model.gemnet_oc.interaction import interaction_bilinear
-from fastcsi.model.gemnet_oc.layers import AtomUpdateBlock, Dense, EdgeEmbedding, ResidualLayer, ScaleFactor
+from fastcsi.model.gemnet_oc.layers import (
+    SILU_SCALE, AtomUpdateBlock, Dense, EdgeEmbedding, ResidualLayer, ScaleFactor, fused_enabled, scale_value,
+    silu_fresh,
+)
 
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+
+
+def _linear_only(dense: Dense) -> bool:
+    return isinstance(dense.activation, nn.Identity)
+
+
+def _symmetric_up(up_ca: Dense, up_ac: Dense, x, id_swap, weight_scale):
+    """Fused (up_ca(x) + up_ac(x)[id_swap]) / sqrt(2): one GEMM over both weights, ``weight_scale``
+    (the scales of ``x``) folded into them, the activation's 1/0.6 merged with the 1/sqrt(2)."""
+    weight = torch.cat([up_ca.linear.weight, up_ac.linear.weight]) * weight_scale
+    y = silu_fresh(torch.nn.functional.linear(x, weight))
+    n = up_ca.linear.weight.shape[0]
+    x_ca, x_ac = up_ca.dropout(y[:, :n]), up_ac.dropout(y[:, n:])
+    return x_ca.add_(x_ac.index_select(0, id_swap)).mul_(SILU_SCALE * INV_SQRT_2)
 
 
 class EfficientInteractionBilinear(nn.Module):
@@ -41,8 +59,15 @@ class TripletInteraction(nn.Module):
         self.up_projection_ca = Dense(emb_size_trip_out, emb_size_out, activation=activation, dropout=dropout)
         if symmetric_mp:
             self.up_projection_ac = Dense(emb_size_trip_out, emb_size_out, activation=activation, dropout=dropout)
+        self.foldable = (all(d.scaled_silu for d in (self.dense_ba, self.down_projection, self.up_projection_ca))
+                         and (not symmetric_mp or self.up_projection_ac.scaled_silu) and _linear_only(self.mlp_rbf))
 
-    def forward(self, m, bases, idx, id_swap, expand_idx=None, agg2_outer=None, agg2_inner=None, agg2_size=None):
+    def forward(self, m, bases, idx, id_swap, expand_idx=None, agg2_outer=None, agg2_inner=None, agg2_size=None,
+                pre=None):
+        """``pre`` (fused path only): SiLU(dense_ba(m)) without its 1/0.6, when the caller computed
+        it together with other projections of ``m``."""
+        if fused_enabled() and self.foldable:
+            return self._forward_fused(m, bases, idx, id_swap, expand_idx, agg2_outer, agg2_inner, agg2_size, pre)
         x_ba = self.dense_ba(m)
         if expand_idx is not None:
             x_ba = x_ba[expand_idx]
@@ -57,6 +82,22 @@ class TripletInteraction(nn.Module):
         if self.swap_output:
             x = x[id_swap]
         return self.up_projection_ca(x)
+
+    def _forward_fused(self, m, bases, idx, id_swap, expand_idx, agg2_outer, agg2_inner, agg2_size, pre):
+        x_ba = self.dense_ba.forward_unscaled(m) if pre is None else pre
+        if expand_idx is not None:
+            x_ba = x_ba.index_select(0, expand_idx)
+        # dense_ba's 1/0.6 and scale_rbf go into mlp_rbf's weight
+        x_ba = x_ba * self.mlp_rbf.forward_linear(bases["rad"], SILU_SCALE * scale_value(self.scale_rbf))
+        x_ba = self.down_projection.forward_unscaled(x_ba)
+        x = self.mlp_cbf(bases["cir"], x_ba, idx["in"], idx["out"], idx["out_agg"], agg2_outer, agg2_inner, agg2_size)
+        # the bilinear op is linear in x_ba: down_projection's 1/0.6 and scale_cbf_sum go into the up projection
+        up_scale = SILU_SCALE * scale_value(self.scale_cbf_sum)
+        if self.symmetric_mp:
+            return _symmetric_up(self.up_projection_ca, self.up_projection_ac, x, id_swap, up_scale)
+        if self.swap_output:
+            x = x.index_select(0, id_swap)
+        return self.up_projection_ca.forward_unscaled(x, up_scale).mul_(SILU_SCALE)
 
 
 class QuadrupletInteraction(nn.Module):
@@ -75,8 +116,13 @@ class QuadrupletInteraction(nn.Module):
         self.up_projection_ca = Dense(emb_size_quad_out, emb_size_edge, activation=activation, dropout=dropout)
         if symmetric_mp:
             self.up_projection_ac = Dense(emb_size_quad_out, emb_size_edge, activation=activation, dropout=dropout)
+        self.foldable = (all(d.scaled_silu for d in (self.dense_db, self.down_projection, self.up_projection_ca))
+                         and (not symmetric_mp or self.up_projection_ac.scaled_silu)
+                         and _linear_only(self.mlp_rbf) and _linear_only(self.mlp_cbf))
 
-    def forward(self, m, bases, idx, id_swap):
+    def forward(self, m, bases, idx, id_swap, pre=None):
+        if fused_enabled() and self.foldable:
+            return self._forward_fused(m, bases, idx, id_swap, pre)
         x_db = self.dense_db(m)
         x_db = self.scale_rbf(x_db * self.mlp_rbf(bases["rad"]), ref=x_db)
         x_db = self.down_projection(x_db)
@@ -90,6 +136,17 @@ class QuadrupletInteraction(nn.Module):
             return x_ca.add_(x_ac).mul_(INV_SQRT_2)
         return self.up_projection_ca(x)
 
+    def _forward_fused(self, m, bases, idx, id_swap, pre):
+        x_db = self.dense_db.forward_unscaled(m) if pre is None else pre
+        x_db = x_db * self.mlp_rbf.forward_linear(bases["rad"], SILU_SCALE * scale_value(self.scale_rbf))
+        x_db = self.down_projection.forward_unscaled(x_db).index_select(0, idx["triplet_in"]["in"])
+        x_db = x_db * self.mlp_cbf.forward_linear(bases["cir"], SILU_SCALE * scale_value(self.scale_cbf))
+        x = self.mlp_sbf(bases["sph"], x_db, idx["trip_in_to_quad"], idx["out"], idx["out_agg"])
+        up_scale = scale_value(self.scale_sbf_sum)
+        if self.symmetric_mp:
+            return _symmetric_up(self.up_projection_ca, self.up_projection_ac, x, id_swap, up_scale)
+        return self.up_projection_ca.forward_unscaled(x, up_scale).mul_(SILU_SCALE)
+
 
 class PairInteraction(nn.Module):
     def __init__(self, emb_size_atom, emb_size_pair_in, emb_size_pair_out, emb_size_rbf, activation=None, dropout=None):
@@ -101,7 +158,7 @@ class PairInteraction(nn.Module):
 
     def forward(self, h, rad_basis, edge_index, target_neighbor_idx):
         num_atoms = h.shape[0]
-        x_ba = self.down_projection(h)[edge_index[0]]
+        x_ba = self.down_projection(h).index_select(0, edge_index[0])
         kmax = int(target_neighbor_idx.max()) + 1 if target_neighbor_idx.numel() else 0
         padded = x_ba.new_zeros(num_atoms, kmax, x_ba.shape[-1])
         padded[edge_index[1], target_neighbor_idx] = x_ba
@@ -145,14 +202,44 @@ class InteractionBlock(nn.Module):
         self.residual_m = nn.ModuleList([ResidualLayer(ee, activation=act, dropout=drop) for _ in range(hp["num_concat"])])
         self.inv_sqrt_num_eint = 1 / math.sqrt(2.0 + hp["quad_interaction"] + hp["atom_edge_interaction"])
         self.inv_sqrt_num_aint = 1 / math.sqrt(1.0 + hp["edge_atom_interaction"] + hp["atom_interaction"])
+        # the Dense layers that read m, merged into one GEMM on the fused path
+        self._m_readers = [self.dense_ca, self.trip_interaction.dense_ba]
+        self._m_readers += [self.quad_interaction.dense_db] if self.quad_interaction is not None else []
+        self._m_readers += [self.edge_atom_interaction.dense_ba] if self.edge_atom_interaction is not None else []
+        self.merge_m_readers = (
+            all(d.scaled_silu for d in self._m_readers)
+            and all(i.foldable for i in (self.trip_interaction, self.quad_interaction, self.edge_atom_interaction)
+                    if i is not None)
+        )
+
+    def _read_m(self, m):
+        """SiLU(m W^T) of every m-reading Dense in one GEMM (without the 1/0.6), per reader."""
+        weight = torch.cat([d.linear.weight for d in self._m_readers])
+        y = silu_fresh(torch.nn.functional.linear(m, weight))
+        parts, start = [], 0
+        for dense in self._m_readers:
+            stop = start + dense.linear.weight.shape[0]
+            parts.append(dense.dropout(y[:, start:stop]))
+            start = stop
+        return parts
 
     def forward(self, h, m, bases, g):
         main, a2ee2a, a2a, id_swap = g["main"], g["a2ee2a"], g["a2a"], g["id_swap"]
         num_atoms = h.shape[0]
-        # sums of fresh edge tensors are accumulated in place (no backward needs the operands)
-        x = self.dense_ca(m).add_(self.trip_interaction(m, bases["e2e"], g["trip_e2e"], id_swap))
+        pre = {}
+        if fused_enabled() and self.merge_m_readers:
+            parts = self._read_m(m)
+            # out of place: the other parts are views of the same tensor that backward may need
+            x = parts[0] * SILU_SCALE
+            pre = dict(zip(("trip", "quad"), parts[1:3] if self.quad_interaction is not None else parts[1:2]))
+            if self.edge_atom_interaction is not None:
+                pre["e2a"] = parts[-1]
+            x.add_(self.trip_interaction(m, bases["e2e"], g["trip_e2e"], id_swap, pre=pre["trip"]))
+        else:
+            # sums of fresh edge tensors are accumulated in place (no backward needs the operands)
+            x = self.dense_ca(m).add_(self.trip_interaction(m, bases["e2e"], g["trip_e2e"], id_swap))
         if self.quad_interaction is not None:
-            x.add_(self.quad_interaction(m, bases["qint"], g["quad"], id_swap))
+            x.add_(self.quad_interaction(m, bases["qint"], g["quad"], id_swap, pre=pre.get("quad")))
         if self.atom_edge_interaction is not None:
             x.add_(self.atom_edge_interaction(h, bases["a2e"], g["trip_a2e"], id_swap, expand_idx=a2ee2a["edge_index"][0]))
         x.mul_(self.inv_sqrt_num_eint)
@@ -161,7 +248,7 @@ class InteractionBlock(nn.Module):
         if self.edge_atom_interaction is not None:
             h_new = h_new + self.edge_atom_interaction(
                 m, bases["e2a"], g["trip_e2a"], id_swap, agg2_outer=a2ee2a["edge_index"][1],
-                agg2_inner=a2ee2a["target_neighbor_idx"], agg2_size=num_atoms)
+                agg2_inner=a2ee2a["target_neighbor_idx"], agg2_size=num_atoms, pre=pre.get("e2a"))
         if self.atom_interaction is not None:
             h_new = h_new + self.atom_interaction(h, bases["a2a_rad"], a2a["edge_index"], a2a["target_neighbor_idx"])
         h = h_new * self.inv_sqrt_num_aint
