@@ -26,6 +26,7 @@ atoms against vesin-torch on the same GPU (skipped with a note when vesin-torch 
 pair set checked against the C++ CPU kernel first, CUDA synchronised around every call.
 
 Usage: python bench/neighbors.py [--quick] [--device cpu|cuda] [--out FILE.json] [--threads N]
+       [--torch-threads N]
 """
 from __future__ import annotations
 
@@ -246,12 +247,17 @@ def bench_gemnet_indices(repeats, notes, quick=False):
         for op, after, before in ops:
             if not _identical(after(), before()):
                 raise SystemExit(f"correctness check failed: {op} differs from gemnet_indices_ref ({label})")
-            (t_before, _), (t_after, _) = [t for _, t in alternating([("before", before), ("after", after)], repeats)]
+            (t_before, cpu_before), (t_after, cpu_after) = [
+                t for _, t in alternating([("before", before), ("after", after)], repeats)]
             rows.append({"graph": label, "op": op, "edges": edges, "before_seconds": t_before,
-                         "after_seconds": t_after, "before_ms_per_1000_edges": t_before / edges * 1e6,
-                         "after_ms_per_1000_edges": t_after / edges * 1e6, "speedup": t_before / t_after})
+                         "after_seconds": t_after, "before_cpu_seconds": cpu_before, "after_cpu_seconds": cpu_after,
+                         "before_ms_per_1000_edges": t_before / edges * 1e6,
+                         "after_ms_per_1000_edges": t_after / edges * 1e6, "speedup": t_before / t_after,
+                         "cpu_speedup": cpu_before / cpu_after if cpu_after > 0 else None})
     notes.append("index construction: before = gemnet_indices_ref (torch), after = gemnet_indices (numba walks "
-                 "on CPU tensors), outputs checked bit-for-bit equal, timed round-robin (median wall)")
+                 "on CPU tensors), outputs checked bit-for-bit equal, timed round-robin (median wall, mean CPU); "
+                 f"torch threads = {torch.get_num_threads()} (on a loaded machine torch's thread pool inflates "
+                 "the before rows: compare with --torch-threads 1)")
     return {"rows": rows}
 
 
@@ -365,10 +371,11 @@ def print_table(result: dict) -> None:
                   f"{row['mpairs_per_s']:>10.1f}{ratio:>9}{cpu_ratio:>9}{per_mol:>9}")
     if result["gemnet_indices"]:
         print("\nGemNet-OC index construction, ms per 1000 main edges (before = torch, after = numba walks)")
-        print(f"  {'graph':<38}{'op':<20}{'edges':>8}{'before':>9}{'after':>9}{'speedup':>9}")
+        print(f"  {'graph':<38}{'op':<20}{'edges':>8}{'before':>9}{'after':>9}{'speedup':>9}{'cpu x':>8}")
         for row in result["gemnet_indices"]["rows"]:
+            cpu = f"{row['cpu_speedup']:.1f}x" if row.get("cpu_speedup") else "-"
             print(f"  {row['graph']:<38}{row['op']:<20}{row['edges']:>8}{row['before_ms_per_1000_edges']:>9.3f}"
-                  f"{row['after_ms_per_1000_edges']:>9.3f}{row['speedup']:>8.1f}x")
+                  f"{row['after_ms_per_1000_edges']:>9.3f}{row['speedup']:>8.1f}x{cpu:>8}")
     for note in result["notes"]:
         print(f"note: {note}")
 
@@ -379,7 +386,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--threads", type=int, default=1, help="OpenMP threads for our kernel rows (0 = default)")
     parser.add_argument("--device", default="cpu", help="cpu (C++ kernel, index construction) or cuda (Triton)")
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     args = parser.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     result = run(quick=args.quick, device=args.device, threads=args.threads)
     print_table(result)
     if args.out:
