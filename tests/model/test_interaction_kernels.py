@@ -1,4 +1,5 @@
-"""Fused Triton interaction kernels vs the plain reference ``interaction_bilinear_ref``.
+"""Fused Triton interaction kernels, and the "cpu" gather formulation, vs the plain reference
+``interaction_bilinear_ref``.
 
 Runs under TRITON_INTERPRET=1 on CPU tensors (tests/conftest.py), so every shape is tiny: each
 program instance (one output row) costs tens of milliseconds in the interpreter.
@@ -21,7 +22,7 @@ from fastcsi.errors import FastCSIError
 from fastcsi.graph.gemnet_indices import ragged_range
 from fastcsi.model import extract_features
 from fastcsi.model.gemnet_oc.blocks import EfficientInteractionBilinear
-from fastcsi.model.gemnet_oc.interaction import interaction_bilinear, interaction_bilinear_ref
+from fastcsi.model.gemnet_oc.interaction import interaction_bilinear, interaction_bilinear_cpu, interaction_bilinear_ref
 from fastcsi.model.gemnet_oc.interaction_triton import interaction_bilinear_triton
 
 REL_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -67,10 +68,13 @@ def rel_err(got, want):
     return float((got - want).abs().max() / scale)
 
 
-def compare(args, dtype):
+KERNELS = {"triton": interaction_bilinear_triton, "cpu": interaction_bilinear_cpu}
+
+
+def compare(args, dtype, kernel="triton"):
     ref_in, fused_in = with_grad(args), with_grad(args)
     out_ref = interaction_bilinear_ref(*ref_in)
-    out_fused = interaction_bilinear_triton(*fused_in)
+    out_fused = KERNELS[kernel](*fused_in)
     assert out_fused.shape == out_ref.shape and out_fused.dtype == dtype
     assert rel_err(out_fused, out_ref) < REL_TOL[dtype]
     grad_out = torch.randn(out_ref.shape, dtype=dtype, generator=torch.Generator().manual_seed(9))
@@ -82,21 +86,38 @@ def compare(args, dtype):
     return out_ref
 
 
+@pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("agg2", [False, True], ids=["edge", "edge_to_atom"])
-def test_forward_backward_match_reference(dtype, agg2):
-    out = compare(make_case(dtype, agg2=agg2), dtype)
+def test_forward_backward_match_reference(dtype, agg2, kernel):
+    out = compare(make_case(dtype, agg2=agg2), dtype, kernel)
     assert out.abs().max() > 0  # the case is not trivially zero
 
 
-def test_unsorted_triplets_match_reference():
-    compare(make_case(torch.float64, shuffle=True, seed=3), torch.float64)
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_unsorted_triplets_match_reference(kernel):
+    compare(make_case(torch.float64, shuffle=True, seed=3), torch.float64, kernel)
 
 
-def test_quadruplet_like_widths():
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_quadruplet_like_widths(kernel):
     # n_sph = 9 (legendre_outer of 3) and d_interm, d_in not powers of two: padding masks matter
     compare(make_case(torch.float32, n_sph=9, d_interm=3, d_in=7, d_out=2, num_edges=3, max_per_edge=6, seed=4),
-            torch.float32)
+            torch.float32, kernel)
+
+
+def test_cpu_kernel_larger_case_and_gradcheck():
+    # many triplets per edge, several edges per atom: the slot map and both paddings are exercised
+    for agg2 in (False, True):
+        compare(make_case(torch.float64, agg2=agg2, num_edges=40, num_in=30, max_per_edge=9, num_atoms=7, seed=11,
+                          shuffle=not agg2), torch.float64, "cpu")
+    args = with_grad(make_case(torch.float64, agg2=True, num_edges=4, num_in=3, n_sph=2, d_interm=2, d_in=2,
+                               d_out=2, num_atoms=2, max_per_edge=3, seed=5))
+
+    def fn(rad, sph, x, weight):
+        return interaction_bilinear_cpu(rad, sph, x, *args[3:6], weight, *args[7:])
+
+    assert torch.autograd.gradcheck(fn, (args[0], args[1], args[2], args[6]), eps=1e-6, atol=1e-8)
 
 
 def test_gradcheck_float64():
@@ -141,18 +162,20 @@ def test_batch_independence():
     assert rel_err(together, alone) < 1e-14
 
 
+@pytest.mark.parametrize("kernel", list(KERNELS))
 @pytest.mark.parametrize("agg2", [False, True], ids=["edge", "edge_to_atom"])
-def test_no_triplets(agg2):
+def test_no_triplets(agg2, kernel):
     args = make_case(torch.float64, agg2=agg2, max_per_edge=0)
     assert args[3].numel() == 0 and args[1].shape[2] == 0
-    out = compare(args, torch.float64)
+    out = compare(args, torch.float64, kernel)
     assert out.shape[0] == (3 if agg2 else 5) and not out.any()
 
 
-def test_one_edge_and_no_edges():
-    compare(make_case(torch.float64, num_edges=1, num_in=1, max_per_edge=1, seed=2), torch.float64)
+@pytest.mark.parametrize("kernel", list(KERNELS))
+def test_one_edge_and_no_edges(kernel):
+    compare(make_case(torch.float64, num_edges=1, num_in=1, max_per_edge=1, seed=2), torch.float64, kernel)
     args = make_case(torch.float64, num_edges=0, num_in=2, max_per_edge=0)
-    out = interaction_bilinear_triton(*args)
+    out = KERNELS[kernel](*args)
     assert out.shape == (0, 3)
 
 
@@ -160,20 +183,23 @@ def test_nan_propagates_like_reference():
     args = make_case(torch.float64, seed=1)
     args[2][args[3][0]] = math.nan  # one gathered row
     want = interaction_bilinear_ref(*args)
-    got = interaction_bilinear_triton(*args)
-    assert torch.isnan(want).any() and torch.equal(torch.isnan(got), torch.isnan(want))
-    finite = ~torch.isnan(want)
-    assert rel_err(got[finite], want[finite]) < 1e-12
+    for kernel in KERNELS.values():
+        got = kernel(*args)
+        assert torch.isnan(want).any() and torch.equal(torch.isnan(got), torch.isnan(want))
+        finite = ~torch.isnan(want)
+        assert rel_err(got[finite], want[finite]) < 1e-12
 
 
 def test_dispatcher_choices():
     args = make_case(torch.float64, num_edges=2, max_per_edge=2)
     want = interaction_bilinear_ref(*args)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", FallbackWarning)  # CPU auto is the reference, by choice
-        assert torch.equal(interaction_bilinear(*args), want)
+        warnings.simplefilter("error", FallbackWarning)  # CPU auto is the "cpu" formulation, no fallback
+        assert torch.equal(interaction_bilinear(*args), interaction_bilinear_cpu(*args))
+    assert torch.equal(interaction_bilinear(*args, backend="ref"), want)
+    assert rel_err(interaction_bilinear(*args, backend="cpu"), want) < 1e-12
     assert rel_err(interaction_bilinear(*args, backend="triton"), want) < 1e-12  # interpreter here
-    for backend in ("cpu", "cuda", "fast"):
+    for backend in ("cuda", "fast"):
         with pytest.raises(FastCSIError):
             interaction_bilinear(*args, backend=backend)
 

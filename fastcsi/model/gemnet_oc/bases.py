@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fastcsi.errors import FastCSIError
+from fastcsi.model.gemnet_oc.interaction import gather_padded, padded_source
 from fastcsi.model.gemnet_oc.layers import Dense, EdgeEmbedding, ScaleFactor, he_orthogonal_init
 
 
@@ -119,6 +120,16 @@ class RadialBasis(nn.Module):
             res = self.scale_rbf(res)
         return res
 
+    def sharing_key(self):
+        """Two radial bases with equal keys give equal outputs on the same distances (so Bases
+        computes them once): parameter-free ones with the same functions and settings; any other
+        is only equal to itself."""
+        if self.scale_basis or any(True for _ in self.parameters()):
+            return ("module", id(self))
+        env = self.envelope
+        buffers = tuple((name, tuple(b.reshape(-1).tolist())) for name, b in self.rbf.named_buffers())
+        return (type(self.rbf).__name__, type(env).__name__, getattr(env, "p", None), self.cutoff, buffers)
+
 
 def legendre_basis(z: torch.Tensor, num: int) -> torch.Tensor:
     """Real m=0 spherical harmonics Y_l0 as functions of z = cos(theta), l < num: (n, num)."""
@@ -173,8 +184,9 @@ class CircularBasisLayer(nn.Module):
         elif name != "spherical_harmonics":
             raise FastCSIError(f"GemNet-OC: unknown circular basis {name!r}")
 
-    def forward(self, d, cos_angle):
-        rad = self.radial_basis(d)
+    def forward(self, d, cos_angle, rad=None):
+        """``rad``: ``self.radial_basis(d)`` when the caller already has it."""
+        rad = self.radial_basis(d) if rad is None else rad
         if self.kind == "gaussian":
             cir = self.cos_basis(cos_angle)
         else:
@@ -200,8 +212,8 @@ class SphericalBasisLayer(nn.Module):
         elif name not in ("spherical_harmonics", "legendre_outer"):
             raise FastCSIError(f"GemNet-OC: unknown spherical basis {name!r}")
 
-    def forward(self, d, cos_angle, dihedral):
-        rad = self.radial_basis(d)
+    def forward(self, d, cos_angle, dihedral, rad=None):
+        rad = self.radial_basis(d) if rad is None else rad
         n = self.num_spherical
         if self.kind == "spherical_harmonics":
             sph = real_spherical_harmonics(cos_angle, dihedral, n)
@@ -241,17 +253,18 @@ class BasisEmbedding(nn.Module):
             rad_W1 = rad_basis @ self.weight.T
         if idx_rad_inner is not None:
             kmax = int(idx_rad_inner.max()) + 1 if idx_rad_inner.numel() else 0
-            padded = rad_W1.new_zeros([num_atoms, kmax] + list(rad_W1.shape[1:]))
-            padded[idx_rad_outer, idx_rad_inner] = rad_W1
+            # zero-padded per atom: padded[outer, inner] = rad_W1, as one gather
+            padded = gather_padded(rad_W1, padded_source(idx_rad_outer, idx_rad_inner, num_atoms, kmax, num_edges),
+                                   num_atoms, kmax)
             rest = kmax * math.prod(rad_W1.shape[2:])
             rad_W1 = padded.transpose(1, 2).reshape(num_atoms, rad_W1.shape[1], rest)
         if sph_basis is None:
             return rad_W1
         if idx_sph_inner is None:
-            return (rad_W1[idx_sph_outer] @ sph_basis[:, :, None]).squeeze(-1)
+            return (rad_W1.index_select(0, idx_sph_outer) @ sph_basis[:, :, None]).squeeze(-1)
         kmax = int(idx_sph_inner.max()) + 1 if idx_sph_inner.numel() else 0
-        sph2 = sph_basis.new_zeros(num_edges, kmax, sph_basis.shape[-1])
-        sph2[idx_sph_outer, idx_sph_inner] = sph_basis
+        src = padded_source(idx_sph_outer, idx_sph_inner, num_edges, kmax, sph_basis.shape[0])
+        sph2 = gather_padded(sph_basis, src, num_edges, kmax)
         return rad_W1, sph2.transpose(1, 2)
 
 
@@ -318,14 +331,14 @@ class Bases(nn.Module):
 
     @staticmethod
     def quad_angles(V_st, V_qint_st, quad_idx):
-        V_ba = V_qint_st[quad_idx["triplet_in"]["out"]]
-        V_db = V_st[quad_idx["triplet_in"]["in"]]
+        V_ba = V_qint_st.index_select(0, quad_idx["triplet_in"]["out"])
+        V_db = V_st.index_select(0, quad_idx["triplet_in"]["in"])
         cos_abd = inner_product_clamped(V_ba, V_db)
-        V_db_cross = torch.cross(V_db, V_ba, dim=-1)[quad_idx["trip_in_to_quad"]]
-        V_ca = V_st[quad_idx["triplet_out"]["out"]]
-        V_ba = V_qint_st[quad_idx["triplet_out"]["in"]]
+        V_db_cross = torch.cross(V_db, V_ba, dim=-1).index_select(0, quad_idx["trip_in_to_quad"])
+        V_ca = V_st.index_select(0, quad_idx["triplet_out"]["out"])
+        V_ba = V_qint_st.index_select(0, quad_idx["triplet_out"]["in"])
         cos_cab = inner_product_clamped(V_ca, V_ba)
-        V_ca_cross = torch.cross(V_ca, V_ba, dim=-1)[quad_idx["trip_out_to_quad"]]
+        V_ca_cross = torch.cross(V_ca, V_ba, dim=-1).index_select(0, quad_idx["trip_out_to_quad"])
         # The reference keeps the half angle (no parity).
         return cos_cab, cos_abd, get_angle(V_ca_cross, V_db_cross)
 
@@ -334,31 +347,49 @@ class Bases(nn.Module):
         main, a2a, a2ee2a, qint = g["main"], g["a2a"], g["a2ee2a"], g["qint"]
         te2e, ta2e, te2a, quad = g["trip_e2e"], g["trip_a2e"], g["trip_e2a"], g["quad"]
         num_atoms = h.shape[0]
-        rad_main = self.radial_basis(main["distance"])
+        computed = {}
+
+        def radial(module, distance):
+            # equal radial bases of the same distances (several layers share one) are computed once
+            key = (module.sharing_key(), id(distance))
+            if key not in computed:
+                computed[key] = module(distance)
+            return computed[key]
+
+        def pick(table, index):
+            return table.index_select(0, index)
+
+        rad_main = radial(self.radial_basis, main["distance"])
         out = {}
 
-        cos_e2e = inner_product_clamped(main["vector"][te2e["out"]], main["vector"][te2e["in"]])
-        rad_cir_e2e, cir_e2e = self.cbf_basis_tint(main["distance"], cos_e2e)
+        cos_e2e = inner_product_clamped(pick(main["vector"], te2e["out"]), pick(main["vector"], te2e["in"]))
+        rad_cir_e2e, cir_e2e = self.cbf_basis_tint(
+            main["distance"], cos_e2e, rad=radial(self.cbf_basis_tint.radial_basis, main["distance"]))
         if self.hp["quad_interaction"]:
             cos_cab, cos_abd, angle_cabd = self.quad_angles(main["vector"], qint["vector"], quad)
-            rad_cir_q, cir_q = self.cbf_basis_qint(qint["distance"], cos_abd)
-            rad_sph_q, sph_q = self.sbf_basis_qint(main["distance"], cos_cab[quad["trip_out_to_quad"]], angle_cabd)
+            rad_cir_q, cir_q = self.cbf_basis_qint(
+                qint["distance"], cos_abd, rad=radial(self.cbf_basis_qint.radial_basis, qint["distance"]))
+            rad_sph_q, sph_q = self.sbf_basis_qint(
+                main["distance"], pick(cos_cab, quad["trip_out_to_quad"]), angle_cabd,
+                rad=radial(self.sbf_basis_qint.radial_basis, main["distance"]))
             out["qint"] = {
                 "rad": self.mlp_rbf_qint(rad_main),
                 "cir": self.mlp_cbf_qint(rad_cir_q, cir_q, idx_sph_outer=quad["triplet_in"]["out"]),
                 "sph": list(self.mlp_sbf_qint(rad_sph_q, sph_q, idx_sph_outer=quad["out"], idx_sph_inner=quad["out_agg"])),
             }
         if self.hp["atom_edge_interaction"]:
-            rad_a2ee2a = self.radial_basis_aeaint(a2ee2a["distance"])
-            cos_a2e = inner_product_clamped(main["vector"][ta2e["out"]], a2ee2a["vector"][ta2e["in"]])
-            rad_cir_a2e, cir_a2e = self.cbf_basis_aeint(main["distance"], cos_a2e)
+            rad_a2ee2a = radial(self.radial_basis_aeaint, a2ee2a["distance"])
+            cos_a2e = inner_product_clamped(pick(main["vector"], ta2e["out"]), pick(a2ee2a["vector"], ta2e["in"]))
+            rad_cir_a2e, cir_a2e = self.cbf_basis_aeint(
+                main["distance"], cos_a2e, rad=radial(self.cbf_basis_aeint.radial_basis, main["distance"]))
             out["a2e"] = {
                 "rad": self.mlp_rbf_aeint(rad_a2ee2a),
                 "cir": list(self.mlp_cbf_aeint(rad_cir_a2e, cir_a2e, idx_sph_outer=ta2e["out"], idx_sph_inner=ta2e["out_agg"])),
             }
         if self.hp["edge_atom_interaction"]:
-            cos_e2a = inner_product_clamped(a2ee2a["vector"][te2a["out"]], main["vector"][te2a["in"]])
-            rad_cir_e2a, cir_e2a = self.cbf_basis_eaint(a2ee2a["distance"], cos_e2a)
+            cos_e2a = inner_product_clamped(pick(a2ee2a["vector"], te2a["out"]), pick(main["vector"], te2a["in"]))
+            rad_cir_e2a, cir_e2a = self.cbf_basis_eaint(
+                a2ee2a["distance"], cos_e2a, rad=radial(self.cbf_basis_eaint.radial_basis, a2ee2a["distance"]))
             out["e2a"] = {
                 "rad": self.mlp_rbf_eaint(rad_main),
                 "cir": list(self.mlp_cbf_eaint(
@@ -369,7 +400,7 @@ class Bases(nn.Module):
             }
         if self.hp["atom_interaction"]:
             out["a2a_rad"] = self.mlp_rbf_aint(
-                self.radial_basis_aint(a2a["distance"]),
+                radial(self.radial_basis_aint, a2a["distance"]),
                 idx_rad_outer=a2a["edge_index"][1], idx_rad_inner=a2a["target_neighbor_idx"], num_atoms=num_atoms,
             )
         out["e2e"] = {

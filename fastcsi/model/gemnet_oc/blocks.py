@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from fastcsi.model.gemnet_oc.interaction import interaction_bilinear
+from fastcsi.model.gemnet_oc.interaction import gather_padded, interaction_bilinear, padded_source
 from fastcsi.model.gemnet_oc.layers import (
     SILU_SCALE, AtomUpdateBlock, Dense, EdgeEmbedding, ResidualLayer, ScaleFactor, fused_enabled, scale_value,
     silu_fresh,
@@ -158,13 +158,13 @@ class PairInteraction(nn.Module):
 
     def forward(self, h, rad_basis, edge_index, target_neighbor_idx):
         num_atoms = h.shape[0]
-        x_ba = self.down_projection(h).index_select(0, edge_index[0])
         kmax = int(target_neighbor_idx.max()) + 1 if target_neighbor_idx.numel() else 0
-        padded = x_ba.new_zeros(num_atoms, kmax, x_ba.shape[-1])
-        padded[edge_index[1], target_neighbor_idx] = x_ba
+        # padded[target, rank] = down(h)[source], as one gather
+        src = padded_source(edge_index[1], target_neighbor_idx, num_atoms, kmax, num_atoms, gather_idx=edge_index[0])
+        padded = gather_padded(self.down_projection(h), src, num_atoms, kmax)
         contracted = rad_basis @ padded  # (N, emb_rbf, emb_in)
         h_out = self.bilinear(contracted.reshape(num_atoms, contracted.shape[1] * contracted.shape[2]))
-        h_out = self.scale_rbf_sum(h_out, ref=x_ba)
+        h_out = self.scale_rbf_sum(h_out)
         return self.up_projection(h_out)
 
 

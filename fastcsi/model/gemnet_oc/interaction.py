@@ -44,17 +44,53 @@ def interaction_bilinear_ref(rad_W1, sph, x, gather_idx, out_idx, out_inner, wei
     return contracted.reshape(contracted.shape[0], contracted.shape[1] * contracted.shape[2]) @ weight.T
 
 
+def padded_source(out_idx, out_inner, num_out: int, kmax: int, num_src: int, gather_idx=None) -> torch.Tensor:
+    """(num_out * kmax,) source row of every padded slot: slot (out_idx[t], out_inner[t]) reads
+    row ``gather_idx[t]`` (``t`` without gather_idx); empty slots read row ``num_src`` (the zero row
+    ``gather_padded`` appends). O(num_out * kmax)."""
+    src = torch.full((num_out * kmax,), num_src, dtype=torch.long, device=out_idx.device)
+    rows = gather_idx if gather_idx is not None else torch.arange(out_idx.numel(), device=out_idx.device)
+    src[out_idx * kmax + out_inner] = rows
+    return src
+
+
+def gather_padded(x: torch.Tensor, src: torch.Tensor, num_out: int, kmax: int) -> torch.Tensor:
+    """The zero-padded (num_out, kmax, *x.shape[1:]) grouping of rows of ``x`` as one gather."""
+    x_ext = torch.cat([x, x.new_zeros((1,) + tuple(x.shape[1:]))])
+    return x_ext.index_select(0, src).view((num_out, kmax) + tuple(x.shape[1:]))
+
+
+def interaction_bilinear_cpu(rad_W1, sph, x, gather_idx, out_idx, out_inner, weight,
+                             agg2_outer=None, agg2_inner=None, agg2_size=None):
+    """The "cpu" backend (see the module docstring); arguments as ``interaction_bilinear_ref``."""
+    num_out, n_sph, kmax = sph.shape
+    d_in = x.shape[-1]
+    src = padded_source(out_idx, out_inner, num_out, kmax, x.shape[0], gather_idx)
+    sph_m = torch.matmul(sph, gather_padded(x, src, num_out, kmax))  # (E_out, n_sph, d_in)
+    if agg2_outer is not None:
+        k2 = rad_W1.shape[-1] // n_sph if n_sph else 0
+        src2 = padded_source(agg2_outer, agg2_inner, agg2_size, k2, num_out)
+        sph_m = gather_padded(sph_m, src2, agg2_size, k2).reshape(agg2_size, k2 * n_sph, d_in)
+    contracted = torch.matmul(rad_W1, sph_m)  # (E_out|N, d_interm, d_in)
+    return contracted.reshape(contracted.shape[0], contracted.shape[1] * contracted.shape[2]) @ weight.T
+
+
 def interaction_bilinear(rad_W1, sph, x, gather_idx, out_idx, out_inner, weight,
                          agg2_outer=None, agg2_inner=None, agg2_size=None, backend: str = "auto"):
     """Dispatcher. ``auto``: the fused Triton kernel on CUDA tensors (the reference with a
-    FallbackWarning when Triton is missing), the plain torch path on CPU tensors (fastest there,
-    even when the Triton interpreter is on). An explicit backend that cannot run raises FastCSIError."""
+    FallbackWarning when Triton is missing), the "cpu" gather formulation on CPU tensors (fastest
+    there, even when the Triton interpreter is on). An explicit backend that cannot run raises
+    FastCSIError."""
     on_cuda = x.device.type == "cuda"
     if backend == "auto" and not on_cuda:
-        chosen = "ref"
+        chosen = "cpu"
     else:
         usable = x.dtype in (torch.float32, torch.float64) and triton_usable(x.device)
-        chosen = resolve_backend(OP_NAME, backend, x.device, available={"triton": usable}, auto_order=("triton",))
+        chosen = resolve_backend(OP_NAME, backend, x.device, available={"triton": usable, "cpu": not on_cuda},
+                                 auto_order=("triton",))
+    if chosen == "cpu":
+        return interaction_bilinear_cpu(rad_W1, sph, x, gather_idx, out_idx, out_inner, weight,
+                                        agg2_outer, agg2_inner, agg2_size)
     if chosen == "triton":
         from fastcsi.model.gemnet_oc.interaction_triton import interaction_bilinear_triton
 
