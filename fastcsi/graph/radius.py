@@ -250,17 +250,39 @@ def select_neighbors(graph: RadiusGraph, cutoff: float | None = None, max_neighb
     return graph.subset(keep)
 
 
-def _nearest_mask(target, distances, candidate, k, strict, tolerance, num_atoms):
-    """Boolean mask over edges implementing the tie rule of :func:`select_neighbors`."""
+def _ranks_torch(target, d, num_atoms):
+    """Rank of each edge within its target by (distance, edge position): two stable sorts."""
     num_edges = target.shape[0]
-    d = torch.where(candidate, distances, torch.full_like(distances, float("inf")))
-    # rank of each edge within its target by (distance, edge position): two stable sorts
     order = torch.sort(d, stable=True).indices
     order = order[torch.sort(target[order], stable=True).indices]
     per_target = torch.bincount(target, minlength=num_atoms)
     start = torch.cumsum(per_target, 0) - per_target
     rank = torch.empty(num_edges, dtype=torch.long, device=target.device)
     rank[order] = torch.arange(num_edges, device=target.device) - start[target[order]]
+    return rank
+
+
+_RANK_WALK = []
+
+
+def _ranks(target, d, num_atoms):
+    """:func:`_ranks_torch`, computed by a numba walk on CPU tensors (same ranks, see _rank_walk)."""
+    if target.device.type == "cpu":
+        if not _RANK_WALK:
+            try:
+                from fastcsi.graph._rank_walk import ranks_within_target
+            except ImportError:  # pragma: no cover - numba missing
+                ranks_within_target = None
+            _RANK_WALK.append(ranks_within_target)
+        if _RANK_WALK[0] is not None:
+            return torch.from_numpy(_RANK_WALK[0](target.contiguous().numpy(), d.contiguous().numpy(), num_atoms))
+    return _ranks_torch(target, d, num_atoms)
+
+
+def _nearest_mask(target, distances, candidate, k, strict, tolerance, num_atoms):
+    """Boolean mask over edges implementing the tie rule of :func:`select_neighbors`."""
+    d = torch.where(candidate, distances, torch.full_like(distances, float("inf")))
+    rank = _ranks(target, d, num_atoms)
     if strict:
         return candidate & (rank < k)
     # distance of the (k+1)-th nearest candidate of each target (inf when it has <= k)

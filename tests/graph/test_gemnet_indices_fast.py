@@ -80,3 +80,24 @@ def test_other_devices_take_the_torch_formulation(monkeypatch):
     for case in CASES:  # the compaction-free torch triplets
         main, _, _, num_atoms = _graphs(*CASES[case])
         _assert_identical(gi.triplets(main, num_atoms), ref.triplets_ref(main, num_atoms))
+
+
+def test_select_neighbors_rank_walk_equals_the_torch_sorts(monkeypatch):
+    """select_neighbors ranks edges per target by (distance, edge position) with a numba walk on CPU;
+    it must give the two-stable-sorts ranks exactly, ties included (fcc shells are all ties)."""
+    from fastcsi.graph import radius as radius_module
+
+    slab = _slab()
+    batch = batch_from_atoms([bulk("Cu", "fcc", a=3.6), slab, Atoms(), molecule("CH3CH2OH")], dtype=torch.float32)
+    graph = radius_graph(batch, 7.0, backend="ref")
+    target, n = graph.edge_index[1], batch.num_atoms
+    distances = graph.distances.clone()
+    distances[::5] = float("inf")  # non-candidates
+    shuffled = torch.randperm(graph.num_edges, generator=torch.Generator().manual_seed(0))
+    for t, d in ((target, distances), (target[shuffled], distances[shuffled]), (target[:0], distances[:0])):
+        assert torch.equal(radius_module._ranks(t, d, n), radius_module._ranks_torch(t, d, n))
+    fast = [select_neighbors(graph, max_neighbors=k, strict=s) for k in (1, 12, 13) for s in (False, True)]
+    monkeypatch.setattr(radius_module, "_ranks", radius_module._ranks_torch)
+    slow = [select_neighbors(graph, max_neighbors=k, strict=s) for k in (1, 12, 13) for s in (False, True)]
+    for a, b in zip(fast, slow):
+        assert torch.equal(a.edge_index, b.edge_index) and torch.equal(a.cell_offsets, b.cell_offsets)
