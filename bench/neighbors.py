@@ -207,7 +207,9 @@ def _edge_dict(graph, batch):
 def _identical(new, old) -> bool:
     if isinstance(old, dict):
         return new.keys() == old.keys() and all(_identical(new[k], old[k]) for k in old)
-    return new.dtype == old.dtype and torch.equal(new, old)
+    if not isinstance(old, torch.Tensor):
+        return new == old
+    return isinstance(new, torch.Tensor) and new.dtype == old.dtype and torch.equal(new, old)
 
 
 def bench_gemnet_indices(repeats, notes, quick=False):
@@ -241,6 +243,27 @@ def bench_gemnet_indices(repeats, notes, quick=False):
          lambda: gr.mixed_triplets_ref(aeaint, main, m, return_agg_idx=True)),
         ("quadruplets", lambda: gi.quadruplets(main, qint, m), lambda: gr.quadruplets_ref(main, qint, m)),
     ]))
+    # end to end: every graph and index set of one GemNet-OC-S forward pass (model.build_graphs),
+    # "before" with the reference index builders and select_neighbors' torch ranks swapped in
+    from fastcsi.graph import radius as radius_module
+    from fastcsi.model.gemnet_oc.configs import config, normalize_hparams
+    from fastcsi.model.gemnet_oc.model import build_graphs
+
+    hp = normalize_hparams(config("gemnet-oc-s"))
+    fast = (gi.triplets, gi.mixed_triplets, gi.quadruplets, radius_module._ranks)
+    reference = (gr.triplets_ref, gr.mixed_triplets_ref, gr.quadruplets_ref, radius_module._ranks_torch)
+
+    def build_with(functions):
+        def call():
+            gi.triplets, gi.mixed_triplets, gi.quadruplets, radius_module._ranks = functions
+            try:
+                return build_graphs(batch, hp)
+            finally:
+                gi.triplets, gi.mixed_triplets, gi.quadruplets, radius_module._ranks = fast
+        return call
+
+    cases.append((f"{batch.num_structures} Cu(111) slabs, GemNet-OC graphs", main, [
+        ("build_graphs (all)", build_with(fast), build_with(reference))]))
     rows = []
     for label, graph, ops in cases:
         edges = int(graph["edge_index"].shape[1])
