@@ -190,7 +190,8 @@ def radius_graph(batch, cutoff: float, max_neighbors: int | None = None, backend
     ``max_neighbors`` (optional) then keeps each target's nearest neighbours with the tie rule of
     :func:`select_neighbors` (``strict``, ``degeneracy_tolerance``). ``backend``: "auto" (CUDA ->
     triton; CPU -> the C++ cell list, else the reference with a FallbackWarning), "ref", "cpu",
-    "triton". See the module docstring for the exact semantics and edge order.
+    "triton" (per structure: all pairs for molecules and small cells, a cell list for structures of
+    512+ atoms; see ``radius_triton``). See the module docstring for the exact semantics and edge order.
     """
     check_inputs(batch, cutoff)
     device = batch.pos.device
