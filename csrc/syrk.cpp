@@ -2,11 +2,12 @@
 // (x - mean)^T (x - mean), by a native float64 SYRK that forms only the upper triangle.
 //
 // Algorithm (x: n x d rows, float32 or float64, any strides; everything below is float64):
-//  * Threads split the rows into contiguous ranges; each keeps a private accumulator
-//    (count, mean, upper-triangular scatter) and the accumulators are merged at the end, in thread
-//    order, by the Chan et al. pairwise update. The result is bitwise reproducible for a given
-//    thread count and differs across thread counts only by rounding (~1e-16 relative).
-//  * Each range is cut into blocks of `block_rows`. Per block: the column sums (float64) give the
+//  * The rows are cut into up to kMaxPieces contiguous pieces, their number fixed by the input size
+//    alone; threads take pieces from a shared counter, each piece has its own accumulator (count,
+//    mean, upper-triangular scatter), and the pieces are merged at the end in row order by the Chan
+//    et al. pairwise update. So the result is bitwise the same for any thread count and any
+//    scheduling, and a thread slowed by another process leaves its remaining pieces to the others.
+//  * Each piece is cut into blocks of `block_rows`. Per block: the column sums (float64) give the
 //    block mean; the running accumulator absorbs the block by the Chan update (rank-one term on the
 //    upper triangle, O(d^2)); then the block's centred scatter is added, `depth` rows at a time:
 //    - pack: upcast + subtract the block mean, fused, into k-major micro-panels of 4 columns
@@ -22,20 +23,23 @@
 //    on any x86-64 or aarch64 machine.
 //
 // Complexity: n d (d + 12) multiply-adds / 2 (plus O(n d) for sums and packing, O(d^2) per block
-// for the merge); extra memory per thread O(d_pad^2 + depth d_pad + d) doubles, whatever n is.
+// for the merge); extra memory O(kMaxPieces d_pad^2 + threads depth d_pad) doubles (4.5 MiB at
+// d = 256 on 2 threads), whatever n is.
 // Accuracy: every product is float64 on data centred by its block mean, the blocks are combined
 // exactly (Chan), so no raw sum of squares is formed and a large common offset costs no digits:
 // relative error vs np.cov in float64 ~1e-15 (tests require <= 1e-12). NaN/inf in a column makes
 // that column's mean and scatter diagonal non-finite (the caller's finiteness check relies on it).
 //
 // Why native: np.cov is an upcast float64 copy of x, a centring pass, then dot(X, X^T), which numpy
-// already hands to OpenBLAS dsyrk (half the flops). This kernel runs its triangle at the same FMA
-// rate (~39 GFLOP/s per 2.45 GHz Zen 3 core, measured) and fuses the upcast and centring into the
-// packing, so the copy and the extra passes over memory are never paid.
+// already hands to OpenBLAS dsyrk (half the flops). This kernel runs its triangle at about the rate
+// of that dsyrk (one Zen 3 core here: ~39 GFLOP/s counting the tile flops, packing included) and
+// fuses the upcast and centring into the packing, so the copy and its extra passes over memory are
+// never paid.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -60,9 +64,11 @@ constexpr int64_t kTilePanels = 3;  // a C tile is kPanel rows x kTilePanels * k
 // Rows packed and multiplied at a time (`depth`): the packed panels (depth * d_pad doubles, 256 KiB
 // at d = 256) stay in L2 while the tiles sweep them; the three B panels of a tile column (12 KiB) in L1.
 constexpr int64_t kDefaultDepth = 128;
-// Each extra thread must get at least this many multiply-adds (~2-4 ms): a thread that waits for a
-// core on a busy machine costs more than a small chunk takes on one core.
-constexpr int64_t kWorkPerThread = int64_t(1) << 24;
+// Rows are cut into pieces of at least this many multiply-adds (~2-4 ms of one core): a thread that
+// waits for a core on a busy machine costs more than a small chunk takes on one core.
+constexpr int64_t kWorkPerPiece = int64_t(1) << 24;
+// At most this many pieces (each with its own d_pad^2 accumulator), and so at most this many threads.
+constexpr int64_t kMaxPieces = 8;
 
 // Aligned float64 scratch (vector<double> gives no 32-byte alignment guarantee).
 struct AlignedBuffer {
@@ -332,27 +338,16 @@ Kernels select_kernels(const std::string& isa) {
 }
 
 // --------------------------------------------------------------------------------------------------
-// One thread's running moments over a contiguous row range.
+// The running moments of one piece (a contiguous row range).
 struct Accumulator {
     int64_t count = 0;
     std::vector<double> mean;
     AlignedBuffer scatter;  // d_pad x d_pad row-major; only the upper triangle is meaningful
     int64_t d_pad;
-    // Scratch, allocated here (on the calling thread) so that no worker thread ever allocates.
-    int64_t depth;
-    AlignedBuffer packed;  // panels x depth x kPanel
-    std::vector<double> block_mean;
-    std::vector<double> delta_;
-    Accumulator(int64_t d, int64_t d_pad_, int64_t depth_)
-        : mean(d, 0.0),
-          scatter(d_pad_ * d_pad_),
-          d_pad(d_pad_),
-          depth(depth_),
-          packed(d_pad_ * depth_),
-          block_mean(d),
-          delta_(d) {}
+    std::vector<double> delta;
+    Accumulator(int64_t d, int64_t d_pad_) : mean(d, 0.0), scatter(d_pad_ * d_pad_), d_pad(d_pad_), delta(d) {}
 
-    // Chan et al.: absorb a (rows, block_mean, .) block whose scatter is added separately.
+    // Chan et al.: absorb `rows` rows with mean `rows_mean` whose scatter is added separately.
     void absorb_mean(int64_t rows, const double* rows_mean) {
         const int64_t d = static_cast<int64_t>(mean.size());
         if (count == 0) {
@@ -363,7 +358,6 @@ struct Accumulator {
         const int64_t total = count + rows;
         const double weight = static_cast<double>(count) * static_cast<double>(rows) / static_cast<double>(total);
         const double step = static_cast<double>(rows) / static_cast<double>(total);
-        std::vector<double>& delta = delta_;
         for (int64_t i = 0; i < d; ++i) delta[i] = rows_mean[i] - mean[i];
         for (int64_t i = 0; i < d; ++i) {
             const double wi = delta[i] * weight;
@@ -383,14 +377,22 @@ struct Accumulator {
     }
 };
 
+// One thread's scratch, allocated on the calling thread so that no worker ever allocates (or throws).
+struct Workspace {
+    int64_t depth;
+    AlignedBuffer packed;  // panels x depth x kPanel
+    std::vector<double> block_mean;
+    Workspace(int64_t d, int64_t d_pad, int64_t depth_) : depth(depth_), packed(d_pad * depth_), block_mean(d) {}
+};
+
 void accumulate_rows(const Input& in, int64_t r0, int64_t r1, int64_t block_rows, const Kernels& kernels,
-                     Accumulator& acc) {
+                     Workspace& ws, Accumulator& acc) {
     const int64_t d = in.cols;
     const int64_t panels = (d + kPanel - 1) / kPanel;
     const int64_t d_pad = acc.d_pad;
-    double* packed = acc.packed.data;
-    const int64_t stride = acc.depth * kPanel;  // doubles between consecutive packed panels
-    std::vector<double>& block_mean = acc.block_mean;
+    double* packed = ws.packed.data;
+    const int64_t stride = ws.depth * kPanel;  // doubles between consecutive packed panels
+    std::vector<double>& block_mean = ws.block_mean;
     for (int64_t b0 = r0; b0 < r1; b0 += block_rows) {
         const int64_t b1 = std::min(r1, b0 + block_rows);
         const int64_t rows = b1 - b0;
@@ -398,8 +400,8 @@ void accumulate_rows(const Input& in, int64_t r0, int64_t r1, int64_t block_rows
         for (int64_t c = 0; c < d; ++c) block_mean[c] /= static_cast<double>(rows);
         acc.absorb_mean(rows, block_mean.data());
         if (rows == 1) continue;  // a single row, centred by itself, scatters nothing
-        for (int64_t k0 = b0; k0 < b1; k0 += acc.depth) {
-            const int64_t depth = std::min(acc.depth, b1 - k0);
+        for (int64_t k0 = b0; k0 < b1; k0 += ws.depth) {
+            const int64_t depth = std::min(ws.depth, b1 - k0);
             kernels.pack(in, k0, depth, block_mean.data(), panels, stride, packed);
             // Column blocks of kTilePanels panels; the ragged one (panels % 3) goes first, where the
             // triangle gives it a single row tile, so narrow tiles cost almost nothing.
@@ -417,17 +419,13 @@ void accumulate_rows(const Input& in, int64_t r0, int64_t r1, int64_t block_rows
     }
 }
 
-int resolve_threads(int requested, int64_t n, int64_t d_pad) {
-    int threads = requested;
-    if (threads <= 0) {
-        const unsigned hardware = std::thread::hardware_concurrency();
-        threads = hardware > 0 ? static_cast<int>(hardware) : 1;
-    }
+// Pieces depend on the input size only (never on the thread count), so the result is bitwise the
+// same whatever the number of threads; enough of them (up to kMaxPieces) to keep every core busy
+// when another process takes a core away for a while.
+int64_t count_pieces(int64_t n, int64_t d_pad) {
     const int64_t work = n * d_pad * (d_pad + kTilePanels * kPanel) / 2;
-    const int64_t by_work = std::max<int64_t>(1, work / kWorkPerThread);
-    const int64_t by_rows = std::max<int64_t>(1, n / 2);  // every thread gets >= 2 rows
-    if (requested <= 0) threads = static_cast<int>(std::min<int64_t>(threads, by_work));
-    return static_cast<int>(std::min<int64_t>(threads, by_rows));
+    const int64_t by_rows = std::max<int64_t>(1, n / 2);  // every piece gets >= 2 rows
+    return std::max<int64_t>(1, std::min({work / kWorkPerPiece, kMaxPieces, by_rows}));
 }
 
 py::tuple covariance_moments(py::array x, int64_t block_rows, int num_threads, const std::string& kernel,
@@ -453,22 +451,32 @@ py::tuple covariance_moments(py::array x, int64_t block_rows, int num_threads, c
     const int64_t d_pad = panels * kPanel;  // whole panels: diagonal-crossing tiles stay in bounds
     {
         py::gil_scoped_release release;
-        const int threads = resolve_threads(num_threads, n, d_pad);
+        const int64_t pieces = count_pieces(n, d_pad);
+        int64_t threads = num_threads;
+        if (threads <= 0) {
+            const unsigned hardware = std::thread::hardware_concurrency();
+            threads = hardware > 0 ? hardware : 1;
+        }
+        threads = std::min(threads, pieces);
         std::vector<std::unique_ptr<Accumulator>> parts;
-        for (int t = 0; t < threads; ++t) parts.push_back(std::make_unique<Accumulator>(d, d_pad, depth));
-        auto work = [&](int t) {
-            accumulate_rows(in, n * t / threads, n * (t + 1) / threads, block_rows, kernels, *parts[t]);
+        for (int64_t i = 0; i < pieces; ++i) parts.push_back(std::make_unique<Accumulator>(d, d_pad));
+        std::vector<std::unique_ptr<Workspace>> spaces;
+        for (int64_t t = 0; t < threads; ++t) spaces.push_back(std::make_unique<Workspace>(d, d_pad, depth));
+        std::atomic<int64_t> next{0};
+        auto work = [&](int64_t t) {
+            for (int64_t i = next.fetch_add(1); i < pieces; i = next.fetch_add(1))
+                accumulate_rows(in, n * i / pieces, n * (i + 1) / pieces, block_rows, kernels, *spaces[t], *parts[i]);
         };
         if (threads == 1) {
             work(0);
         } else {
             std::vector<std::thread> pool;
-            for (int t = 1; t < threads; ++t) pool.emplace_back(work, t);
+            for (int64_t t = 1; t < threads; ++t) pool.emplace_back(work, t);
             work(0);
             for (std::thread& thread : pool) thread.join();
         }
         Accumulator& total = *parts[0];
-        for (int t = 1; t < threads; ++t) total.absorb(*parts[t]);
+        for (int64_t i = 1; i < pieces; ++i) total.absorb(*parts[i]);  // fixed order: reproducible
         std::copy(total.mean.begin(), total.mean.end(), mean_ptr);
         for (int64_t i = 0; i < d; ++i)
             for (int64_t j = i; j < d; ++j) {

@@ -1,29 +1,30 @@
 """CPU kernel for the streaming covariance op: native one-triangle float64 SYRK, or blocked BLAS.
 
 ``method="native"`` (default when ``fastcsi._C`` is built; csrc/syrk.cpp): one C++ call per chunk.
-Threads split the rows; per block of ``block_rows`` rows the float64 column sums give the block mean,
+The rows are cut into up to 8 pieces (their number set by the size alone) that threads take from a
+shared counter; per block of ``block_rows`` rows the float64 column sums give the block mean,
 the block is upcast and centred while being packed into 4-column float64 panels (no float64 copy of
 the input ever exists), and an AVX2+FMA register-blocked micro-kernel (4 x 12 doubles, chosen at
 run time, portable C++ otherwise) adds only the tiles on or above the diagonal of the scatter:
-0.52 of a full GEMM's flops at d = 256. Blocks and threads are combined by the exact Chan merge.
+0.52 of a full GEMM's flops at d = 256. Blocks and pieces are combined by the exact Chan merge, in
+row order, so the result is bitwise the same for any thread count.
 
 ``method="gemm"`` / ``"syrk"``: the rows are processed in blocks of ``block_rows``; each block is
 centred by its own float64 mean into a reused float64 buffer (one fused ``np.subtract``) and its
 scatter formed by one BLAS call (full dgemm, or dsyrk on the upper triangle), then Chan-merged.
 
 Why native: ``np.cov`` is an upcast float64 copy, a centring pass and ``dot(X, X.T)``, which numpy
-hands to OpenBLAS dsyrk (half the flops, at the 2.45 GHz Zen 3 core's FMA peak, ~39 GFLOP/s/core).
-The native kernel runs its triangle at the same rate but fuses the upcast and centring into the
-packing, so nothing is paid for the copy. Measured here (one core, CPU time, 2e5 x 256 float32):
+hands to OpenBLAS dsyrk (half the flops; the old "gemm" path's ``centred.T @ centred`` is also
+turned into dsyrk by numpy). The native kernel runs its triangle at about that dsyrk's rate but
+fuses the upcast and centring into the packing, so nothing is paid for the copy. Measured here (one core, CPU time, 2e5 x 256 float32):
 native 0.35 s, np.cov 0.55 s, full dgemm alone 0.67 s; headline wall-time ratios in README and
 bench/covariance.py.
 
 Complexity: O(n d^2) flops (native n d (d + 12) / 2 multiply-adds; gemm 2 n d^2; syrk n d^2) plus
-O(n d) for sums and packing. Extra memory O(threads * (d^2 + 128 d)) native,
+O(n d) for sums and packing. Extra memory O(8 d^2 + threads * 128 d) native,
 O(block_rows * d + d^2) BLAS methods, whatever n is. Accuracy: every product is float64 on centred
 data and blocks merge exactly, so the relative error vs ``np.cov`` in float64 is ~1e-15 (tested
-<= 1e-12), independent of a common offset in the data; native results are bitwise reproducible for
-a given thread count and agree across thread counts to ~1e-16 relative.
+<= 1e-12), independent of a common offset in the data.
 """
 from __future__ import annotations
 
