@@ -24,7 +24,8 @@ Algorithm, for the structures routed here (see :func:`plan_cells`), all of them 
    (bins hold ~20 atoms, tiles 64) and the interpreter fast. It runs twice: a COUNT pass writes each
    centre's in-degree; a prefix sum gives every centre its output range; the WRITE pass writes
    (target, source, image code) at fixed positions (an in-tile cumsum, no atomics), so the output
-   never depends on scheduling.
+   never depends on scheduling. Compiled without FMA contraction (``enable_fp_fusion=False``), so
+   the squared distance rounds as the float64 reference's does.
 4. Canonical order. One sort of the unique key (target, source, image code) (torch, on the device)
    gives the edge order every backend uses (target, then source, then shift lexicographically; the
    code encodes m lexicographically and the final shift n = m + s_source - s_target is, for one pair,
@@ -320,7 +321,7 @@ def search_cells(wrapped, frac, wrap, batch_index, cell, pbc, ptr, cutoff: float
             item_bin, item_first, item_struct, cell_t)
     cutoff_sq = torch.tensor([float(cutoff) ** 2], dtype=torch.float64, device=device)
     _cell_pairs_kernel[grid](*args, counts, scratch, scratch, scratch, scratch, cutoff_sq, half,
-                             WRITE=False, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J)
+                             WRITE=False, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J, enable_fp_fusion=False)
     counts = counts.to(torch.long)
     offsets = torch.cumsum(counts, 0) - counts
     num_edges = int(counts.sum())
@@ -330,7 +331,7 @@ def search_cells(wrapped, frac, wrap, batch_index, cell, pbc, ptr, cutoff: float
     source = torch.empty_like(target)
     code = torch.empty_like(target)
     _cell_pairs_kernel[grid](*args, counts, offsets.contiguous(), target, source, code, cutoff_sq, half,
-                             WRITE=True, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J)
+                             WRITE=True, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J, enable_fp_fusion=False)
 
     # canonical order: (target, source, image code); one sort of a unique int64 key when it fits
     num_atoms = int(wrapped.shape[0])
