@@ -20,7 +20,8 @@ Algorithm, for the structures routed here (see :func:`plan_cells`), all of them 
    8 bytes each.
 3. Kernel (Triton). One program takes up to BLOCK_I centres of one bin and walks the bin's candidate
    list in BLOCK_J tiles, testing |x_j + m @ cell - x_i|^2 <= cutoff^2 in float64 (the zero-image
-   self pair excluded). One flat candidate loop instead of a loop over neighbour bins keeps tiles full
+   self pair excluded; the image shift m @ cell comes from a small per-structure table indexed by the
+   image code). One flat candidate loop instead of a loop over neighbour bins keeps tiles full
    (bins hold ~20 atoms, tiles 64) and the interpreter fast. It runs twice: a COUNT pass writes each
    centre's in-degree; a prefix sum gives every centre its output range; the WRITE pass writes
    (target, source, image code) at fixed positions (an in-tile cumsum, no atomics), so the output
@@ -52,10 +53,14 @@ try:
 except ImportError:  # pragma: no cover - triton missing
     AVAILABLE = False
 
-BLOCK_I = 32  # centres per program (about the atoms of one bin one cutoff wide in a dense solid)
-# candidate neighbours per tile (a bin's candidates: ~27 x 20 atoms in a dense solid); the
-# interpreter (tests on CPU) pays per operation, not per element, so it gets wide tiles
-BLOCK_J = 256 if os.environ.get("TRITON_INTERPRET", "0") == "1" else 64
+# Tile shapes. On a GPU 16 centres x 64 candidates with 4 warps (8 float64 pairs per thread): ptxas
+# for sm_90 reports 121 (count pass) / 168 (write pass) registers and no spills, where 32 x 64 used
+# 224-255 and spilled. Not timed (no GPU here). The interpreter (tests on CPU) pays per operation,
+# not per element, so it gets wide tiles: the logic is the same for every shape (all masked).
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+BLOCK_I = 32 if _INTERPRET else 16  # centres per program (a bin one cutoff wide holds ~20 in a solid)
+BLOCK_J = 256 if _INTERPRET else 64  # candidates per tile (a bin has ~27 x 20 in a dense solid)
+NUM_WARPS = 4
 # Bin widths and reaches are widened by this relative margin so rounding never drops a candidate;
 # the final |v|^2 <= cutoff^2 test alone decides membership.
 MARGIN = 1e-6
@@ -81,15 +86,16 @@ if AVAILABLE:
         cand_code_ptr,  # (C,) int32 its image m, encoded ((m0 + H) * W + m1 + H) * W + m2 + H
         item_bin_ptr,  # (P,) int64 bin of each program
         item_first_ptr,  # (P,) int64 first centre of the program within its bin
-        item_struct_ptr,  # (P,) int64 row of the program's structure in cell_ptr
-        cell_ptr,  # (S, 9) float64 cell rows
+        item_struct_ptr,  # (P,) int64 row of the program's structure in shift_ptr
+        shift_ptr,  # (S, W^3, 3) float64 Cartesian shift m @ cell of every image code, per structure
         count_ptr,  # (A,) int32 out (COUNT pass): in-degree of each centre slot
         offset_ptr,  # (A,) int64 in (WRITE pass): first output edge of each centre slot
-        target_ptr,  # (E,) int64 out (WRITE pass)
-        source_ptr,  # (E,) int64 out
-        code_ptr,  # (E,) int64 out: the image code
+        target_ptr,  # (E,) int32 out (WRITE pass)
+        source_ptr,  # (E,) int32 out
+        code_ptr,  # (E,) int32 out: the image code
         cutoff_sq_ptr,  # (1,) float64: a Python float argument would be typed fp32 by Triton
-        half,  # H: largest |m_a| over all structures (W = 2H + 1)
+        num_codes,  # W^3
+        zero_code,  # code of m = 0
         WRITE: tl.constexpr,
         BLOCK_I: tl.constexpr,
         BLOCK_J: tl.constexpr,
@@ -98,20 +104,10 @@ if AVAILABLE:
         cutoff_sq = tl.load(cutoff_sq_ptr)
         bin_id = tl.load(item_bin_ptr + pid)
         first = tl.load(item_first_ptr + pid)
-        s = tl.load(item_struct_ptr + pid)
+        shifts = shift_ptr + tl.load(item_struct_ptr + pid) * num_codes * 3
         bin_hi = tl.load(bin_start_ptr + bin_id + 1)
         cand_lo = tl.load(cand_start_ptr + bin_id)
         cand_hi = tl.load(cand_start_ptr + bin_id + 1)
-        c00 = tl.load(cell_ptr + s * 9 + 0)
-        c01 = tl.load(cell_ptr + s * 9 + 1)
-        c02 = tl.load(cell_ptr + s * 9 + 2)
-        c10 = tl.load(cell_ptr + s * 9 + 3)
-        c11 = tl.load(cell_ptr + s * 9 + 4)
-        c12 = tl.load(cell_ptr + s * 9 + 5)
-        c20 = tl.load(cell_ptr + s * 9 + 6)
-        c21 = tl.load(cell_ptr + s * 9 + 7)
-        c22 = tl.load(cell_ptr + s * 9 + 8)
-        width = 2 * half + 1
 
         slots = tl.load(bin_start_ptr + bin_id) + first + tl.arange(0, BLOCK_I)
         i_valid = slots < bin_hi
@@ -121,32 +117,31 @@ if AVAILABLE:
         atom_i = tl.load(atom_ptr + slots, mask=i_valid, other=-1)
         if WRITE:
             base = tl.load(offset_ptr + slots, mask=i_valid, other=0)
-        running = tl.zeros([BLOCK_I], dtype=tl.int64)
+        # per-centre counts in int32 (a centre has < 2^31 neighbours): half the registers of int64
+        running = tl.zeros([BLOCK_I], dtype=tl.int32)
         for j0 in range(cand_lo, cand_hi, BLOCK_J):
             cand = j0 + tl.arange(0, BLOCK_J)
             j_valid = cand < cand_hi
             slot_j = tl.load(cand_slot_ptr + cand, mask=j_valid, other=0).to(tl.int64)
-            code = tl.load(cand_code_ptr + cand, mask=j_valid, other=0).to(tl.int64)
-            m0 = (code // (width * width) - half).to(tl.float64)
-            m1 = ((code // width) % width - half).to(tl.float64)
-            m2 = (code % width - half).to(tl.float64)
-            xj = tl.load(pos_ptr + slot_j * 3 + 0, mask=j_valid, other=0.0) + (m0 * c00 + m1 * c10 + m2 * c20)
-            yj = tl.load(pos_ptr + slot_j * 3 + 1, mask=j_valid, other=0.0) + (m0 * c01 + m1 * c11 + m2 * c21)
-            zj = tl.load(pos_ptr + slot_j * 3 + 2, mask=j_valid, other=0.0) + (m0 * c02 + m1 * c12 + m2 * c22)
+            code = tl.load(cand_code_ptr + cand, mask=j_valid, other=0)
+            # shifts come from a table (a few KB, cached) rather than decoding m: 64-bit integer
+            # division is a long software sequence on GPUs and cost registers
+            xj = tl.load(pos_ptr + slot_j * 3 + 0, mask=j_valid, other=0.0) + tl.load(shifts + code * 3 + 0)
+            yj = tl.load(pos_ptr + slot_j * 3 + 1, mask=j_valid, other=0.0) + tl.load(shifts + code * 3 + 1)
+            zj = tl.load(pos_ptr + slot_j * 3 + 2, mask=j_valid, other=0.0) + tl.load(shifts + code * 3 + 2)
             atom_j = tl.load(atom_ptr + slot_j, mask=j_valid, other=-2)
-            # the zero image of an atom is itself (code of m = 0 is H * (W^2 + W + 1))
-            self_pair = (atom_i[:, None] == atom_j[None, :]) & (code == half * (width * width + width + 1))[None, :]
+            self_pair = (atom_i[:, None] == atom_j[None, :]) & (code == zero_code)[None, :]
             dx = xj[None, :] - xi[:, None]
             dy = yj[None, :] - yi[:, None]
             dz = zj[None, :] - zi[:, None]
             keep = ((dx * dx + dy * dy + dz * dz) <= cutoff_sq) & i_valid[:, None] & j_valid[None, :]
-            hits = tl.where(self_pair, 0, keep.to(tl.int64))
+            hits = tl.where(self_pair, 0, keep.to(tl.int32))
             if WRITE:
-                where = base[:, None] + running[:, None] + tl.cumsum(hits, axis=1) - 1
+                where = base[:, None] + (running[:, None] + tl.cumsum(hits, axis=1) - 1).to(tl.int64)
                 hit = hits > 0
-                zeros = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.int64)
-                tl.store(target_ptr + where, atom_i[:, None] + zeros, mask=hit)
-                tl.store(source_ptr + where, atom_j[None, :] + zeros, mask=hit)
+                zeros = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.int32)
+                tl.store(target_ptr + where, atom_i.to(tl.int32)[:, None] + zeros, mask=hit)
+                tl.store(source_ptr + where, atom_j.to(tl.int32)[None, :] + zeros, mask=hit)
                 tl.store(code_ptr + where, code[None, :] + zeros, mask=hit)
             running += tl.sum(hits, axis=1)
         if not WRITE:
@@ -259,7 +254,9 @@ def search_cells(wrapped, frac, wrap, batch_index, cell, pbc, ptr, cutoff: float
     nbins_t = table([g["nbins"] for g in geometry])
     reach_t = table([g["reach"] for g in geometry])
     pbc_t = table([[int(bool(x)) for x in pbc[b]] for b in order])
-    cell_t = torch.stack([cell[b].reshape(9) for b in order]).to(device).contiguous()
+    width = 2 * half + 1
+    m_grid = torch.stack(torch.meshgrid(*[torch.arange(-half, half + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    shift_t = torch.stack([m_grid.to(torch.float64) @ cell[b] for b in order]).to(device).contiguous()
     origin_t = table([g["origin"] for g in geometry], torch.float64)
     extent_t = table([g["extent"] for g in geometry], torch.float64)
     bin_offset_t = table(bin_offset)
@@ -299,7 +296,6 @@ def search_cells(wrapped, frac, wrap, batch_index, cell, pbc, ptr, cutoff: float
     t = t - m * nb
     inside = ((t >= 0) & (t < nb)).all(1)
     neighbour = bin_offset_t[pair_struct] + (t[:, 0] * nb[:, 1] + t[:, 1]) * nb[:, 2] + t[:, 2]
-    width = 2 * half + 1
     image_code = ((m[:, 0] + half) * width + m[:, 1] + half) * width + m[:, 2] + half
     pair_bin, neighbour, image_code = pair_bin[inside], neighbour[inside], image_code[inside]
     # candidates of each bin: the atoms of its neighbour bins, with their image (CSR over bins)
@@ -315,24 +311,28 @@ def search_cells(wrapped, frac, wrap, batch_index, cell, pbc, ptr, cutoff: float
     item_struct = bin_struct[item_bin].contiguous()
     grid = (int(item_bin.shape[0]),)
 
+    zero_code = (half * width + half) * width + half
     counts = torch.zeros(slot_atom.shape[0], dtype=torch.int32, device=device)
     scratch = torch.zeros(1, dtype=torch.long, device=device)
     args = (slot_pos, slot_atom, bin_start, cand_start, cand_slot.contiguous(), cand_code.contiguous(),
-            item_bin, item_first, item_struct, cell_t)
+            item_bin, item_first, item_struct, shift_t)
     cutoff_sq = torch.tensor([float(cutoff) ** 2], dtype=torch.float64, device=device)
-    _cell_pairs_kernel[grid](*args, counts, scratch, scratch, scratch, scratch, cutoff_sq, half,
-                             WRITE=False, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J, enable_fp_fusion=False)
+    _cell_pairs_kernel[grid](*args, counts, scratch, scratch, scratch, scratch, cutoff_sq, width**3, zero_code,
+                             WRITE=False, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J, num_warps=NUM_WARPS,
+                             enable_fp_fusion=False)
     counts = counts.to(torch.long)
     offsets = torch.cumsum(counts, 0) - counts
     num_edges = int(counts.sum())
     if num_edges == 0:
         return empty, empty.clone(), torch.zeros((0, 3), dtype=torch.long, device=device)
-    target = torch.empty(num_edges, dtype=torch.long, device=device)
+    target = torch.empty(num_edges, dtype=torch.int32, device=device)
     source = torch.empty_like(target)
     code = torch.empty_like(target)
-    _cell_pairs_kernel[grid](*args, counts, offsets.contiguous(), target, source, code, cutoff_sq, half,
-                             WRITE=True, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J, enable_fp_fusion=False)
+    _cell_pairs_kernel[grid](*args, counts, offsets.contiguous(), target, source, code, cutoff_sq, width**3, zero_code,
+                             WRITE=True, BLOCK_I=BLOCK_I, BLOCK_J=BLOCK_J, num_warps=NUM_WARPS,
+                             enable_fp_fusion=False)
 
+    target, source, code = target.long(), source.long(), code.long()
     # canonical order: (target, source, image code); one sort of a unique int64 key when it fits
     num_atoms = int(wrapped.shape[0])
     if num_atoms * num_atoms * width**3 < 2**62:

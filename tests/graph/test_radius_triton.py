@@ -244,12 +244,12 @@ from fastcsi.graph import radius_triton_cells as cells
 I64, F64, C = "*i64", "*fp64", "constexpr"
 target, options = GPUTarget("cuda", 90, 32), {"enable_fp_fusion": False}
 cell_types = dict(zip(cells._cell_pairs_kernel.arg_names, [
-    F64, I64, I64, I64, "*i32", "*i32", I64, I64, I64, F64, "*i32", I64, I64, I64, I64, F64, "i32", C, C, C]))
+    F64, I64, I64, I64, "*i32", "*i32", I64, I64, I64, F64, "*i32", I64, "*i32", "*i32", "*i32", F64, "i32", "i32", C, C, C]))
 pair_types = dict(zip(pairs._pair_mask_kernel.arg_names, [
     F64, I64, I64, I64, I64, I64, I64, I64, I64, F64, "*i8", F64, C, C]))
 for write in (False, True):
-    kernel = triton.compile(ASTSource(cells._cell_pairs_kernel, cell_types, {"WRITE": write, "BLOCK_I": 32,
-                            "BLOCK_J": 64}), target=target, options=options)
+    kernel = triton.compile(ASTSource(cells._cell_pairs_kernel, cell_types, {"WRITE": write, "BLOCK_I": 16,
+                            "BLOCK_J": 64}), target=target, options={**options, "num_warps": cells.NUM_WARPS})
     assert "cubin" in kernel.asm
 kernel = triton.compile(ASTSource(pairs._pair_mask_kernel, pair_types, {"BLOCK_I": pairs.BLOCK_I,
                         "BLOCK_J": pairs.BLOCK_J}), target=target, options=options)
@@ -273,3 +273,13 @@ def test_kernels_compile_for_an_sm90_gpu():
     if done.returncode and "ptxas" in done.stderr and "not found" in done.stderr.lower():
         pytest.skip("Triton's bundled ptxas is missing here")
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+def test_cells_with_the_gpu_tile_shapes(monkeypatch):
+    """The GPU's tiles (16 centres x 64 candidates): a 20-atom cluster in one bin (two programs, the
+    second partly masked) and a one-atom cell whose 125 image candidates take two tiles."""
+    monkeypatch.setattr(cells, "BLOCK_I", 16)
+    monkeypatch.setattr(cells, "BLOCK_J", 64)
+    cluster = Atoms("C20", positions=np.random.default_rng(8).uniform(0.0, 3.0, size=(20, 3)))
+    graph, batch = _cells_graph([cluster, bulk("Cu", "fcc", a=3.61)], 4.0)
+    _assert_equal_to_reference(graph, batch)
