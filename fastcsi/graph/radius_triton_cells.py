@@ -45,6 +45,9 @@ import os
 
 import torch
 
+from fastcsi.graph.gemnet_indices import ragged_range
+from fastcsi.graph.radius import image_bounds
+
 try:
     import triton
     import triton.language as tl
@@ -148,15 +151,6 @@ if AVAILABLE:
             tl.store(count_ptr + slots, running.to(tl.int32), mask=i_valid)
 
 
-def ragged_range(sizes: torch.Tensor) -> torch.Tensor:
-    """Concatenated ranges: sizes [1, 3] -> [0, 0 1 2]."""
-    total = int(sizes.sum()) if sizes.numel() else 0
-    if total == 0:
-        return sizes.new_zeros(0)
-    starts = torch.cumsum(sizes, 0) - sizes
-    return torch.arange(total, device=sizes.device) - torch.repeat_interleave(starts, sizes)
-
-
 def _sum_by(index: torch.Tensor, values: torch.Tensor, size: int) -> torch.Tensor:
     """Integer sums of ``values`` grouped by ``index`` (exact: no float weights)."""
     out = torch.zeros(size, dtype=values.dtype, device=values.device)
@@ -167,12 +161,7 @@ def pair_images(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> int:
     """Number of image shifts the all-pairs kernel loops over for one structure (its cost model)."""
     if not bool(pbc.any()):
         return 1
-    inv = torch.linalg.inv(cell)
-    count = 1
-    for a in range(3):
-        if pbc[a]:
-            count *= 2 * (int(math.ceil(cutoff * float(inv[:, a].norm()))) + 1) + 1
-    return count
+    return math.prod(2 * bound + 1 for bound in image_bounds(cell, pbc, cutoff))
 
 
 def bin_geometry(cell: torch.Tensor, pbc: torch.Tensor, fmin, fmax, natoms: int, cutoff: float) -> dict:
