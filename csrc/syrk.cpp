@@ -103,8 +103,9 @@ inline double at(const Input& in, int64_t r, int64_t c) {
 }
 
 // --------------------------------------------------------------------------------------------------
-// Column sums and packing. The bodies are always_inline templates so that each ISA wrapper below
-// compiles them with its own target flags (the AVX2 wrapper gets 256-bit conversion/subtraction).
+// Column sums and packing. The portable bodies are always_inline templates, so each ISA wrapper
+// below compiles them with its own target flags (the column sums auto-vectorise to 256 bits under
+// AVX2); the AVX2 packing of contiguous rows is written with intrinsics further down.
 
 template <typename T>
 __attribute__((always_inline)) inline void column_sums_body(const Input& in, int64_t r0, int64_t r1, double* sums) {
