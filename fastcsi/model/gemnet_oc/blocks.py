@@ -25,9 +25,10 @@ def _symmetric_up(up_ca: Dense, up_ac: Dense, x, id_swap, weight_scale):
     (the scales of ``x``) folded into them, the activation's 1/0.6 merged with the 1/sqrt(2)."""
     weight = torch.cat([up_ca.linear.weight, up_ac.linear.weight]) * weight_scale
     y = silu_fresh(torch.nn.functional.linear(x, weight))
-    n = up_ca.linear.weight.shape[0]
-    x_ca, x_ac = up_ca.dropout(y[:, :n]), up_ac.dropout(y[:, n:])
-    return x_ca.add_(x_ac.index_select(0, id_swap)).mul_(SILU_SCALE * INV_SQRT_2)
+    # split (not slicing): its backward assembles the two gradients with one cat
+    x_ca, x_ac = y.split([up_ca.linear.weight.shape[0], up_ac.linear.weight.shape[0]], dim=1)
+    x_ca, x_ac = up_ca.dropout(x_ca), up_ac.dropout(x_ac)
+    return torch.add(x_ca, x_ac.index_select(0, id_swap)).mul_(SILU_SCALE * INV_SQRT_2)
 
 
 class EfficientInteractionBilinear(nn.Module):
@@ -216,12 +217,9 @@ class InteractionBlock(nn.Module):
         """SiLU(m W^T) of every m-reading Dense in one GEMM (without the 1/0.6), per reader."""
         weight = torch.cat([d.linear.weight for d in self._m_readers])
         y = silu_fresh(torch.nn.functional.linear(m, weight))
-        parts, start = [], 0
-        for dense in self._m_readers:
-            stop = start + dense.linear.weight.shape[0]
-            parts.append(dense.dropout(y[:, start:stop]))
-            start = stop
-        return parts
+        # split (not slicing): its backward assembles the gradients with one cat
+        parts = y.split([d.linear.weight.shape[0] for d in self._m_readers], dim=1)
+        return [dense.dropout(part) for dense, part in zip(self._m_readers, parts)]
 
     def forward(self, h, m, bases, g):
         main, a2ee2a, a2a, id_swap = g["main"], g["a2ee2a"], g["a2a"], g["id_swap"]

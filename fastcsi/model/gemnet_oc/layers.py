@@ -197,13 +197,11 @@ class EdgeEmbedding(nn.Module):
         if not _FUSED:
             return self.dense(torch.cat([h[edge_index[0]], h[edge_index[1]], m], dim=-1))
         # Dense([h_s, h_t, m]) = (h W_s)[s] + (h W_t)[t] + m W_m: atom parts projected per atom
-        weight = self.dense.linear.weight
-        num_atom_features = h.shape[1]
-        w_atoms = torch.cat([weight[:, :num_atom_features], weight[:, num_atom_features:2 * num_atom_features]], 0)
-        per_atom = h @ w_atoms.T  # (N, 2 * out)
-        out = weight.shape[0]
-        y = torch.nn.functional.linear(m, weight[:, 2 * num_atom_features:], self.dense.linear.bias)
-        y = y.add_(per_atom[:, :out].index_select(0, edge_index[0])).add_(per_atom[:, out:].index_select(0, edge_index[1]))
+        a = h.shape[1]
+        w_source, w_target, w_edge = self.dense.linear.weight.split([a, a, m.shape[1]], dim=1)
+        per_atom_source, per_atom_target = (h @ torch.cat([w_source, w_target]).T).split(w_source.shape[0], dim=1)
+        y = torch.nn.functional.linear(m, w_edge, self.dense.linear.bias)
+        y = y.add_(per_atom_source.index_select(0, edge_index[0])).add_(per_atom_target.index_select(0, edge_index[1]))
         if isinstance(self.dense.activation, ScaledSiLU):
             y = silu_fresh(y).mul_(SILU_SCALE)
         else:
