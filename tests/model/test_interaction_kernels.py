@@ -22,7 +22,9 @@ from fastcsi.errors import FastCSIError
 from fastcsi.graph.gemnet_indices import ragged_range
 from fastcsi.model import extract_features
 from fastcsi.model.gemnet_oc.blocks import EfficientInteractionBilinear
-from fastcsi.model.gemnet_oc.interaction import interaction_bilinear, interaction_bilinear_cpu, interaction_bilinear_ref
+from fastcsi.model.gemnet_oc.interaction import (
+    interaction_bilinear, interaction_bilinear_cpu, interaction_bilinear_precontracted, interaction_bilinear_ref,
+)
 from fastcsi.model.gemnet_oc.interaction_triton import interaction_bilinear_triton
 
 REL_TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -118,6 +120,22 @@ def test_cpu_kernel_larger_case_and_gradcheck():
         return interaction_bilinear_cpu(rad, sph, x, *args[3:6], weight, *args[7:])
 
     assert torch.autograd.gradcheck(fn, (args[0], args[1], args[2], args[6]), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_precontracted_basis_matches_reference(shuffle):
+    """(rad_W1 @ sph) contracted first, as the model's fused CPU path does: values and gradients."""
+    args = make_case(torch.float64, num_edges=12, max_per_edge=5, seed=13, shuffle=shuffle)
+    ref_in, pre_in = with_grad(args), with_grad(args)
+    want = interaction_bilinear_ref(*ref_in)
+    rad, sph, x, gather_idx, out_idx, out_inner, weight = pre_in
+    got = interaction_bilinear_precontracted(rad @ sph, x, gather_idx, out_idx, out_inner, weight)
+    assert want.abs().max() > 0 and rel_err(got, want) < 1e-12
+    grad_out = torch.randn(want.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    want.backward(grad_out)
+    got.backward(grad_out)
+    for i in DIFF_ARGS:
+        assert rel_err(pre_in[i].grad, ref_in[i].grad) < 1e-12, f"gradient of argument {i}"
 
 
 def test_gradcheck_float64():

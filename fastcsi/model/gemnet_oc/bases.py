@@ -16,7 +16,7 @@ from torch import nn
 
 from fastcsi.errors import FastCSIError
 from fastcsi.model.gemnet_oc.interaction import gather_padded, padded_source
-from fastcsi.model.gemnet_oc.layers import Dense, EdgeEmbedding, ScaleFactor, he_orthogonal_init
+from fastcsi.model.gemnet_oc.layers import Dense, EdgeEmbedding, ScaleFactor, fused_enabled, he_orthogonal_init
 
 
 class PolynomialEnvelope(nn.Module):
@@ -407,6 +407,12 @@ class Bases(nn.Module):
             "rad": self.mlp_rbf_tint(rad_main),
             "cir": list(self.mlp_cbf_tint(rad_cir_e2e, cir_e2e, idx_sph_outer=te2e["out"], idx_sph_inner=te2e["out_agg"])),
         }
+        if fused_enabled() and h.device.type == "cpu":
+            # every block contracts the same radial and angular bases first: do it once here
+            for key, part in (("e2e", "cir"), ("a2e", "cir"), ("qint", "sph")):
+                if key in out:
+                    rad_W1, sph = out[key][part]
+                    out[key][part + "_pre"] = torch.matmul(rad_W1, sph)  # (E, d_interm, Kmax)
         out["atom_update"] = self.mlp_rbf_h(rad_main)
         out["output"] = self.mlp_rbf_out(rad_main)
         out["m"] = self.edge_emb(h, rad_main, main["edge_index"])

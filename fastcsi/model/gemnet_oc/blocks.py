@@ -7,7 +7,9 @@ import math
 import torch
 from torch import nn
 
-from fastcsi.model.gemnet_oc.interaction import gather_padded, interaction_bilinear, padded_source
+from fastcsi.model.gemnet_oc.interaction import (
+    gather_padded, interaction_bilinear, interaction_bilinear_precontracted, padded_source,
+)
 from fastcsi.model.gemnet_oc.layers import (
     SILU_SCALE, AtomUpdateBlock, Dense, EdgeEmbedding, ResidualLayer, ScaleFactor, fused_enabled, scale_value,
     silu_fresh,
@@ -39,7 +41,15 @@ class EfficientInteractionBilinear(nn.Module):
         self.bilinear = Dense(emb_size_in * emb_size_interm, emb_size_out, activation=None, dropout=dropout)
         self.backend = "auto"
 
-    def forward(self, basis, x, gather_idx, out_idx, out_inner, agg2_outer=None, agg2_inner=None, agg2_size=None):
+    def forward(self, basis, x, gather_idx, out_idx, out_inner, agg2_outer=None, agg2_inner=None, agg2_size=None,
+                precontracted=None):
+        """``precontracted``: ``rad_W1 @ sph`` of ``basis`` when the caller has it; used on CPU
+        tensors with the auto/cpu backend (see ``interaction_bilinear_precontracted``)."""
+        if precontracted is not None and agg2_outer is None and self.backend in ("auto", "cpu") \
+                and x.device.type == "cpu":
+            out = interaction_bilinear_precontracted(precontracted, x, gather_idx, out_idx, out_inner,
+                                                     self.bilinear.linear.weight)
+            return self.bilinear.dropout(out)
         rad_W1, sph = basis
         out = interaction_bilinear(rad_W1, sph, x, gather_idx, out_idx, out_inner, self.bilinear.linear.weight,
                                    agg2_outer, agg2_inner, agg2_size, backend=self.backend)
@@ -91,7 +101,8 @@ class TripletInteraction(nn.Module):
         # dense_ba's 1/0.6 and scale_rbf go into mlp_rbf's weight
         x_ba = x_ba * self.mlp_rbf.forward_linear(bases["rad"], SILU_SCALE * scale_value(self.scale_rbf))
         x_ba = self.down_projection.forward_unscaled(x_ba)
-        x = self.mlp_cbf(bases["cir"], x_ba, idx["in"], idx["out"], idx["out_agg"], agg2_outer, agg2_inner, agg2_size)
+        x = self.mlp_cbf(bases["cir"], x_ba, idx["in"], idx["out"], idx["out_agg"], agg2_outer, agg2_inner, agg2_size,
+                         precontracted=bases.get("cir_pre"))
         # the bilinear op is linear in x_ba: down_projection's 1/0.6 and scale_cbf_sum go into the up projection
         up_scale = SILU_SCALE * scale_value(self.scale_cbf_sum)
         if self.symmetric_mp:
@@ -142,7 +153,8 @@ class QuadrupletInteraction(nn.Module):
         x_db = x_db * self.mlp_rbf.forward_linear(bases["rad"], SILU_SCALE * scale_value(self.scale_rbf))
         x_db = self.down_projection.forward_unscaled(x_db).index_select(0, idx["triplet_in"]["in"])
         x_db = x_db * self.mlp_cbf.forward_linear(bases["cir"], SILU_SCALE * scale_value(self.scale_cbf))
-        x = self.mlp_sbf(bases["sph"], x_db, idx["trip_in_to_quad"], idx["out"], idx["out_agg"])
+        x = self.mlp_sbf(bases["sph"], x_db, idx["trip_in_to_quad"], idx["out"], idx["out_agg"],
+                         precontracted=bases.get("sph_pre"))
         up_scale = scale_value(self.scale_sbf_sum)
         if self.symmetric_mp:
             return _symmetric_up(self.up_projection_ca, self.up_projection_ac, x, id_swap, up_scale)

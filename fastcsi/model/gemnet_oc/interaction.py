@@ -75,6 +75,18 @@ def interaction_bilinear_cpu(rad_W1, sph, x, gather_idx, out_idx, out_inner, wei
     return contracted.reshape(contracted.shape[0], contracted.shape[1] * contracted.shape[2]) @ weight.T
 
 
+def interaction_bilinear_precontracted(basis, x, gather_idx, out_idx, out_inner, weight):
+    """The op with ``basis = rad_W1 @ sph`` (E_out, d_interm, Kmax) contracted beforehand: every
+    interaction block shares the same bases, so the model's fused path contracts them once per
+    forward and each block then costs one (d_interm x Kmax) @ (Kmax x d_in) product per output edge
+    instead of two (n_sph x Kmax x d_in + d_interm x n_sph x d_in). Same value as
+    ``interaction_bilinear_ref(rad_W1, sph, ...)`` up to summation order; no edge -> atom form."""
+    num_out, _, kmax = basis.shape
+    src = padded_source(out_idx, out_inner, num_out, kmax, x.shape[0], gather_idx)
+    contracted = torch.matmul(basis, gather_padded(x, src, num_out, kmax))  # (E_out, d_interm, d_in)
+    return contracted.reshape(num_out, contracted.shape[1] * contracted.shape[2]) @ weight.T
+
+
 def interaction_bilinear(rad_W1, sph, x, gather_idx, out_idx, out_inner, weight,
                          agg2_outer=None, agg2_inner=None, agg2_size=None, backend: str = "auto"):
     """Dispatcher. ``auto``: the fused Triton kernel on CUDA tensors (the reference with a
