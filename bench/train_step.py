@@ -4,7 +4,8 @@ gradient clipping, AdamW, EMA).
 
 Timed in the same run (medians over repeats, after warm-up):
   ours   the loop as ``fastcsi pretrain`` runs it (graph backend "auto": the compiled radius graph)
-  plain  the same step with every op on its plain torch reference path (graph backend "ref")
+  plain  the same step with every op on its plain torch reference path (graph backend "ref",
+         interaction backend "ref", the model's fused paths off: ``unfused()``)
 Named baseline (the anchor): JMP's own code, one step of the same problem measured on this machine
 with 2 threads: 2.74 s per step (11.7 structures/s, 105 atoms/s). It cannot be re-run here (JMP
 is not installed and needs torch_geometric / torch_scatter), so the anchor is a recorded
@@ -56,6 +57,12 @@ def make_trainer(structures, graph_backend: str, device: str, config: str, rundi
     torch.manual_seed(0)
     gemnet = build_model(config, direct_forces=True, cutoff=12.0)
     gemnet.graph_backend = graph_backend
+    if graph_backend == "ref":  # the plain control: reference interaction op too
+        from fastcsi.model.gemnet_oc.blocks import EfficientInteractionBilinear
+
+        for module in gemnet.modules():
+            if isinstance(module, EfficientInteractionBilinear):
+                module.backend = "ref"
     model = NormalizedModel(gemnet, Normalizer.fit(structures))
     cfg = TrainConfig(epochs=1000, batch_size=len(structures), amp=False)
     return Trainer(model, cfg, structures, [], ("energy", "forces"), rundir, device=device, progress=False,
@@ -106,14 +113,18 @@ def run(quick: bool = True, device: str = "cpu", threads: int | None = 2, config
     with tempfile.TemporaryDirectory() as tmp:
         ours = make_trainer(structures, "auto", device, config, tmp)
         plain = make_trainer(structures, "ref", device, config, tmp)
+        from fastcsi.model.gemnet_oc.layers import unfused
+
         loss_a, grads_a = loss_and_grads(ours)
-        loss_b, grads_b = loss_and_grads(plain)
+        with unfused():
+            loss_b, grads_b = loss_and_grads(plain)
         worst = max(float(((grads_a[k] - grads_b[k]).abs() / (grads_b[k].abs().max() + 1e-12)).max())
                     for k in grads_a)
         if abs(loss_a - loss_b) > 1e-4 * max(abs(loss_b), 1.0) or worst > 1e-3 or set(grads_a) != set(grads_b):
             raise SystemExit(f"correctness check failed: loss {loss_a} vs {loss_b}, worst relative grad diff {worst}")
         t_ours, cpu_ours = median_step(ours, repeats, device)
-        t_plain, cpu_plain = median_step(plain, repeats, device)
+        with unfused():
+            t_plain, cpu_plain = median_step(plain, repeats, device)
     atoms = sum(s.n_atoms for s in structures)
     rows = {
         "ours": {"seconds_per_step": t_ours, "cpu_seconds_per_step": cpu_ours,
