@@ -204,13 +204,15 @@ def our_batch(structures):
 class Ours:
     def __init__(self, state_path: str | None):
         from fastcsi.model import build_model, load_backbone
+        from fastcsi.train.loop import make_adamw
 
         if state_path is not None:
             self.model = load_backbone(state_path, base="gemnet-oc-s", cutoff=CUTOFF).float()
         else:
             torch.manual_seed(0)
             self.model = build_model("gemnet-oc-s", cutoff=CUTOFF).float()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1)
+        # Our training loop's optimizer (fused AdamW where torch has it): the step users get.
+        self.optimizer = make_adamw(self.model.parameters(), lr=1e-5, betas=(0.9, 0.95), weight_decay=0.1)
 
     def features(self, batch):
         from fastcsi.model import extract_features
