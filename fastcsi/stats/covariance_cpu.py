@@ -44,24 +44,13 @@ DEFAULT_BLOCK_ROWS = 8192  # BLAS methods: one float64 buffer of this many rows
 NATIVE_BLOCK_ROWS = 1024
 
 
-def _block_as_numpy(block):
-    """A numpy view of a CPU block; bf16/f16 torch blocks become float32 (numpy has no bf16)."""
-    if hasattr(block, "detach"):
-        import torch
-
-        block = block.detach()
-        if block.dtype not in (torch.float32, torch.float64):
-            block = block.to(torch.float32)
-        return block.contiguous().numpy()
-    return np.ascontiguousarray(block)
-
-
 def native_available() -> bool:
     return _native.has("covariance_moments")
 
 
-def _as_native_input(x) -> np.ndarray:
-    """A float32/float64 numpy view of x (strides kept; the kernel reads any strides)."""
+def _float_view(x) -> np.ndarray:
+    """A float32/float64 numpy view of a CPU array/tensor, strides kept (both paths read any
+    strides); bf16/f16 become float32 (exact; numpy has no bf16)."""
     if hasattr(x, "detach"):
         import torch
 
@@ -87,7 +76,7 @@ def chunk_moments_cpu(x, block_rows: int | None = None, method: str = "native", 
     if method == "native":
         if native_available():
             count, mean, scatter = _native.native.covariance_moments(
-                _as_native_input(x), block_rows=int(block_rows or NATIVE_BLOCK_ROWS), num_threads=int(num_threads)
+                _float_view(x), block_rows=int(block_rows or NATIVE_BLOCK_ROWS), num_threads=int(num_threads)
             )
             return int(count), mean, scatter
         warnings.warn(
@@ -106,7 +95,7 @@ def chunk_moments_cpu(x, block_rows: int | None = None, method: str = "native", 
     buffer = np.empty((min(block_rows, n), d))
     count = 0
     for start in range(0, n, block_rows):
-        block = _block_as_numpy(x[start : start + block_rows])
+        block = _float_view(x[start : start + block_rows])
         rows = block.shape[0]
         block_mean = block.sum(axis=0, dtype=np.float64) / rows
         centred = buffer[:rows]

@@ -45,10 +45,15 @@ def group_patterns(num_blocks: int) -> dict:
     return patterns
 
 
+def is_off(spec) -> bool:
+    """No layer-wise scaling. ("auto" is resolved by fine-tuning: jmp on a pretrained backbone;
+    anywhere else it means none.)"""
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none", "off", "auto"))
+
+
 def parse_spec(spec, num_blocks: int) -> dict:
     """``jmp`` | ``none`` | ``name=scale,...`` | a dict -> {group name: scale}."""
-    # "auto" is resolved by fine-tuning (jmp on a pretrained backbone); anywhere else it means none.
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "none", "off", "auto")):
+    if is_off(spec):
         return {}
     if isinstance(spec, dict):
         scales = {str(k): float(v) for k, v in spec.items()}
@@ -57,13 +62,14 @@ def parse_spec(spec, num_blocks: int) -> dict:
     else:
         scales = {}
         for item in spec.split(","):
-            name, sep, value = item.partition("=")
+            name, _, value = (part.strip() for part in item.partition("="))
             try:
-                scales[name.strip()] = float(value)
+                scale = float(value)
             except ValueError:
-                sep = ""
-            if not sep or not name.strip():
+                scale = None
+            if not name or scale is None:
                 raise FastCSIError(f"layer learning-rate spec {spec!r}: expected jmp, none or NAME=SCALE,...")
+            scales[name] = scale
     known = group_patterns(num_blocks)
     for name, scale in scales.items():
         if name not in known:

@@ -117,7 +117,7 @@ class Trainer:
         cfg = self.config
         scales = {}
         backbone = getattr(self.model, "backbone", None)
-        if str(cfg.layer_lr).strip().lower() not in ("", "none", "off", "auto"):
+        if not layer_lr.is_off(cfg.layer_lr):
             if "num_blocks" not in getattr(backbone, "hparams", {}):
                 raise FastCSIError("layer-wise learning rates (--layer-lr) need a GemNet-OC backbone")
             spec = layer_lr.parse_spec(cfg.layer_lr, int(backbone.hparams["num_blocks"]))
