@@ -26,6 +26,8 @@ Both give bit-for-bit the outputs of ``gemnet_indices_ref`` (tests/graph/test_ge
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 __all__ = [
@@ -237,16 +239,12 @@ def _np(tensor: torch.Tensor):
     return tensor.detach().contiguous().numpy()
 
 
-_KERNELS = []
-
-
+@functools.cache
 def _kernels():
     """The compiled walks (a namespace), or None without numba. Imported lazily: numba adds ~0.5 s
     to the first import, and CUDA-only users never need it."""
-    if not _KERNELS:
-        try:
-            from fastcsi.graph import _gemnet_walks as walks
-        except ImportError:  # pragma: no cover - numba missing: the torch formulation runs
-            walks = None
-        _KERNELS.append(walks)
-    return _KERNELS[0]
+    try:
+        from fastcsi.graph import _gemnet_walks as walks
+    except ImportError:  # pragma: no cover - numba missing: the torch formulation runs
+        return None
+    return walks
