@@ -107,7 +107,7 @@ class Dense(nn.Module):
         y = self.linear(x)
         if isinstance(self.activation, ScaledSiLU) and not torch.is_grad_enabled():
             # inference: activate the fresh GEMM output in place (one 512-wide edge tensor less)
-            y = torch.nn.functional.silu(y, inplace=True).mul_(1.0 / 0.6)
+            y = torch.nn.functional.silu(y, inplace=True).mul_(SILU_SCALE)
         else:
             y = self.activation(y)
         return self.dropout(y)
@@ -164,7 +164,7 @@ class ResidualLayer(nn.Module):
                 y = dense.forward_unscaled(y, None if i == 0 else SILU_SCALE)
             return y.add_(x, alpha=0.6).mul_(SILU_SCALE * INV_SQRT_2)
         # the MLP output is a fresh tensor that no backward needs: sum and scale it in place
-        return self.dense_mlp(x).add_(x).mul_(1.0 / math.sqrt(2.0))
+        return self.dense_mlp(x).add_(x).mul_(INV_SQRT_2)
 
 
 class ScaleFactor(nn.Module):
