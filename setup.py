@@ -15,6 +15,9 @@ compile_args = ["-O3", "-std=c++17"]
 link_args = []
 if sys.platform.startswith("linux"):
     link_args += ["-pthread"]
+    # the SiLU kernel runs on the process's OpenMP pool (libgomp.so.1, the one torch loads)
+    compile_args += ["-fopenmp"]
+    link_args += ["-fopenmp"]
 if os.environ.get("FASTCSI_NATIVE_ARCH", "0") == "1":
     compile_args += ["-march=native"]
 

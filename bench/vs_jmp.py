@@ -236,8 +236,12 @@ def timed(fn) -> dict:
 
 
 def run(quick: bool = False, device: str = "cpu", threads: int = 2, repeats: int | None = None,
-        cases: tuple[str, ...] = ("ethanol32", "cu_slab8"), ops: tuple[str, ...] = ("extract", "train")) -> dict:
-    from fastcsi.utils import versions
+        cases: tuple[str, ...] = ("ethanol32", "cu_slab8"), ops: tuple[str, ...] = ("extract", "train"),
+        malloc_tuning: bool = True) -> dict:
+    from fastcsi.utils import tune_allocator, versions
+
+    # ours as the CLI runs it (fastcsi.utils.tune_allocator); JMP's worker is a separate process
+    tuned = tune_allocator() if malloc_tuning else False
 
     if device != "cpu":
         raise SystemExit("vs_jmp compares CPU code paths; use --device cpu")
@@ -296,13 +300,14 @@ def run(quick: bool = False, device: str = "cpu", threads: int = 2, repeats: int
                 jmp.close()
     return {"benchmark": "vs_jmp", "model": "gemnet-oc-s float32 direct forces, 12 A", "threads": threads,
             "repeats": repeats, "quick": quick, "loadavg_1min_start": load, "loadavg_1min_end": os.getloadavg()[0],
-            "ncpu": os.cpu_count(), "jmp_available": bool(have_jmp), "note": note, "checks": checks,
+            "ncpu": os.cpu_count(), "malloc_tuning": tuned, "jmp_available": bool(have_jmp), "note": note, "checks": checks,
             "rows": rows, "versions": versions()}
 
 
 def print_table(result: dict) -> None:
     print(f"GemNet-OC-S vs JMP, {result['threads']} threads, medians of {result['repeats']} alternating runs, "
-          f"load avg {result['loadavg_1min_start']:.1f} -> {result['loadavg_1min_end']:.1f} on {result['ncpu']} cpus")
+          f"load avg {result['loadavg_1min_start']:.1f} -> {result['loadavg_1min_end']:.1f} on {result['ncpu']} cpus, "
+          f"our allocator tuning {'on' if result['malloc_tuning'] else 'off'}")
     if result["note"]:
         print("note:", result["note"])
     for k, v in result["checks"].items():
@@ -326,6 +331,8 @@ def main(argv=None):
     parser.add_argument("--cases", default="ethanol32,cu_slab8")
     parser.add_argument("--ops", default="extract,train")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="leave glibc malloc as it is in our process (the CLI tunes it: fastcsi.utils.tune_allocator)")
     parser.add_argument("--jmp-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--jmp-src", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--state-out", help=argparse.SUPPRESS)
@@ -333,7 +340,7 @@ def main(argv=None):
     if args.jmp_worker:
         return _jmp_worker(args)
     result = run(args.quick, args.device, args.threads, args.repeats, tuple(args.cases.split(",")),
-                 tuple(args.ops.split(",")))
+                 tuple(args.ops.split(",")), malloc_tuning=not args.no_malloc_tuning)
     print_table(result)
     if args.out:
         from fastcsi.utils import atomic_write

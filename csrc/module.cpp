@@ -8,6 +8,7 @@ namespace fastcsi {
 // Declared here, defined in their own files (one op family per file).
 void register_neighbors(py::module_& m);
 void register_syrk(py::module_& m);
+void register_activation(py::module_& m);
 }  // namespace fastcsi
 
 PYBIND11_MODULE(_C, m) {
@@ -15,4 +16,5 @@ PYBIND11_MODULE(_C, m) {
     m.attr("abi_version") = 1;
     fastcsi::register_neighbors(m);
     fastcsi::register_syrk(m);
+    fastcsi::register_activation(m);
 }

@@ -109,7 +109,7 @@ class TripletInteraction(nn.Module):
             return _symmetric_up(self.up_projection_ca, self.up_projection_ac, x, id_swap, up_scale)
         if self.swap_output:
             x = x.index_select(0, id_swap)
-        return self.up_projection_ca.forward_unscaled(x, up_scale).mul_(SILU_SCALE)
+        return self.up_projection_ca.forward_unscaled(x, up_scale, SILU_SCALE)
 
 
 class QuadrupletInteraction(nn.Module):
@@ -158,7 +158,7 @@ class QuadrupletInteraction(nn.Module):
         up_scale = scale_value(self.scale_sbf_sum)
         if self.symmetric_mp:
             return _symmetric_up(self.up_projection_ca, self.up_projection_ac, x, id_swap, up_scale)
-        return self.up_projection_ca.forward_unscaled(x, up_scale).mul_(SILU_SCALE)
+        return self.up_projection_ca.forward_unscaled(x, up_scale, SILU_SCALE)
 
 
 class PairInteraction(nn.Module):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from fastcsi.errors import FastCSIError
+from fastcsi.model.gemnet_oc.activation import silu
 
 
 _SKIP_INIT = False
@@ -77,7 +78,7 @@ def he_orthogonal_init(tensor: torch.Tensor) -> torch.Tensor:
 
 class ScaledSiLU(nn.Module):
     def forward(self, x):
-        return torch.nn.functional.silu(x).mul_(1.0 / 0.6)  # in place: silu's backward needs only x
+        return silu(x, SILU_SCALE)
 
 
 def make_activation(name: str | None) -> nn.Module:
@@ -107,7 +108,7 @@ class Dense(nn.Module):
         y = self.linear(x)
         if isinstance(self.activation, ScaledSiLU) and not torch.is_grad_enabled():
             # inference: activate the fresh GEMM output in place (one 512-wide edge tensor less)
-            y = torch.nn.functional.silu(y, inplace=True).mul_(SILU_SCALE)
+            y = silu(y, SILU_SCALE, inplace=True)
         else:
             y = self.activation(y)
         return self.dropout(y)
@@ -116,12 +117,12 @@ class Dense(nn.Module):
     def scaled_silu(self) -> bool:
         return isinstance(self.activation, ScaledSiLU) and self.linear.bias is None
 
-    def forward_unscaled(self, x, weight_scale: float | torch.Tensor | None = None):
-        """Fused path of a scaled-SiLU layer: ``SiLU(x (s W)^T)`` (dropout applied), i.e. the
-        layer's output times 0.6 when ``s`` is None; the caller folds the 1/0.6 into whatever
-        linear map consumes it."""
+    def forward_unscaled(self, x, weight_scale: float | torch.Tensor | None = None, out_scale: float = 1.0):
+        """Fused path of a scaled-SiLU layer: ``out_scale SiLU(x (s W)^T)`` (dropout applied), i.e.
+        the layer's output times 0.6 when ``s`` is None and ``out_scale`` 1; the caller folds the
+        1/0.6 into whatever linear map consumes it (or passes it as ``out_scale``)."""
         weight = self.linear.weight if weight_scale is None else self.linear.weight * weight_scale
-        y = silu_fresh(torch.nn.functional.linear(x, weight))
+        y = silu_fresh(torch.nn.functional.linear(x, weight), out_scale)
         return self.dropout(y)
 
     def forward_linear(self, x, weight_scale: float | torch.Tensor | None = None):
@@ -133,9 +134,9 @@ class Dense(nn.Module):
         return self.dropout(torch.nn.functional.linear(x, weight, bias))
 
 
-def silu_fresh(y: torch.Tensor) -> torch.Tensor:
-    """SiLU of a fresh temporary: in place when no gradient is recorded."""
-    return torch.nn.functional.silu(y, inplace=not torch.is_grad_enabled())
+def silu_fresh(y: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """``scale`` * SiLU of a fresh temporary: in place when no gradient is recorded."""
+    return silu(y, scale, inplace=not torch.is_grad_enabled())
 
 
 def scale_value(scale: "ScaleFactor | None"):
@@ -203,7 +204,7 @@ class EdgeEmbedding(nn.Module):
         y = torch.nn.functional.linear(m, w_edge, self.dense.linear.bias)
         y = y.add_(per_atom_source.index_select(0, edge_index[0])).add_(per_atom_target.index_select(0, edge_index[1]))
         if isinstance(self.dense.activation, ScaledSiLU):
-            y = silu_fresh(y).mul_(SILU_SCALE)
+            y = silu_fresh(y, SILU_SCALE)
         else:
             y = self.dense.activation(y)
         return self.dense.dropout(y)
