@@ -19,6 +19,10 @@ Kernels (inputs, work measure, baselines; each is one adapter below):
               Triton kernels). Check: final features through the energy head give the model energy
               (and fused == plain features on CUDA, 1e-4). Flops counted once by torch's
               FlopCounterMode (matmuls), no byte model.
+  activation  GemNet-OC's scaled SiLU, 1/0.6 x SiLU(x), forward out of place (training) on float32
+              (rows, 512) edge tensors (atoms x 256 in quick mode); ours (native, csrc/activation.cpp)
+              vs torch.nn.functional.silu. Check: max error vs float64 relative to max |y| (1e-6).
+              Work model: n elements read + written (8 n bytes), no flops.
   train       one AdamW step of fastcsi's training loop (bench/train_step.py), graph backend auto vs
               "ref" (plain path); JMP's recorded 2.74 s/step (32 ethanol, GemNet-OC-S, 2 threads) is
               the anchor row. Check: loss and gradients of both paths agree (1e-3 relative).
@@ -46,7 +50,7 @@ import numpy as np
 from fastcsi._bench._suite_common import (finish_rows, machine_info, measure, measure_peaks, package_versions,
                                           write_report)
 
-KERNELS = ("neighbors", "covariance", "frechet", "gemnet", "train")
+KERNELS = ("neighbors", "covariance", "frechet", "activation", "gemnet", "train")
 
 
 @dataclass
@@ -232,6 +236,32 @@ def frechet_cases(quick: bool, device: str, sizes=None):
                    repeats=3 if quick else 5)
 
 
+# ------------------------------------------------------------------------------------ activation
+def activation_cases(quick: bool, device: str, sizes=None):
+    import torch
+
+    from fastcsi import _native
+    from fastcsi.model.gemnet_oc.activation import silu
+
+    scale = 1.0 / 0.6
+    width = 256 if quick else 512
+    for rows in sizes or ((288, 2304) if quick else (2304, 18432)):
+        x = torch.randn((rows, width), generator=torch.Generator().manual_seed(rows)) * 3
+        exact = scale * x.double() * torch.sigmoid(x.double())
+
+        def err(y, exact=exact):
+            return float((y.double() - exact).abs().max() / exact.abs().max())
+
+        work = dict(bytes=8.0 * x.numel(), dtype="float32")
+        skip = None if _native.has("silu_forward") else f"native extension not built: {_native.NATIVE_ERROR}"
+        methods = [Method("fastcsi silu (native)", "ours", lambda x=x: silu(x, scale, backend="cpu"), err, 1e-6,
+                          skip=skip, **work),
+                   Method("torch silu", "baseline", lambda x=x: torch.nn.functional.silu(x).mul_(scale), err, 1e-6,
+                          **work)]
+        yield Case("activation", f"scaled SiLU of rows x {width} float32", rows, "rows", x.numel(), "elements",
+                   methods, repeats=5 if quick else 20)
+
+
 # ---------------------------------------------------------------------------------------- gemnet
 def _counting_flops(fn):
     """``fn()`` under torch's FlopCounterMode (matmul-class ops): (output, flops or None)."""
@@ -348,9 +378,10 @@ def train_cases(quick: bool, device: str, sizes=None):
 
 
 ADAPTERS = {"neighbors": neighbors_cases, "covariance": covariance_cases, "frechet": frechet_cases,
-            "gemnet": gemnet_cases, "train": train_cases}
+            "activation": activation_cases, "gemnet": gemnet_cases, "train": train_cases}
 TITLES = {"neighbors": "radius graph vs vesin / matscipy / ase", "covariance": "covariance of N x 256 features",
-          "frechet": "Fréchet distance vs scipy sqrtm", "gemnet": "GemNet-OC feature extraction",
+          "frechet": "Fréchet distance vs scipy sqrtm", "activation": "scaled SiLU vs torch",
+          "gemnet": "GemNet-OC feature extraction",
           "train": "GemNet-OC training step"}
 
 
