@@ -71,6 +71,11 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _allocator_tuned: bool | None = None
 
 
+def allocator_tuned() -> bool:
+    """Whether ``tune_allocator`` put its settings in force in this process."""
+    return bool(_allocator_tuned)
+
+
 def tune_allocator(mmap_threshold: int = 1 << 30, trim_threshold: int = 1 << 30, top_pad: int = 64 << 20) -> bool:
     """Keep freed memory for reuse instead of handing it back to the OS (glibc only; the CLI calls it).
 

@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-from fastcsi.utils import atomic_write, versions
+from fastcsi.utils import allocator_tuned, atomic_write, versions
 
 
 def _peak_host_rss_mib() -> float:
@@ -85,7 +85,8 @@ class Profiler:
                 "share_of_wall": entry["total_s"] / wall if wall > 0 else 0.0,
             }
         throughput = {f"{k}_per_s": (v / wall if wall > 0 else 0.0) for k, v in self.counters.items()}
-        memory = {"peak_host_rss_mib": _peak_host_rss_mib()}
+        # with the CLI's malloc tuning, freed memory stays in the process: RSS is a high-water mark
+        memory = {"peak_host_rss_mib": _peak_host_rss_mib(), "malloc_tuning": "on" if allocator_tuned() else "off"}
         if self.device.startswith("cuda"):
             import torch
 
