@@ -18,6 +18,8 @@
 // Complexity: O(n), one read of x (and of g) and one write; no extra memory.
 // Accuracy (tests/model/test_activation.py, against float64): relative error <= 4 float32 ulps where
 // |y| is not tiny. NaN propagates, +inf -> +inf, -inf -> NaN, as torch.
+#include "cpu_features.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -115,12 +117,6 @@ __attribute__((target("avx2,fma"))) void backward_avx2(const float* g, const flo
     backward_portable(g + i, x + i, out + i, n - i, scale);
 }
 
-bool cpu_has_avx2_fma() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-#else
-bool cpu_has_avx2_fma() { return false; }
 #endif
 
 bool use_avx2(const std::string& kernel) {

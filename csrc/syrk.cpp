@@ -35,6 +35,8 @@
 // of that dsyrk (one Zen 3 core here: ~39 GFLOP/s counting the tile flops, packing included) and
 // fuses the upcast and centring into the packing, so the copy and its extra passes over memory are
 // never paid.
+#include "cpu_features.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -311,12 +313,6 @@ __attribute__((target("avx2,fma"))) void micro_avx2(int64_t depth, const double*
         }
 }
 
-bool cpu_has_avx2_fma() {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
-#else
-bool cpu_has_avx2_fma() { return false; }
 #endif
 
 Kernels portable_kernels() {
