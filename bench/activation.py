@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stats_common import print_table, save_json  # noqa: E402
 
 from fastcsi import _native  # noqa: E402
-from fastcsi.model.gemnet_oc.activation import silu  # noqa: E402
+from fastcsi.model.gemnet_oc.activation import silu, silu_backward_native  # noqa: E402
 from fastcsi.utils import versions  # noqa: E402
 
 SCALE = 1.0 / 0.6
@@ -66,7 +66,7 @@ def run(quick: bool = False, threads: int | None = None) -> dict:
             "inplace": (lambda: torch.nn.functional.silu(work, inplace=True).mul_(SCALE),
                         lambda: silu(work, SCALE, inplace=True, backend="cpu")),
             "backward": (lambda: torch.ops.aten.silu_backward(g, x).mul_(SCALE),
-                         lambda: _backward_native(g, x)),
+                         lambda: silu_backward_native(g, x, SCALE)),
         }
         for op, (baseline, ours) in pairs.items():
             for fn in (baseline, ours):  # warm-up
@@ -85,12 +85,6 @@ def run(quick: bool = False, threads: int | None = None) -> dict:
     return {"bench": "activation", "quick": quick, "threads": torch.get_num_threads(),
             "isa": _native.native.silu_kernel_isa(), "rounds": rounds, "checks": checks, "rows": rows,
             "versions": versions()}
-
-
-def _backward_native(g, x):
-    out = torch.empty_like(x)
-    _native.native.silu_backward(g.numpy(), x.numpy(), out.numpy(), SCALE, torch.get_num_threads())
-    return out
 
 
 def main(argv=None):

@@ -16,7 +16,9 @@ seeded weights and random non-zero scale factors, and ours loads that very state
 (float32 tolerance) before anything is timed. Without the JMP environment (CI) the JMP column is
 skipped with a note and ours is still timed.
 
-    python bench/vs_jmp.py [--quick] [--threads 2] [--repeats 3] [--cases ethanol32,cu_slab8] [--out x.json]
+Ours runs as the CLI runs it, with fastcsi.utils.tune_allocator() (--no-malloc-tuning: plain glibc).
+
+    python bench/vs_jmp.py [--quick] [--threads 2] [--repeats 3] [--cases ethanol32,cu_slab8] [--no-malloc-tuning] [--out x.json]
 """
 from __future__ import annotations
 

@@ -11,18 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from fastcsi.graph.gemnet_indices import _has_images, inner_index, ragged_range
+from fastcsi.graph.gemnet_indices import _csr_by_target, _has_images, inner_index, ragged_range
 
 __all__ = ["triplets_ref", "mixed_triplets_ref", "quadruplets_ref"]
-
-
-def _csr_by_target(targets: torch.Tensor, sources: torch.Tensor, num_atoms: int):
-    """Edge ids sorted by (target, source) (stable) and the row pointer over target atoms."""
-    key = targets.long() * max(num_atoms, 1) + sources.long()
-    order = torch.sort(key, stable=True).indices
-    counts = torch.bincount(targets, minlength=num_atoms)
-    rowptr = torch.cumsum(counts, 0) - counts
-    return order, rowptr, counts
 
 
 def _select_rows(order, rowptr, counts, rows: torch.Tensor):
@@ -67,12 +58,7 @@ def mixed_triplets_ref(graph_in: dict, graph_out: dict, num_atoms: int, to_outed
 
 
 def quadruplets_ref(main_graph: dict, qint_graph: dict, num_atoms: int) -> dict:
-    """Quadruplets d->b->a<-c: main edge c->a, quadruplet-graph edge b->a, main edge d->b, with
-    c != d unless they are different images.
-
-    Returns ``triplet_in`` {in: d->b, out: b->a}, ``triplet_out`` {in: b->a, out: c->a},
-    ``out`` (Q,) (c->a, sorted), ``trip_in_to_quad``, ``trip_out_to_quad`` and ``out_agg`` (Q,).
-    """
+    """Torch formulation of ``gemnet_indices.quadruplets`` (same arguments and outputs)."""
     idx_s = main_graph["edge_index"][0]
     num_qint = qint_graph["edge_index"].shape[1]
     trip_in = mixed_triplets_ref(main_graph, qint_graph, num_atoms, to_outedge=True)

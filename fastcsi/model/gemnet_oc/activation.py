@@ -46,10 +46,15 @@ class _NativeSiLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        grad = grad.contiguous()
-        out = torch.empty_like(x)
-        _native.native.silu_backward(grad.numpy(), x.detach().numpy(), out.numpy(), ctx.scale, torch.get_num_threads())
-        return out, None
+        return silu_backward_native(grad, x, ctx.scale), None
+
+
+def silu_backward_native(grad: torch.Tensor, x: torch.Tensor, scale: float) -> torch.Tensor:
+    """d(scale SiLU(x))/dx times ``grad`` by the native kernel (float32 CPU; x contiguous)."""
+    out = torch.empty_like(x)
+    _native.native.silu_backward(grad.detach().contiguous().numpy(), x.detach().numpy(), out.numpy(), float(scale),
+                                 torch.get_num_threads())
+    return out
 
 
 def _silu_native(x: torch.Tensor, scale: float, inplace: bool) -> torch.Tensor:
