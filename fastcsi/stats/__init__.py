@@ -4,16 +4,32 @@ from fastcsi.stats.covariance import chunk_moments, merge_moments
 from fastcsi.stats.csi import CSIResult, csi
 from fastcsi.stats.feature_stats import FeatureStats, check_comparable, load_stats
 from fastcsi.stats.frechet import frechet_distance, frechet_terms, trace_sqrt_product
+from fastcsi.stats.mixture import (
+    MixtureMoments,
+    MixtureResult,
+    cluster_components,
+    merge_components,
+    mixture_csi,
+    mixture_stats,
+    optimize_mixture,
+)
 
 __all__ = [
     "CSIResult",
     "FeatureStats",
+    "MixtureMoments",
+    "MixtureResult",
     "check_comparable",
     "chunk_moments",
+    "cluster_components",
     "csi",
     "frechet_distance",
     "frechet_terms",
     "load_stats",
+    "merge_components",
     "merge_moments",
+    "mixture_csi",
+    "mixture_stats",
+    "optimize_mixture",
     "trace_sqrt_product",
 ]
