@@ -235,44 +235,8 @@ def test_cells_random_skewed_partly_periodic_batches():
         _assert_equal_to_reference(graph, batch)
 
 
-COMPILE_FOR_SM90 = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from fastcsi.graph import radius_triton as pairs
-from fastcsi.graph import radius_triton_cells as cells
-I64, F64, C = "*i64", "*fp64", "constexpr"
-target, options = GPUTarget("cuda", 90, 32), {"enable_fp_fusion": False}
-cell_types = dict(zip(cells._cell_pairs_kernel.arg_names, [
-    F64, I64, I64, I64, "*i32", "*i32", I64, I64, I64, F64, "*i32", I64, "*i32", "*i32", "*i32", F64, "i32", "i32", C, C, C]))
-pair_types = dict(zip(pairs._pair_mask_kernel.arg_names, [
-    F64, I64, I64, I64, I64, I64, I64, I64, I64, F64, "*i8", F64, C, C]))
-for write in (False, True):
-    kernel = triton.compile(ASTSource(cells._cell_pairs_kernel, cell_types, {"WRITE": write, "BLOCK_I": 16,
-                            "BLOCK_J": 64}), target=target, options={**options, "num_warps": cells.NUM_WARPS})
-    assert "cubin" in kernel.asm
-kernel = triton.compile(ASTSource(pairs._pair_mask_kernel, pair_types, {"BLOCK_I": pairs.BLOCK_I,
-                        "BLOCK_J": pairs.BLOCK_J}), target=target, options=options)
-assert "cubin" in kernel.asm
-print("compiled")
-"""
-
-
-def test_kernels_compile_for_an_sm90_gpu():
-    """The interpreter runs the kernels as numpy and forgives what the GPU compiler does not (types of
-    loop-carried values, int64 scans...): compile both radius kernels to an sm_90 cubin (no GPU needed:
-    Triton ships LLVM and ptxas), in a fresh process without TRITON_INTERPRET."""
-    import os
-    import subprocess
-    import sys
-
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_DEFAULT_FP_FUSION"] = "0"
-    done = subprocess.run([sys.executable, "-c", COMPILE_FOR_SM90], env=env, capture_output=True, text=True,
-                          timeout=300)
-    if done.returncode and "ptxas" in done.stderr and "not found" in done.stderr.lower():
-        pytest.skip("Triton's bundled ptxas is missing here")
-    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+# The sm_90 compile check of these kernels (and of every other Triton kernel of the package) is in
+# tests/test_triton_compile.py.
 
 
 def test_cells_with_the_gpu_tile_shapes(monkeypatch):
