@@ -1,4 +1,5 @@
-"""Small helpers every stage may use: atomic writes and run metadata. Imports nothing of fastcsi."""
+"""Small helpers every stage may use: atomic writes, safe torch loading and run metadata. Imports
+nothing of fastcsi but its error type."""
 from __future__ import annotations
 
 import contextlib
@@ -59,11 +60,42 @@ def versions() -> dict:
     try:
         import torch
 
-        out["torch"] = torch.__version__
-        out["cuda"] = torch.version.cuda
+        # plain str: torch.__version__ is a TorchVersion, which weights_only loading rejects
+        out["torch"] = str(torch.__version__)
+        out["cuda"] = None if torch.version.cuda is None else str(torch.version.cuda)
     except ImportError:  # pragma: no cover - torch is a dependency
         pass
     return out
+
+
+def load_torch_file(path, what: str = "checkpoint"):
+    """``torch.load(path, weights_only=True)`` on CPU, with every failure as one
+    :class:`~fastcsi.errors.FastCSIError` line: a file that holds anything but tensors and plain
+    containers is refused before any of its code can run (torch's own advice to retry with
+    ``weights_only=False`` is the opposite of what a user should do, so it is not quoted)."""
+    import pickle
+    import warnings
+
+    import torch
+
+    from fastcsi.errors import FastCSIError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FastCSIError(f"{path}: {what} not found" if not path.exists() else f"{path}: {what} is not a file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's UserWarnings would print before our one line
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise FastCSIError(f"{path}: {what} holds objects other than tensors and plain containers; "
+                           "fastcsi will not unpickle them") from None
+    except PermissionError:
+        raise FastCSIError(f"{path}: {what} is not readable (permission denied)") from None
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or corrupt files are the user's input
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+        raise FastCSIError(f"{path}: not a readable {what} (truncated or not a torch file; {detail})") from None
 
 
 # glibc mallopt parameters (malloc.h)

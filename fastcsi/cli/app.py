@@ -1,12 +1,13 @@
 """Root click group. Each command lives in its own module and is registered in ``_register``."""
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
 
 from fastcsi import __version__
-from fastcsi.errors import FastCSIError
+from fastcsi.errors import FastCSIError, Interrupted
 
 
 class UserError(click.ClickException):
@@ -32,6 +33,13 @@ class FastCSIGroup(click.Group):
             return super().invoke(ctx)
         except FastCSIError as exc:
             raise UserError(str(exc)) from None
+        except OSError as exc:
+            # an output that cannot be written (no permission, disk full, file size limit) or an
+            # input that vanished: the user's environment, told in one line
+            if exc.filename is None and exc.errno is None:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise UserError(f"{where}{exc.strerror or exc}") from None
         except OneLineUsageError:
             raise
         except click.UsageError as exc:
@@ -43,8 +51,12 @@ class FastCSIGroup(click.Group):
 def cli():
     """fastcsi: pick pretraining data by Chemical Similarity Index, then pretrain and fine-tune
     GemNet-OC."""
+    import warnings
+
     from fastcsi.utils import tune_allocator
 
+    # a warning meant for the user is one line, like an error: no source line, no module path
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"fastcsi: warning: {message}\n"
     tune_allocator()  # page faults of fresh activations cost 5-7% of a step (FASTCSI_MALLOC_TUNING=0: off)
 
 
@@ -79,9 +91,19 @@ def _register():
 _register()
 
 
+def _raise_interrupted(signum, frame):
+    raise Interrupted()
+
+
 def main(argv=None):
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:  # leave a handler the embedding program set alone
+        signal.signal(signal.SIGINT, _raise_interrupted)
     try:
         cli.main(args=argv, prog_name="fastcsi")
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):
         click.echo("fastcsi: interrupted", err=True)
         sys.exit(130)
+    finally:
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, previous)

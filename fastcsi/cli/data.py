@@ -13,20 +13,23 @@ _FORCES = click.option("--forces-key", default=None, help="Forces label key.")
 _LEVEL = click.option("--level", default=None, help="Level of theory (ANI-1x, Transition-1x).")
 _SPLIT = click.option("--split", default=None, help="Transition-1x split: data|train|val|test.")
 _EUNIT = click.option("--energy-unit", default=None, help="Energy unit of ASE/npz files not in eV (e.g. kcal/mol).")
+_SKIP = click.option("--skip-unreadable", is_flag=True,
+                     help="HDF5: read a damaged file without the groups that cannot be read (warns, lists them).")
 
 
 def _reader_options(command):
     """The options every command that opens a dataset takes (passed on to ``_open``)."""
-    for option in reversed((_FORMAT, _ENERGY, _FORCES, _LEVEL, _SPLIT, _EUNIT)):
+    for option in reversed((_FORMAT, _ENERGY, _FORCES, _LEVEL, _SPLIT, _EUNIT, _SKIP)):
         command = option(command)
     return command
 
 
-def _open(path, fmt, energy_key=None, forces_key=None, level=None, split=None, energy_unit=None):
+def _open(path, fmt, energy_key=None, forces_key=None, level=None, split=None, energy_unit=None,
+          skip_unreadable=False):
     from fastcsi.data import open_dataset
 
     return open_dataset(path, format=fmt, energy_key=energy_key, forces_key=forces_key, level=level, split=split,
-                        energy_unit=energy_unit)
+                        energy_unit=energy_unit, skip_unreadable=skip_unreadable)
 
 
 def _progress(iterable, total, label):
@@ -74,6 +77,7 @@ def summarize(ds, progress: bool = True) -> dict:
         "n_classes": int(len(set(ds.class_keys().tolist()))),
         "units_note": ds.units_note,
         "fingerprint": ds.fingerprint,
+        "skipped_unreadable": list(ds.skipped),
     }
 
 
@@ -86,9 +90,9 @@ def data():
 @click.argument("path", type=click.Path(path_type=Path))
 @_reader_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(path, fmt, energy_key, forces_key, level, split, energy_unit, as_json):
+def info(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable, as_json):
     """Count structures, atoms, elements and classes; say which labels are present."""
-    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit) as ds:
+    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
         summary = summarize(ds)
     if as_json:
         click.echo(json.dumps(summary))
@@ -108,6 +112,9 @@ def info(path, fmt, energy_key, forces_key, level, split, energy_unit, as_json):
     click.echo(f"  cell         {yes[summary['has_cell']]}  periodic {yes[summary['periodic']]}")
     click.echo(f"  classes      {summary['n_classes']}")
     click.echo(f"  units        {summary['units_note']}")
+    if summary["skipped_unreadable"]:
+        click.echo(f"  skipped      {len(summary['skipped_unreadable'])} unreadable: "
+                   + ", ".join(summary["skipped_unreadable"]))
 
 
 def write_structures(structures, out: Path, meta: dict) -> int:
@@ -167,7 +174,7 @@ def _meta(ds, extra: dict) -> dict:
     from fastcsi.utils import versions
 
     meta = {"source": str(ds.path), "source_format": ds.format, "source_fingerprint": ds.fingerprint,
-            "units_note": ds.units_note}
+            "units_note": ds.units_note, "skipped_unreadable": list(ds.skipped)}
     meta.update(extra)
     meta["versions"] = versions()
     meta["fastcsi_version"] = meta["versions"]["fastcsi"]
@@ -178,9 +185,9 @@ def _meta(ds, extra: dict) -> dict:
 @click.argument("inp", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @_reader_options
-def convert(inp, out, fmt, energy_key, forces_key, level, split, energy_unit):
+def convert(inp, out, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable):
     """Convert IN to extxyz or an ASE db (chosen by OUT's extension), in Å/eV/eV/Å."""
-    with _open(inp, fmt, energy_key, forces_key, level, split, energy_unit) as ds:
+    with _open(inp, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
         count = write_structures(_progress(ds, len(ds), "convert"), out, _meta(ds, {}))
     click.echo(f"wrote {count} structures to {out}")
 
@@ -196,7 +203,7 @@ def convert(inp, out, fmt, energy_key, forces_key, level, split, energy_unit):
               help="Also write the chosen structures (.extxyz or .db).")
 @_reader_options
 def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces_key, level, split,
-           energy_unit):
+           energy_unit, skip_unreadable):
     """Choose N structures (seeded; class-balanced or random) and save their indices."""
     import numpy as np
 
@@ -204,7 +211,7 @@ def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces
     from fastcsi.errors import FastCSIError
     from fastcsi.utils import atomic_path, atomic_write
 
-    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit) as ds:
+    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
         indices = sample_indices(ds, n, strategy=strategy, seed=seed)
         meta = _meta(ds, {"n_requested": n, "n_selected": int(len(indices)), "strategy": strategy, "seed": seed,
                           "order": "ascending"})

@@ -42,6 +42,7 @@ def _settings(kw, samples, seeds, threads, **sampling):
         num_workers=kw["num_workers"],
         threads=threads,
         format=kw["data_format"],
+        data_options={"skip_unreadable": True} if kw.get("skip_unreadable") else {},
         **sampling,
     )
 
@@ -64,6 +65,8 @@ def _model_options(func):
                      help="CPU threads (torch intra-op; BLAS too when given). auto: 1 for a small backbone "
                      "(faster) and for the demo, else torch's default."),
         click.option("--format", "data_format", default=None, help="Force the input format (default: detected)."),
+        click.option("--skip-unreadable", is_flag=True,
+                     help="HDF5: read damaged files without the groups that cannot be read (warns, lists them)."),
         click.option("--per-element/--no-per-element", default=True, show_default=True,
                      help="Also accumulate per-element statistics for a per-element CSI breakdown."),
         click.option("--quiet", is_flag=True, help="No progress bars."),

@@ -42,6 +42,10 @@ def formula_of(numbers) -> str:
     return "".join(f"{s}{counts[s] if counts[s] > 1 else ''}" for s in order)
 
 
+class UnreadableSkipped(UserWarning):
+    """A reader asked to ``skip_unreadable`` left out parts of a damaged file (listed in ``skipped``)."""
+
+
 class Dataset(abc.ABC):
     """A random-access, lazily read collection of :class:`Structure` records.
 
@@ -52,6 +56,13 @@ class Dataset(abc.ABC):
 
     format = "unknown"
     units_note = ""
+    # keys of groups / entries a reader left out because the user asked it to skip unreadable ones
+    skipped: list
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self.skipped = []
+        return self
 
     def __init__(self, path, **options):
         self.path = Path(path)
@@ -182,6 +193,14 @@ class ConcatDataset(Dataset):
 
     def files(self):
         return [f for c in self.children for f in c.files()]
+
+    @property
+    def skipped(self):
+        return [f"{c.path.name}:{key}" for c in self.children for key in c.skipped]
+
+    @skipped.setter
+    def skipped(self, value):  # set empty by Dataset.__new__; the children hold the real lists
+        pass
 
     def _close_handles(self):
         for c in self.children:

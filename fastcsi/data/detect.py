@@ -18,7 +18,7 @@ from fastcsi.data.ase_readers import (
 )
 from fastcsi.data.base import ConcatDataset, Dataset
 from fastcsi.data.hdf5_readers import (
-    ANI1Dataset, ANI1xDataset, ANI2xDataset, SpiceDataset, Transition1xDataset, open_h5,
+    H5_ERRORS, ANI1Dataset, ANI1xDataset, ANI2xDataset, SpiceDataset, Transition1xDataset, first_line, open_h5,
 )
 from fastcsi.data.lmdb_reader import LMDB_MAGIC, LmdbDataset
 from fastcsi.data.npz_readers import RMD17Dataset, SGDMLDataset, npz_keys
@@ -59,6 +59,13 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def _hdf5_layout(path: Path) -> str:
+    try:
+        return _hdf5_layout_of(path)
+    except H5_ERRORS as exc:
+        raise FastCSIError(f"{path}: cannot read the HDF5 file's groups ({first_line(exc)}); the file is damaged") from None
+
+
+def _hdf5_layout_of(path: Path) -> str:
     with open_h5(path) as h5:
         keys = list(h5.keys())
         if keys and set(keys) <= set(Transition1xDataset.SPLITS):
@@ -161,7 +168,7 @@ def _sniff_file(path: Path) -> str:
         return "cif"
     if kind:
         return "ase"
-    raise FastCSIError(f"{path}: unknown or unsupported file format (pass format= one of {', '.join(FORMATS)})")
+    raise FastCSIError(f"{path}: unknown or unsupported file format (pass --format, or format= in the API, one of {', '.join(FORMATS)})")
 
 
 def _directory_members(path: Path):
@@ -188,7 +195,7 @@ def _sniff_directory(path: Path, kinds: dict | None = None) -> str:
         return next(iter(kinds))
     if not kinds:
         raise FastCSIError(f"{path}: directory holds no recognised structure files")
-    raise FastCSIError(f"{path}: directory mixes formats {sorted(kinds)}; open one file or pass format=")
+    raise FastCSIError(f"{path}: directory mixes formats {sorted(kinds)}; open one file or pass --format (format= in the API)")
 
 
 def detect_format(path) -> str:
@@ -232,10 +239,20 @@ def open_dataset(path, format: str | None = None, **options) -> Dataset:
 
     ``format`` overrides content sniffing (see ``FORMATS``). Options: ``energy_key``,
     ``forces_key``, ``energy_unit`` (ASE/npz formats), ``level`` (ANI-1x / Transition-1x level of
-    theory), ``split`` (Transition-1x: data|train|val|test). Options left at None are ignored.
+    theory), ``split`` (Transition-1x: data|train|val|test), ``skip_unreadable`` (HDF5 formats:
+    leave out groups of a damaged file that cannot be read, listing them in ``ds.skipped``, instead
+    of refusing the file). Options left at None are ignored.
     """
     path = Path(path)
-    options = {k: v for k, v in options.items() if v is not None}
+    options = {k: v for k, v in options.items() if v is not None and v is not False}
+    try:
+        return _open_dataset(path, format, options)
+    except OSError as exc:  # permissions, a vanished mount...: the user's environment, not a bug
+        where = exc.filename or path
+        raise FastCSIError(f"{where}: cannot read ({exc.strerror or type(exc).__name__})") from None
+
+
+def _open_dataset(path: Path, format, options: dict) -> Dataset:
     if not path.exists():
         raise FastCSIError(f"{path}: file not found")
     if not path.is_dir():

@@ -5,12 +5,24 @@ counts (dataset shapes, no data), then reads one row of one dataset per structur
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-from fastcsi.data.base import Dataset, chemical_symbols, formula_of
+from fastcsi.data.base import Dataset, UnreadableSkipped, chemical_symbols, formula_of
 from fastcsi.data.structure import Structure
 from fastcsi.data.units import BOHR_ANGSTROM, HARTREE_EV, energy_factor, force_factor, length_factor
 from fastcsi.errors import FastCSIError
+
+
+# What h5py raises on a damaged file (bad object header, symbol table node, local heap, B-tree...):
+# the error class depends on where in the HDF5 library the damage is met.
+H5_ERRORS = (KeyError, RuntimeError, OSError, ValueError, TypeError, IndexError)
+
+
+def first_line(exc) -> str:
+    text = str(exc).strip().strip("'\"")
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def open_h5(path):
@@ -20,8 +32,27 @@ def open_h5(path):
         return h5py.File(path, "r")
     except FileNotFoundError:
         raise FastCSIError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise FastCSIError(f"{path}: not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+    except H5_ERRORS as exc:
+        raise FastCSIError(f"{path}: not a readable HDF5 file ({first_line(exc)})") from None
+
+
+def damaged(path, where, exc) -> FastCSIError:
+    return FastCSIError(f"{path}: cannot read HDF5 group {where or '/'} ({first_line(exc)}); the file is damaged")
+
+
+def list_members(path, group, where):
+    """``(name, member)`` pairs of an HDF5 group, every failure as one :class:`FastCSIError` line."""
+    try:
+        names = list(group.keys())
+    except H5_ERRORS as exc:
+        raise damaged(path, where, exc) from None
+    out = []
+    for name in names:
+        try:
+            out.append((name, group[name]))
+        except H5_ERRORS as exc:
+            raise damaged(path, f"{where}/{name}", exc) from None
+    return out
 
 
 class _GroupedH5Dataset(Dataset):
@@ -31,18 +62,59 @@ class _GroupedH5Dataset(Dataset):
     ``_counts`` (rows per group), ``_natoms`` (atoms per group, or per row via override) and
     ``_group_class`` (class key per group) in ``_index``."""
 
-    def __init__(self, path, **options):
+    def __init__(self, path, skip_unreadable: bool = False, **options):
+        if skip_unreadable:
+            options["skip_unreadable"] = True  # part of the options, so of the fingerprint and cache keys
         super().__init__(path, **options)
+        self.skip_unreadable = bool(skip_unreadable)
         self._h5 = None
         try:
             self._index(self._file())
-        except KeyError as exc:
-            raise FastCSIError(f"{self.path}: expected key missing in the {self.format} layout ({exc})") from None
+        except FastCSIError:
+            raise
+        except H5_ERRORS as exc:
+            raise damaged(self.path, "", exc) from None
+        if self.skipped:
+            shown = ", ".join(self.skipped[:5]) + (", ..." if len(self.skipped) > 5 else "")
+            warnings.warn(f"{self.path}: skipped {len(self.skipped)} unreadable group(s) ({shown}); "
+                          "they are listed under 'skipped_unreadable' in the outputs", UnreadableSkipped,
+                          stacklevel=2)
         if not self._groups:
             raise FastCSIError(f"{self.path}: no structures found in the {self.format} layout")
         self._counts = np.asarray(self._counts, dtype=np.int64)
         self.forces_key = getattr(self, "forces_key", None)
         self._offsets = np.concatenate([[0], np.cumsum(self._counts)])
+
+    def _structure_groups(self, parent, where, required):
+        """``(name, group, shape of group[required])`` for each member of ``parent`` in the layout.
+
+        A member that cannot be read, or holds no ``required`` dataset, is an error: a damaged
+        file must not read as a shorter one. With ``skip_unreadable`` it is listed in
+        ``self.skipped`` instead (and a warning names the count)."""
+        import h5py
+
+        out = []
+        for name, member in list_members(self.path, parent, where):
+            key = f"{where}/{name}".lstrip("/")
+            try:
+                if not isinstance(member, h5py.Group) or required not in member.keys():
+                    problem = f"holds no {required!r} dataset"
+                else:
+                    out.append((name, member, tuple(member[required].shape)))
+                    continue
+            except H5_ERRORS as exc:
+                problem = f"cannot be read ({first_line(exc)})"
+            if not self.skip_unreadable:
+                raise FastCSIError(f"{self.path}: HDF5 group {key!r} {problem}: the file is damaged or not in the "
+                                   f"{self.format} layout (--skip-unreadable reads the rest and lists what it skipped)")
+            self.skipped.append(key)
+        return out
+
+    def _group(self, g):
+        try:
+            return self._file()[self._groups[g]]
+        except H5_ERRORS as exc:
+            raise damaged(self.path, self._groups[g], exc) from None
 
     def _file(self):
         self._check_process()
@@ -89,15 +161,22 @@ class _GroupedH5Dataset(Dataset):
             return np.asarray(group[key][start:stop])
         except KeyError:
             raise FastCSIError(f"{self.path}: {self._groups[g]}: dataset {key!r} missing") from None
-        except OSError as exc:
-            raise FastCSIError(f"{self.path}: {self._groups[g]}: cannot read {key!r} (corrupt file? {exc})") from None
+        except H5_ERRORS as exc:
+            raise FastCSIError(f"{self.path}: {self._groups[g]}: cannot read {key!r} ({first_line(exc)}); "
+                               "the file is damaged") from None
+
+    def _has(self, group, key, g) -> bool:
+        try:
+            return key in group.keys()  # ``key in group`` answers False on some damage instead of raising
+        except H5_ERRORS as exc:
+            raise damaged(self.path, self._groups[g], exc) from None
 
     def _labels(self, group, g, start, stop, efactor, ffactor):
         energies = forces = None
-        if self.energy_key in group:
+        if self._has(group, self.energy_key, g):
             energies = self._block(group, self.energy_key, start, stop, g).astype(np.float64).reshape(stop - start, -1)[:, 0]
             energies = np.where(np.isfinite(energies), energies * efactor, np.nan)
-        if self.forces_key is not None and self.forces_key in group:
+        if self.forces_key is not None and self._has(group, self.forces_key, g):
             forces = self._block(group, self.forces_key, start, stop, g).astype(np.float64) * ffactor
         return energies, forces
 
@@ -115,6 +194,13 @@ class _GroupedH5Dataset(Dataset):
 
     def _id_prefix(self, g):
         return self._groups[g]
+
+    def _shape(self, group, key, where):
+        try:
+            return tuple(group[key].shape)
+        except H5_ERRORS as exc:
+            raise FastCSIError(f"{self.path}: {where}: cannot read {key!r} ({first_line(exc)}); "
+                               "the file is damaged or not in the layout") from None
 
     def class_keys(self):
         return np.repeat(np.asarray(self._group_class, dtype=str), self._counts)
@@ -143,22 +229,19 @@ class ANI1xDataset(_GroupedH5Dataset):
     def _index(self, h5):
         self._groups, self._counts, self._natoms, self._group_class = [], [], [], []
         levels = set()
-        for name, group in h5.items():
-            if not hasattr(group, "keys") or "coordinates" not in group:
-                continue
+        for name, group, shape in self._structure_groups(h5, "", "coordinates"):
             levels.update(k[: -len(".energy")] for k in group.keys() if k.endswith(".energy"))
-            shape = group["coordinates"].shape
             self._groups.append(name)
             self._counts.append(shape[0])
             self._natoms.append(shape[1])
             self._group_class.append(name)
-        if levels and not any(self.energy_key in self._file()[g] for g in self._groups):
+        if levels and not any(self._has(self._group(g), self.energy_key, g) for g in range(len(self._groups))):
             raise FastCSIError(
                 f"{self.path}: energy key {self.energy_key!r} not found; levels present: {sorted(levels)}"
             )
 
     def _read_rows(self, g, start, stop):
-        group = self._file()[self._groups[g]]
+        group = self._group(g)
         numbers = self._block(group, "atomic_numbers", None, None, g)
         pos = self._block(group, "coordinates", start, stop, g)
         energies, forces = self._labels(group, g, start, stop, HARTREE_EV, HARTREE_EV)
@@ -180,10 +263,8 @@ class ANI2xDataset(_GroupedH5Dataset):
 
     def _index(self, h5):
         self._groups, self._counts, self._natoms, self._group_class = [], [], [], []
-        for name, group in h5.items():
-            if not hasattr(group, "keys") or "species" not in group:
-                continue
-            shape = group["coordinates"].shape
+        for name, group, _ in self._structure_groups(h5, "", "species"):
+            shape = self._shape(group, "coordinates", name)
             self._groups.append(name)
             self._counts.append(shape[0])
             self._natoms.append(shape[1])
@@ -192,14 +273,14 @@ class ANI2xDataset(_GroupedH5Dataset):
         # Species arrays are small integers: reading them is cheap next to coordinates.
         if self._class_cache is None:
             keys = []
-            for name in self._groups:
-                species = np.asarray(self._file()[name]["species"])
+            for g in range(len(self._groups)):
+                species = self._block(self._group(g), "species", None, None, g)
                 keys.extend(formula_of(row[row > 0]) for row in species)
             self._class_cache = np.asarray(keys, dtype=str)
         return self._class_cache
 
     def _read_rows(self, g, start, stop):
-        group = self._file()[self._groups[g]]
+        group = self._group(g)
         species = self._block(group, "species", start, stop, g)
         pos = self._block(group, "coordinates", start, stop, g)
         energies, forces = self._labels(group, g, start, stop, HARTREE_EV, HARTREE_EV)
@@ -230,14 +311,12 @@ class ANI1Dataset(_GroupedH5Dataset):
 
     def _index(self, h5):
         self._groups, self._counts, self._natoms, self._group_class = [], [], [], []
-        for top_name, top in h5.items():
+        for top_name, top in list_members(self.path, h5, ""):
             if not hasattr(top, "keys"):
                 continue
-            for name, group in top.items():
-                if not hasattr(group, "keys") or "species" not in group:
-                    continue
-                shape = group["coordinates"].shape
+            for name, group, _ in self._structure_groups(top, top_name, "species"):
                 path = f"{top_name}/{name}"
+                shape = self._shape(group, "coordinates", path)
                 self._groups.append(path)
                 self._counts.append(shape[0])
                 self._natoms.append(shape[1])
@@ -254,7 +333,7 @@ class ANI1Dataset(_GroupedH5Dataset):
         return self._numbers[g]
 
     def _read_rows(self, g, start, stop):
-        group = self._file()[self._groups[g]]
+        group = self._group(g)
         numbers = self._species_numbers(g, group)
         pos = self._block(group, "coordinates", start, stop, g)
         energies, _ = self._labels(group, g, start, stop, HARTREE_EV, 1.0)
@@ -284,18 +363,17 @@ class Transition1xDataset(_GroupedH5Dataset):
         if self.split not in h5:
             raise FastCSIError(f"{self.path}: split {self.split!r} not in file (has {sorted(h5.keys())})")
         self._groups, self._counts, self._natoms, self._group_class = [], [], [], []
-        for formula, fgroup in h5[self.split].items():
-            for rxn, group in fgroup.items():
-                if not hasattr(group, "keys") or "positions" not in group:
-                    continue
-                shape = group["positions"].shape
+        for formula, fgroup in list_members(self.path, h5[self.split], self.split):
+            if not hasattr(fgroup, "keys"):
+                continue
+            for rxn, group, shape in self._structure_groups(fgroup, f"{self.split}/{formula}", "positions"):
                 self._groups.append(f"{self.split}/{formula}/{rxn}")
                 self._counts.append(shape[0])
                 self._natoms.append(shape[1])
                 self._group_class.append(f"{formula}/{rxn}")
 
     def _read_rows(self, g, start, stop):
-        group = self._file()[self._groups[g]]
+        group = self._group(g)
         numbers = self._block(group, "atomic_numbers", None, None, g)
         pos = self._block(group, "positions", start, stop, g)
         energies, forces = self._labels(group, g, start, stop, 1.0, 1.0)
@@ -326,10 +404,7 @@ class SpiceDataset(_GroupedH5Dataset):
 
     def _index(self, h5):
         self._groups, self._counts, self._natoms, self._group_class = [], [], [], []
-        for name, group in h5.items():
-            if not hasattr(group, "keys") or "conformations" not in group:
-                continue
-            shape = group["conformations"].shape
+        for name, group, shape in self._structure_groups(h5, "", "conformations"):
             self._groups.append(name)
             self._counts.append(shape[0])
             self._natoms.append(shape[1])
@@ -345,13 +420,13 @@ class SpiceDataset(_GroupedH5Dataset):
         return self._factors[cache_key]
 
     def _read_rows(self, g, start, stop):
-        group = self._file()[self._groups[g]]
+        group = self._group(g)
         numbers = self._block(group, "atomic_numbers", None, None, g)
         pos = self._block(group, "conformations", start, stop, g).astype(np.float64)
         pos = pos * self._unit_factor(group, "conformations", "length", "bohr")
-        efactor = self._unit_factor(group, self.energy_key, "energy", "hartree") if self.energy_key in group else 1.0
+        efactor = self._unit_factor(group, self.energy_key, "energy", "hartree") if self._has(group, self.energy_key, g) else 1.0
         ffactor = 1.0
-        if self.forces_key in group:
+        if self._has(group, self.forces_key, g):
             sign = -1.0 if "gradient" in self.forces_key else 1.0
             ffactor = sign * self._unit_factor(group, self.forces_key, "force", "hartree/bohr")
         energies, forces = self._labels(group, g, start, stop, efactor, ffactor)

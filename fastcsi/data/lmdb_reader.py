@@ -67,9 +67,13 @@ class _LazyStorage:
 
 
 def _decode_storage(raw: bytes):
+    import warnings
+
     import torch
 
-    return torch.load(io.BytesIO(raw), weights_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # old PyG files use pickle protocol 0, which torch warns about
+        return torch.load(io.BytesIO(raw), weights_only=True)
 
 
 def _safe_rebuild_tensor_v2(storage, *args):

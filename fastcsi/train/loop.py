@@ -258,10 +258,13 @@ class Trainer:
         if cfg.max_threads:
             torch.set_num_threads(cfg.max_threads)
         last = self.rundir / ckpt.LAST
+        if resume and not last.is_file():
+            # an interrupt before the first checkpoint leaves nothing to continue: the same run from step 0
+            self.log(f"nothing to resume in {self.rundir} (no {ckpt.LAST} yet: the run stopped before its first "
+                     "checkpoint); starting from scratch")
+            resume = False
         if resume:
-            if not last.is_file():
-                raise FastCSIError(f"{last}: nothing to resume (no checkpoint in the run directory)")
-            self.load_state_dict(ckpt.load(last))
+            self.load_state_dict(ckpt.load(last, kind="fastcsi-train-state"))
             self.log(f"resuming at step {self.step} (epoch {self.epoch + 1}, step {self.step_in_epoch} of it)")
         else:
             torch.manual_seed(cfg.seed)

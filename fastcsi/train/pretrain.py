@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastcsi.errors import FastCSIError
+from fastcsi.errors import FastCSIError, Interrupted
 from fastcsi.profiling import Profiler
 from fastcsi.train import backbones
 from fastcsi.train.config import TrainConfig
@@ -45,6 +47,7 @@ class PretrainSettings:
     train: TrainConfig = field(default_factory=TrainConfig)
     trace: bool = False
     progress: bool = True
+    skip_unreadable: bool = False  # HDF5: leave out unreadable groups of damaged files (recorded)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -143,8 +146,15 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
     rundir = Path(settings.rundir)
     profiler = Profiler(device=device)
     record = rundir / "pretrain.json"
+    if resume and not record.is_file():
+        log(f"nothing to resume in {rundir} (no pretrain.json: the run stopped before set-up finished); "
+            "starting from scratch")
+        resume = False
     if resume:
-        _check_resume(record, settings)
+        previous = _check_resume(record, settings)
+        if previous.get("status") == "running":
+            log(f"{record}: the previous run never recorded an end (killed, or its machine stopped); "
+                "resuming from its last checkpoint")
     elif ctx.is_main and (rundir / "last.pt").exists():
         raise FastCSIError(f"{rundir}: already holds a run; pass --resume to continue it or choose another -o")
     if not settings.data:
@@ -153,7 +163,7 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
         raise FastCSIError(f"--samples must be >= 1, got {settings.samples}")
 
     with profiler.stage("read"):
-        datasets = [open_dataset(p) for p in settings.data]
+        datasets = [open_dataset(p, skip_unreadable=settings.skip_unreadable) for p in settings.data]
         sizes = [len(d) for d in datasets]
         weights = mixture_weights(settings.mix, sizes)
         n_val = settings.val_samples if settings.val_samples is not None else min(max(settings.samples // 10, 1), 1000)
@@ -182,11 +192,21 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
         rundir.mkdir(parents=True, exist_ok=True)
         _write_record(record, settings, budget, datasets, normalizer, gemnet, status="running")
 
-    trainer = Trainer(model, cfg, train, val, targets, rundir, device=device, ctx=ctx, profiler=profiler,
-                      progress=settings.progress, log=log, settings=settings.to_dict(), trace=settings.trace)
-    t0 = time.perf_counter()
-    with backbones.graph_timing(profiler):
-        result = trainer.fit(resume=resume)
+    try:
+        trainer = Trainer(model, cfg, train, val, targets, rundir, device=device, ctx=ctx, profiler=profiler,
+                          progress=settings.progress, log=log, settings=settings.to_dict(), trace=settings.trace)
+        t0 = time.perf_counter()
+        with backbones.graph_timing(profiler):
+            result = trainer.fit(resume=resume)
+    except BaseException as exc:
+        # the record must not say "running" for a run that ended; a SIGKILL cannot be recorded (see resume)
+        if ctx.is_main:
+            interrupted = isinstance(exc, (KeyboardInterrupt, Interrupted))
+            message = "interrupted (SIGINT)" if interrupted else (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            _write_record(record, settings, budget, datasets, normalizer, gemnet,
+                          status="interrupted" if interrupted else "failed",
+                          results={"error": f"{type(exc).__name__}: {message}" if not interrupted else message})
+        raise
     summary = {"steps": result.steps, "epochs_done": result.epochs_done, "interrupted": result.interrupted,
                "train_seconds": time.perf_counter() - t0, "last_epoch": result.history[-1] if result.history else {}}
     if ctx.is_main:
@@ -213,21 +233,25 @@ def _write_record(path, settings, budget, datasets, normalizer, gemnet, status, 
         "settings": settings.to_dict(),
         "budget": budget,
         "data": [{"path": str(Path(p).resolve()), "structures": len(d),
-                  "fingerprint": getattr(d, "fingerprint", None)} for p, d in zip(settings.data, datasets)],
+                  "fingerprint": getattr(d, "fingerprint", None), "skipped_unreadable": list(d.skipped)}
+                 for p, d in zip(settings.data, datasets)],
         "model": {"name": settings.model, "hparams": gemnet.hparams,
                   "parameters": sum(p.numel() for p in gemnet.parameters())},
         "normalizer": normalizer.to_dict(),
         "results": results or {},
         "versions": versions(),
+        "process": {"pid": os.getpid(), "host": platform.node()},
     }
     with atomic_write(path) as fh:
         json.dump(payload, fh, indent=1, default=str)
 
 
 def _check_resume(record: Path, settings: PretrainSettings):
-    if not record.is_file():
-        raise FastCSIError(f"{record.parent}: nothing to resume (no pretrain.json in the run directory)")
-    old = json.loads(record.read_text())["settings"]
+    try:
+        previous = json.loads(record.read_text())
+        old = previous["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise FastCSIError(f"{record}: not a readable pretrain.json; cannot resume from it") from None
     new = settings.to_dict()
     keys = ("data", "samples", "mix", "sampling", "model", "model_overrides", "forces")
     changed = [k for k in keys if old.get(k) != new.get(k)]
@@ -235,3 +259,4 @@ def _check_resume(record: Path, settings: PretrainSettings):
     if changed:
         raise FastCSIError(f"{record}: cannot resume with different settings ({', '.join(changed)}); "
                            "use the original command line plus --resume")
+    return previous

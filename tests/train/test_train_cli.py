@@ -121,7 +121,10 @@ def test_finetune_scalar_target_mean_reduction(data, pretrained, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["pretrain", "--data", "/nonexistent.extxyz", "--samples", 4, "-o", "{tmp}/x"], "not found"),
     (["pretrain", "--data", "{down}", "--samples", 400, "-o", "{tmp}/x"], "needs at least 401 structures"),
-    (["pretrain", "--data", "{down}", "--samples", 4, "-o", "{tmp}/x", "--resume"], "nothing to resume"),
+    (["pretrain", "--data", "{down}", "--samples", 4, "-o", "{tmp}/x", "--model-option", "cutoff=abc"],
+     "cutoff must be a finite number"),
+    (["pretrain", "--data", "{down}", "--samples", 4, "-o", "{tmp}/x", "--model-option", "num_blocks=-1"],
+     "num_blocks must be a whole number >= 1"),
     (["pretrain", "--data", "{down}", "--samples", 4, "--mix", "hot", "-o", "{tmp}/x"], "--mix"),
     (["finetune", "--pretrained", "{tmp}/missing", "--data", "{down}", "--split", "8,4,rest", "-o", "{tmp}/y"],
      "not found"),

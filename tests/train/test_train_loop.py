@@ -65,9 +65,17 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, gradient):
     assert len(resumed.metrics.rows) == 3
 
 
-def test_resume_without_checkpoint_or_with_other_settings_is_a_user_error(tmp_path):
-    with pytest.raises(FastCSIError, match="nothing to resume"):
-        make_trainer(tmp_path).fit(resume=True)
+def test_resume_without_checkpoint_starts_from_scratch_and_other_settings_are_a_user_error(tmp_path):
+    # interrupted before its first checkpoint: --resume says so and runs the same run from step 0
+    messages = []
+    early = make_trainer(tmp_path / "early", epochs=1)
+    early.log = messages.append
+    early.fit(resume=True)
+    assert any("nothing to resume" in m and "starting from scratch" in m for m in messages)
+    fresh = make_trainer(tmp_path / "fresh", epochs=1)
+    fresh.fit()
+    for (name, a), b in zip(fresh.model.state_dict().items(), early.model.state_dict().values()):
+        assert torch.equal(a, b), name
     make_trainer(tmp_path, epochs=1).fit()
     with pytest.raises(FastCSIError, match="batch size"):
         make_trainer(tmp_path, batch_size=5).fit(resume=True)

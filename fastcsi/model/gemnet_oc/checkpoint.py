@@ -26,7 +26,6 @@ unexpected keys are an error except the documented drops. Errors list the offend
 from __future__ import annotations
 
 import json
-import pickle
 import re
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from fastcsi.errors import FastCSIError
 from fastcsi.model.gemnet_oc.configs import IGNORED_KEYS, config
 from fastcsi.model.gemnet_oc.layers import skip_weight_init
 from fastcsi.model.gemnet_oc.model import GemNetOC
-from fastcsi.utils import atomic_path, versions
+from fastcsi.utils import atomic_path, load_torch_file, versions
 
 FORMAT = "fastcsi-gemnet-oc/1"
 HEAD_PREFIXES = ("out_energy.", "out_forces.")
@@ -62,8 +61,7 @@ def save_checkpoint(model: GemNetOC, path, extra: dict | None = None) -> Path:
         "hparams": {**model.hparams, "scale_file": None},
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "extra": dict(extra or {}),
-        # plain str: torch.__version__ is a TorchVersion, which weights_only loading rejects
-        "versions": {k: (None if v is None else str(v)) for k, v in versions().items()},
+        "versions": versions(),
     }
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -72,13 +70,7 @@ def save_checkpoint(model: GemNetOC, path, extra: dict | None = None) -> Path:
 
 
 def _read(path: Path):
-    if not path.is_file():
-        raise FastCSIError(f"{path}: checkpoint file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, ImportError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FastCSIError(f"{path}: not a checkpoint that loads safely with torch.load(weights_only=True) ({first})") from None
+    return load_torch_file(path, "checkpoint")
 
 
 def _strip_prefix(state: dict) -> dict:

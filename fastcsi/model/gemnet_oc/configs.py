@@ -116,12 +116,48 @@ CONFIGS: dict[str, dict] = {
 
 ALL_KEYS = set(BACKBONE_DEFAULTS) | set(GRAPH_DEFAULTS) | set(HEAD_DEFAULTS)
 
+# Sizes and counts below which a model cannot be built (zero layers of a kind is fine elsewhere).
+_AT_LEAST_ONE = {"num_targets", "num_spherical", "num_radial", "num_blocks", "num_concat", "num_elements",
+                 "max_neighbors", "head_num_mlps"}
+_OPTIONAL_NUMBERS = {"absolute_rbf_cutoff": float, "dropout": float, "edge_dropout": float,
+                     **{f"cutoff_{g}": float for g in ("aeaint", "qint", "aint")},
+                     **{f"max_neighbors_{g}": int for g in ("aeaint", "qint", "aint")}}
+
+
+def _check_types(hparams: dict):
+    """Each given scalar hyperparameter has its default's type and a possible value (a typo such as
+    ``cutoff=abc`` must be a user error, not a traceback deep inside the model)."""
+    defaults = {**BACKBONE_DEFAULTS, **GRAPH_DEFAULTS, **HEAD_DEFAULTS}
+    for key, value in hparams.items():
+        if key not in defaults:
+            continue
+        kind = _OPTIONAL_NUMBERS.get(key, type(defaults[key]))
+        if value is None and key in _OPTIONAL_NUMBERS:
+            continue
+        if kind is bool:
+            ok = isinstance(value, bool) or (type(value) is int and value in (0, 1))  # YAML configs write 0/1
+        elif kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= (1 if (
+                key in _AT_LEAST_ONE or key.startswith("emb_size_")) else 0)
+        elif kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        elif kind is str:
+            ok = isinstance(value, str)
+        else:  # nested settings (basis dicts, tag lists): checked where they are used
+            continue
+        if not ok:
+            want = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}[kind]
+            if kind is int and isinstance(value, int) and not isinstance(value, bool):
+                want = "a whole number >= " + ("1" if key in _AT_LEAST_ONE or key.startswith("emb_size_") else "0")
+            raise FastCSIError(f"GemNet-OC: {key} must be {want}, got {value!r}")
+
 
 def normalize_hparams(hparams: dict) -> dict:
     """Fill defaults, derive the per-graph cutoffs / max neighbours, validate; JSON-serialisable."""
     unknown = sorted(k for k in hparams if k not in ALL_KEYS and k not in IGNORED_KEYS)
     if unknown:
         raise FastCSIError(f"GemNet-OC: unknown hyperparameter(s) {', '.join(unknown)}")
+    _check_types(hparams)
     hp = copy.deepcopy({**BACKBONE_DEFAULTS, **GRAPH_DEFAULTS, **HEAD_DEFAULTS})
     hp.update({k: copy.deepcopy(v) for k, v in hparams.items() if k in ALL_KEYS})
     hp["cutoff"] = float(hp["cutoff"])
