@@ -112,3 +112,25 @@ def test_other_formats_refuse_damaged_entries_rather_than_skip(tmp_path):
             except FastCSIError:
                 continue
             assert len(ids) == len(intact), f"{path}: {len(ids)} of {len(intact)} structures"
+
+
+def test_unknown_format_hint_names_the_cli_option(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(256)) * 4)
+    result = CliRunner().invoke(cli, ["data", "info", str(junk)])
+    assert result.exit_code == 2 and "--format" in result.stderr and "format=" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreadable_input_is_one_line(tmp_path):
+    import os
+
+    target = "/proc/1/root"
+    try:
+        os.stat(target)
+        pytest.skip(f"{target} is readable here")
+    except PermissionError:
+        pass
+    result = CliRunner().invoke(cli, ["data", "info", target])
+    assert result.exit_code == 2 and "Permission denied" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
