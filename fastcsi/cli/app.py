@@ -83,6 +83,11 @@ def _register():
     cli.add_command(train_cmds.finetune)
     cli.add_command(train_cmds.report)
 
+    from fastcsi.cli import inference as inference_cmds
+
+    cli.add_command(inference_cmds.predict)
+    cli.add_command(inference_cmds.evaluate)
+
     from fastcsi.cli import bench as bench_cmds
 
     cli.add_command(bench_cmds.bench)

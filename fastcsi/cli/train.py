@@ -97,9 +97,14 @@ def pretrain(data, mix, sampling, samples, epochs, val_samples, model, rundir, *
 
 @click.command()
 @click.option("--pretrained", required=True, help="Checkpoint file, pretrain run directory, or 'none'.")
-@click.option("--data", required=True, type=click.Path(), help="Downstream dataset.")
+@click.option("--data", default=None, type=click.Path(), help="Downstream dataset, split by --split.")
+@click.option("--train", "train_data", default=None, type=click.Path(),
+              help="Training file (instead of --data), with --val / --test files: the dataset's own split.")
+@click.option("--val", "val_data", default=None, type=click.Path(), help="Validation file (else drawn by --split).")
+@click.option("--test", "test_data", default=None, type=click.Path(), help="Test file (else drawn by --split).")
 @click.option("--target", default="energy,forces", show_default=True, help="energy,forces or a scalar target name.")
-@click.option("--split", default=None, help="train,val,test as counts (950,50,rest) or fractions (0.8,0.1,0.1).")
+@click.option("--split", default=None,
+              help="train,val,test as counts (950,50,rest) or fractions (0.8,0.1,0.1); parts given as files are 0.")
 @click.option("--recipe", default=None, help="rmd17 | md22 | spice | qm9 | qmof | matbench (default: from --target).")
 @click.option("--epochs", "-e", type=int, default=None, help="Maximum epochs (early stopping may end sooner).")
 @click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (0 = off).")
@@ -107,17 +112,24 @@ def pretrain(data, mix, sampling, samples, epochs, val_samples, model, rundir, *
 @click.option("--base", default=None, help="Config name for a foreign checkpoint without hyperparameters.")
 @click.option("-o", "--out", "rundir", default="runs/finetune", show_default=True, type=click.Path())
 @_train_options
-def finetune(pretrained, data, target, split, recipe, epochs, patience, model, base, rundir, **kw):
+def finetune(pretrained, data, train_data, val_data, test_data, target, split, recipe, epochs, patience, model, base,
+             rundir, **kw):
     """Fine-tune a pretrained backbone (fresh heads) on a downstream task; report test MAE."""
     from fastcsi.train.config import recipe_for
     from fastcsi.train.finetune import FinetuneSettings, parse_targets, run_finetune
+
+    if (data is None) == (train_data is None):
+        raise FastCSIError("finetune needs the training data as --data PATH (split by --split) or --train PATH "
+                           "(with --val / --test files), not both" if data else
+                           "finetune needs --data PATH (split by --split) or --train PATH with --val / --test files")
 
     chosen = recipe_for(recipe, list(parse_targets(target)))
     cfg = _config(chosen.train, {**kw, "epochs": epochs})
     if patience is not None:
         cfg = cfg.replace(early_stopping_patience=patience)
     settings = FinetuneSettings(
-        pretrained=pretrained, data=data, target=target, split=split, recipe=chosen.name, model=model,
+        pretrained=pretrained, data=data or train_data, val_data=val_data, test_data=test_data, target=target,
+        split=split, recipe=chosen.name, model=model,
         model_overrides=_model_overrides(kw["model_options"]), base=base, forces=kw["forces"],
         device=kw["device"], rundir=rundir, train=cfg, trace=kw["trace"], progress=not kw["quiet"],
     )

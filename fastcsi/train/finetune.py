@@ -1,12 +1,15 @@
 """Fine-tuning on a downstream task (``fastcsi finetune``).
 
-Split the downstream dataset (seeded; ``950,50,rest`` counts or fractions), load the pretrained
+Split the downstream dataset (seeded; ``950,50,rest`` counts or fractions; the validation and test
+sets may instead come from files of their own, as rMD17 / MD22 / QM9 users hold their official
+splits), load the pretrained
 backbone (our run directory / ``backbone.pt``, or a JMP / fairchem checkpoint) with fresh output
 heads, or a fresh model for ``--pretrained none``, fit the normaliser on the training split, train
 with the task's recipe (early stopping on validation, EMA weights), restore the best epoch and
 report test MAE: energy in meV, forces in meV/Å, other targets in their native unit.
 The run directory receives ``results.json``, ``metrics.csv``, ``learning_curve.png``, ``best.pt``,
-``last.pt`` and ``profile.md``/``profile.json``.
+``last.pt``, ``final.pt`` (the tested model with everything needed to use it: ``save_model``, read
+by ``fastcsi.inference``) and ``profile.md``/``profile.json``.
 """
 from __future__ import annotations
 
@@ -25,16 +28,18 @@ from fastcsi.train.config import TrainConfig, recipe_for
 from fastcsi.train.loop import Trainer
 from fastcsi.train.normalization import NormalizedModel, Normalizer
 from fastcsi.train.pretrain import start_run
-from fastcsi.train.splits import split_indices
+from fastcsi.train.splits import split_for_files, split_indices
 from fastcsi.utils import atomic_write, versions
 
 
 @dataclass
 class FinetuneSettings:
     pretrained: str
-    data: str
+    data: str  # the training data (--data or --train); split unless val/test come from files
     target: str = "energy,forces"
     split: str | None = None  # default: the recipe's
+    val_data: str | None = None  # --val: validation structures from their own file
+    test_data: str | None = None  # --test: test structures from their own file
     recipe: str | None = None  # rmd17 | md22 | spice | qm9 | qmof | matbench; default guessed
     model: str = "gemnet-oc-s"  # architecture for --pretrained none
     model_overrides: dict = field(default_factory=dict)
@@ -48,7 +53,8 @@ class FinetuneSettings:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["data"] = str(Path(self.data).resolve())
+        for key in ("data", "val_data", "test_data"):
+            out[key] = str(Path(out[key]).resolve()) if out[key] else None
         out["train"] = self.train.to_dict() if self.train else None
         return out
 
@@ -88,9 +94,35 @@ def pretrain_record(pretrained_path: Path | None) -> dict:
     return info
 
 
-def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) -> dict:
+def read_sets(settings: FinetuneSettings, recipe, seed: int):
+    """(training dataset, {part: (path, indices, structures)}, split spec): each of train / val /
+    test drawn from ``settings.data`` by the split, or read whole from its own file (--val, --test)."""
     from fastcsi.data import open_dataset
 
+    ds = open_dataset(settings.data)
+    files = {part: path for part, path in (("val", settings.val_data), ("test", settings.test_data)) if path}
+    spec = settings.split or split_for_files(recipe.default_split, files)
+    try:
+        drawn = split_indices(len(ds), spec, seed, from_files=files)
+    except FastCSIError as exc:
+        if settings.split:
+            raise
+        # the recipe's default (e.g. rMD17's 950,50,rest) was not the user's choice: say how to choose
+        raise FastCSIError(f"{settings.data}: the {recipe.name} recipe's default {exc}; pass --split "
+                           "(e.g. 0.8,0.1,0.1), or the test set as its own file with --test") from None
+    parts = {}
+    for part, idx in drawn.items():
+        if part in files:
+            own = open_dataset(files[part])
+            if len(own) == 0:
+                raise FastCSIError(f"{files[part]}: the --{part} file holds no structures")
+            parts[part] = (files[part], range(len(own)), [own[i] for i in range(len(own))])
+        else:
+            parts[part] = (settings.data, idx, [ds[int(i)] for i in idx])
+    return ds, parts, spec
+
+
+def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) -> dict:
     targets = parse_targets(settings.target)
     recipe = recipe_for(settings.recipe, list(targets))
     cfg = settings.train or recipe.train
@@ -101,18 +133,16 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
     profiler = Profiler(device=device)
 
     with profiler.stage("read"):
-        ds = open_dataset(settings.data)
-        split_spec = settings.split or recipe.default_split
-        parts = split_indices(len(ds), split_spec, cfg.seed)
-        sets = {name: [ds[int(i)] for i in idx] for name, idx in parts.items()}
-    for name, structures in sets.items():
-        for s, i in zip(structures, parts[name]):
+        ds, parts, split_spec = read_sets(settings, recipe, cfg.seed)
+        sets = {name: structures for name, (_, _, structures) in parts.items()}
+    for name, (path, indices, structures) in parts.items():
+        for s, i in zip(structures, indices):
             missing = [t for t in targets if (t == "energy" and s.energy is None)
                        or (t == "forces" and s.forces is None)
                        or (t not in ("energy", "forces") and t not in s.targets)]
             if missing:
                 available = ", ".join(sorted(s.targets)) or "none"
-                raise FastCSIError(f"{settings.data}: structure {int(i)} has no {missing[0]!r} label "
+                raise FastCSIError(f"{path}: structure {int(i)} has no {missing[0]!r} label "
                                    f"(scalar targets available: {available})")
 
     scalar = [t for t in targets if t not in ("energy", "forces")]
@@ -136,6 +166,9 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         f"{'gradient' if model.gradient_forces else 'direct'} forces" if "forces" in targets else
         f"fine-tuning {origin} on {settings.data}: target {','.join(targets)}, recipe {recipe.name}, "
         f"split {n['train']}/{n['val']}/{n['test']}, reduction {recipe.reduction}")
+    own_files = [f"{part} from {path}" for part, (path, _, _) in parts.items() if part != "train" and path != settings.data]
+    if own_files:
+        log(f"split {split_spec} of {settings.data} for the rest; " + ", ".join(own_files))
 
     trainer = Trainer(model, cfg, sets["train"], sets["val"], targets, rundir, device=device, ctx=ctx,
                       profiler=profiler, progress=settings.progress, log=log, settings=settings.to_dict(),
@@ -167,7 +200,8 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         "stopped_early": result.stopped_early,
         "steps": result.steps,
         "train_seconds": train_seconds,
-        "split": {"spec": split_spec, **n, "seed": cfg.seed},
+        "split": {"spec": split_spec, **n, "seed": cfg.seed,
+                  "files": {part: str(Path(path).resolve()) for part, (path, _, _) in parts.items()}},
         "recipe": recipe.name,
         "targets": list(targets),
         "pretrained": pretrain_record(pretrained),
@@ -181,6 +215,12 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         "versions": versions(),
     }
     if ctx.is_main:
+        # the weights just tested: the best epoch's (EMA) weights, else the EMA of the last step
+        weights = trainer.model.state_dict() if best is not None else trainer.ema_weights()
+        elements = {int(z) for s in sets["train"] for z in s.atomic_numbers}
+        save_model(rundir / ckpt.FINAL, model, weights, targets, elements, extra={
+            "kind": "fastcsi-finetune", "recipe": recipe.name, "data": out["data"]["path"],
+            "test_mae": test_mae, "units": units, "best_epoch": result.best_epoch})
         with atomic_write(rundir / "results.json") as fh:
             json.dump(out, fh, indent=1, default=str)
         plot_learning_curve(result.history, rundir / "learning_curve.png", trainer.metric_name,
@@ -190,6 +230,31 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         log("test MAE: " + ", ".join(f"{t} {v:.4g} {units[t]}" for t, v in test_mae.items()))
     ctx.barrier()
     return {**out, "rank": ctx.rank}
+
+
+MODEL_KIND = "fastcsi-model"
+
+
+def save_model(path, model: NormalizedModel, weights: dict, targets, elements, extra: dict | None = None):
+    """Write ``final.pt``: a GemNet-OC with its heads and everything needed to give physical units
+    (normaliser, target, reduction, force mode), the elements it was trained on and the graph settings
+    (inside ``hparams``). ``weights``: a state_dict of ``model``. Tensors and plain values only, so it
+    loads with ``weights_only=True``; ``fastcsi.inference`` reads it."""
+    prefix = "backbone."
+    ckpt.save(path, {
+        "kind": MODEL_KIND,
+        "architecture": "gemnet-oc",
+        # scale factors' values are in the weights: the scale file is not needed to reload
+        "hparams": {**model.backbone.hparams, "scale_file": None},
+        "weights": {k[len(prefix):]: v.detach().cpu() for k, v in weights.items() if k.startswith(prefix)},
+        "normalizer": model.normalizer.to_dict(),
+        "gradient_forces": bool(model.gradient_forces),
+        "target": model.target,
+        "reduction": model.reduction,
+        "targets": list(targets),
+        "elements": sorted(int(z) for z in elements),
+        "extra": dict(extra or {}),
+    })
 
 
 def plot_learning_curve(history, path, metric: str, title: str = ""):

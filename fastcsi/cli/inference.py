@@ -1,0 +1,70 @@
+"""``fastcsi predict`` and ``fastcsi evaluate``: parsing and printing only; the work is in
+:mod:`fastcsi.inference`."""
+from __future__ import annotations
+
+import click
+
+_MODEL = click.option("--model", "model_path", required=True, type=click.Path(),
+                      help="Fine-tuning (or pretraining) run directory, or its final.pt.")
+_DATA = click.option("--data", required=True, type=click.Path(), help="Structures to predict (any readable format).")
+_TARGET = click.option("--target", default=None,
+                       help="energy,forces (stress) or a graph-level target (default: what the model was trained on).")
+_BATCH = click.option("--batch-size", type=int, default=32, show_default=True, help="Structures per forward pass.")
+_DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+_DTYPE = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+_QUIET = click.option("--quiet", is_flag=True, help="No progress bar.")
+
+
+def _load(model_path, device, dtype):
+    from fastcsi.inference import load_model
+
+    return load_model(model_path, device=device, dtype=dtype)
+
+
+def _targets(spec):
+    return None if spec is None else tuple(t.strip() for t in spec.split(",") if t.strip())
+
+
+@click.command()
+@_MODEL
+@_DATA
+@click.option("-o", "--out", required=True, type=click.Path(), help="OUT.extxyz (or .xyz) or OUT.db.")
+@_TARGET
+@_BATCH
+@_DEVICE
+@_DTYPE
+@_QUIET
+def predict(model_path, data, out, target, batch_size, device, dtype, quiet):
+    """Write every structure of DATA with the model's predictions under fastcsi_* keys."""
+    from fastcsi.inference import predict_file
+    from fastcsi.inference.predict import output_format
+
+    output_format(out)  # a bad extension fails before the model loads
+    model = _load(model_path, device, dtype)
+    record = predict_file(model, data, out, properties=_targets(target), batch_size=batch_size, progress=not quiet)
+    keys = ", ".join(record["keys"].values())
+    click.echo(f"wrote {record['written']} structures with {keys} to {out} (record: {out}.json)")
+
+
+@click.command()
+@_MODEL
+@_DATA
+@click.option("-o", "--out", "outdir", required=True, type=click.Path(), help="Directory for metrics.json and plots.")
+@_TARGET
+@_BATCH
+@_DEVICE
+@_DTYPE
+@_QUIET
+def evaluate(model_path, data, outdir, target, batch_size, device, dtype, quiet):
+    """MAE / RMSE per target, per-element force MAE and parity plots against DATA's labels."""
+    from fastcsi.inference import evaluate as run_evaluate
+
+    model = _load(model_path, device, dtype)
+    record = run_evaluate(model, data, outdir, targets=target, batch_size=batch_size, progress=not quiet)
+    click.echo(f"{'target':<18} {'MAE':>12} {'RMSE':>12}  unit")
+    for name, m in record["metrics"].items():
+        click.echo(f"{name:<18} {m['mae']:>12.4g} {m['rmse']:>12.4g}  {m['unit']}")
+    if record["forces_per_element"]:
+        click.echo("force MAE per element: " + ", ".join(
+            f"{el} {m['mae']:.4g}" for el, m in record["forces_per_element"].items()) + " meV/Å")
+    click.echo(f"written: {outdir}/metrics.json, " + ", ".join(record["plots"].values()))

@@ -1,0 +1,144 @@
+"""``fastcsi predict``: every structure of a dataset with the model's predictions, streamed to an
+extxyz file or an ASE db.
+
+Predictions go under their own keys, ``fastcsi_<property>`` (``fastcsi_energy`` eV,
+``fastcsi_forces`` eV/Å per atom, ``fastcsi_stress`` eV/Å^3 in ASE's Voigt order for fully
+periodic structures, ``fastcsi_<target>`` native), so the labels the input carries (as the reader
+gives them: energy eV and forces eV/Å under ASE's own names, scalar targets under theirs) are kept
+beside them. extxyz: per-structure values in ``atoms.info``, forces in ``atoms.arrays``; ASE db:
+scalars as key-value pairs, arrays in ``row.data``. Structures are read, predicted and written
+``batch_size`` at a time (memory bounded by one batch); the output appears atomically when all are
+written, with ``OUT.json`` beside it (model, data, settings, versions; an ASE db also holds it as
+its metadata).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from fastcsi.errors import FastCSIError
+from fastcsi.utils import atomic_path, atomic_write, versions
+
+PREFIX = "fastcsi_"
+FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".db": "db"}
+
+
+def output_format(out) -> str:
+    suffix = Path(out).suffix.lower()
+    if suffix not in FORMATS:
+        raise FastCSIError(f"{out}: output must end in .extxyz, .xyz or .db (got {suffix or 'no extension'})")
+    return FORMATS[suffix]
+
+
+def iter_predictions(model, dataset, properties=None, batch_size: int = 32, progress: bool = True,
+                     desc: str = "predict"):
+    """Yield ``(index, structure, prediction)`` in dataset order, reading ``batch_size`` at a time."""
+    from tqdm import tqdm
+
+    if batch_size < 1:
+        raise FastCSIError(f"--batch-size must be at least 1, got {batch_size}")
+    properties = model.check_properties(properties or model.properties)
+    n = len(dataset)
+    path = getattr(dataset, "path", "data")
+    bar = None
+    try:
+        for start in range(0, n, batch_size):
+            indices = range(start, min(n, start + batch_size))
+            structures = [dataset[i] for i in indices]
+            results = model.predict(structures, properties, where=lambda k: f"{path}: structure {start + k}")
+            if bar is None:  # after the first batch: a mistake found there prints its one line alone
+                bar = tqdm(total=n, desc=desc, unit="structure", file=sys.stderr, disable=not progress,
+                           dynamic_ncols=True)
+            bar.update(len(structures))
+            yield from zip(indices, structures, results)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def prediction_atoms(structure, prediction: dict):
+    """``structure`` as ``ase.Atoms`` (labels as read) plus ``fastcsi_*`` predictions; the arrays
+    (forces) are returned apart: extxyz stores them per atom, ASE db in ``row.data``."""
+    from ase.stress import full_3x3_to_voigt_6_stress
+
+    atoms = structure.to_ase()
+    scalars, arrays = {}, {}
+    for name, value in prediction.items():
+        if value is None:  # stress of a structure that is not fully periodic
+            continue
+        if name == "forces":
+            arrays[PREFIX + name] = value
+        elif name == "stress":
+            arrays[PREFIX + name] = full_3x3_to_voigt_6_stress(value)
+        else:
+            scalars[PREFIX + name] = float(value)
+    return atoms, scalars, arrays
+
+
+def predict_file(model, data, out, properties=None, batch_size: int = 32, progress: bool = True) -> dict:
+    """Predict every structure of ``data`` (any readable format) into ``out`` (.extxyz/.xyz/.db);
+    returns the record written to ``OUT.json``."""
+    from fastcsi.data import open_dataset
+
+    out = Path(out)
+    fmt = output_format(out)
+    if Path(data).exists() and out.exists() and out.resolve() == Path(data).resolve():
+        raise FastCSIError(f"{out}: the output would overwrite the input; choose another -o")
+    properties = model.check_properties(properties or model.properties)
+    dataset = open_dataset(data)
+    stream = iter_predictions(model, dataset, properties, batch_size, progress)
+    record = {"kind": "fastcsi-predict", "model": model.describe(),
+              "data": {"path": str(Path(data).resolve()), "format": dataset.format, "structures": len(dataset),
+                       "fingerprint": getattr(dataset, "fingerprint", None), "units_note": dataset.units_note},
+              "keys": {p: PREFIX + p for p in properties},
+              "units": {p: UNITS.get(p, "native") for p in properties},
+              "settings": {"batch_size": batch_size, "properties": list(properties)}, "versions": versions()}
+    count = _write_extxyz(stream, out) if fmt == "extxyz" else _write_db(stream, out, record)
+    record["written"] = count
+    with atomic_write(Path(f"{out}.json")) as fh:
+        json.dump(record, fh, indent=1, default=str)
+    return record
+
+
+UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3"}
+
+
+def _write_extxyz(stream, out: Path) -> int:
+    import ase.io
+
+    count = 0
+    with atomic_write(out) as fh:
+        for _, structure, prediction in stream:
+            atoms, scalars, arrays = prediction_atoms(structure, prediction)
+            atoms.info.update(scalars)
+            for key, value in arrays.items():
+                if value.shape == (len(atoms), 3):
+                    atoms.new_array(key, value)
+                else:
+                    atoms.info[key] = value
+            ase.io.write(fh, atoms, format="extxyz")
+            count += 1
+    return count
+
+
+def _write_db(stream, out: Path, record: dict) -> int:
+    import ase.db
+    from ase.db.core import reserved_keys
+
+    count = 0
+    with atomic_path(out) as tmp:
+        tmp.unlink()  # ASE db creates its own file
+        with ase.db.connect(str(tmp), type="db") as db:
+            for _, structure, prediction in stream:
+                atoms, scalars, arrays = prediction_atoms(structure, prediction)
+                labels = {k: float(v) for k, v in structure.targets.items()}
+                atoms.info.clear()  # labels and predictions travel as key-value pairs / data below
+                # keys ASE db refuses as columns (reserved, not identifiers) travel in row.data
+                odd = {k: labels.pop(k) for k in list(labels) if not k.isidentifier() or k in reserved_keys}
+                db.write(atoms, key_value_pairs={**labels, **scalars},
+                         data={"structure_id": structure.id, **odd, **arrays})
+                count += 1
+        db = ase.db.connect(str(tmp), type="db")
+        db.metadata = json.loads(json.dumps(record, default=str))
+    return count
