@@ -175,6 +175,14 @@ def open_lmdb(path):
                                            meminit=False, max_readers=256)
         except lmdb.Error as exc:
             raise FastCSIError(f"{path}: not a readable LMDB file ({exc})") from None
+        env = _ENVIRONMENTS[key]
+        # pages past the end of a truncated file are not an error to lmdb: reading one faults (SIGBUS)
+        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+        size = Path(path).stat().st_size
+        if size < needed:
+            env.close()
+            del _ENVIRONMENTS[key]
+            raise FastCSIError(f"{path}: LMDB file is truncated ({size} bytes; its pages need {needed})")
     return _ENVIRONMENTS[key]
 
 

@@ -20,9 +20,14 @@ def _load_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise FastCSIError(f"{path}: {what} not found")
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise FastCSIError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise FastCSIError(f"{path}: not a {what}: binary, not JSON text") from None
+    if not isinstance(doc, dict):
+        raise FastCSIError(f"{path}: not a {what}: JSON {type(doc).__name__}, not an object")
+    return doc
 
 
 def _names(path: str) -> set:
