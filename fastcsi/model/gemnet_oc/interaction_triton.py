@@ -307,10 +307,13 @@ def _reference_backward(ctx, grad_out, rad_W1, sph, x, weight):
     from fastcsi.model.gemnet_oc.interaction import interaction_bilinear_ref
 
     gather_idx, out_idx, out_inner, agg2_outer, agg2_inner, agg2_size = ctx.index_args
-    inputs = (rad_W1, sph, x, weight)
     needs = ctx.needs_input_grad[:4]
     with torch.enable_grad():
-        out = interaction_bilinear_ref(rad_W1, sph, x, gather_idx, out_idx, out_inner, weight,
+        # Differentiate w.r.t. fresh aliases: autograd.grad w.r.t. the saved tensors themselves would
+        # be the TOTAL derivative, adding paths between them (in GemNet-OC a later block's x is a
+        # function of the shared bases rad_W1 and sph); the aliases keep the grads differentiable.
+        inputs = [t.view_as(t) for t in (rad_W1, sph, x, weight)]
+        out = interaction_bilinear_ref(inputs[0], inputs[1], inputs[2], gather_idx, out_idx, out_inner, inputs[3],
                                        agg2_outer, agg2_inner, agg2_size)
         wanted = [t for t, need in zip(inputs, needs) if need]
         grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
