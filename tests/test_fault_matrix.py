@@ -253,3 +253,12 @@ def test_inputs_are_never_written_locked_or_given_side_files(good, tmp_path):
         assert state() == before
     finally:
         os.chmod(sources, 0o755)
+
+
+def test_finetune_names_a_missing_checkpoint_before_the_split(good, tmp_path):
+    # the recipe's default split (950,50,rest) does not fit 6 structures either: the checkpoint the
+    # user named is what is wrong first
+    result, args = _invoke(["finetune", "--pretrained", "{missing}", "--data", "{data}", "-o", "{out}", *TRAIN_FAST],
+                           missing=tmp_path / "nonexistent", data=good["data"], out=tmp_path / "ft")
+    _check_user_error(result, args)
+    assert "nonexistent" in result.stderr and "split" not in result.stderr

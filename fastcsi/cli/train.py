@@ -23,7 +23,8 @@ _TRAIN_OPTIONS = [
     click.option("--layer-lr", "layer_lr", default=None, metavar="auto|jmp|none|NAME=SCALE,...",
                  help="Layer-wise learning-rate scales (fine-tuning default auto: JMP's for a pretrained "
                       "backbone, none from scratch)."),
-    click.option("--threads", "max_threads", type=int, default=None, help="torch CPU threads (default: torch's)."),
+    click.option("--threads", "max_threads", default="auto", show_default=True,
+                 help="torch CPU threads: a positive integer, or auto (torch's default)."),
     click.option("--no-amp", is_flag=True, help="No bf16 autocast on GPU."),
     click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
                  help="Override a model hyperparameter (JSON value), e.g. cutoff=6.0; repeatable."),
@@ -56,6 +57,9 @@ def _model_overrides(options) -> dict:
 
 
 def _config(base, kw):
+    from fastcsi.pipeline.settings import parse_threads
+
+    kw = {**kw, "max_threads": parse_threads(kw.get("max_threads"))}  # the same rule as select's --threads
     fields = ("epochs", "batch_size", "lr", "weight_decay", "ema_decay", "energy_weight", "force_weight",
               "warmup_fraction", "seed", "checkpoint_every", "stop_after_steps", "max_threads", "layer_lr")
     changes = {k: kw.get(k) for k in fields if kw.get(k) is not None}
@@ -73,9 +77,11 @@ def _config(base, kw):
 @click.option("--epochs", "-e", type=int, default=2, show_default=True, help="Epochs E (budget C = N x E).")
 @click.option("--val-samples", type=int, default=None, help="Held-out validation structures (default 10% of N).")
 @click.option("--model", default="gemnet-oc-s", show_default=True, help="gemnet-oc-tiny | gemnet-oc-s | gemnet-oc-l")
+@click.option("--skip-unreadable", is_flag=True,
+              help="HDF5: train without the groups of a damaged file that cannot be read (warns; pretrain.json lists them).")
 @click.option("-o", "--out", "rundir", default="runs/pretrain", show_default=True, type=click.Path())
 @_train_options
-def pretrain(data, mix, sampling, samples, epochs, val_samples, model, rundir, **kw):
+def pretrain(data, mix, sampling, samples, epochs, val_samples, model, rundir, skip_unreadable, **kw):
     """Pretrain GemNet-OC on energy and forces of N structures for E epochs."""
     from fastcsi.train.config import PRETRAIN_DEFAULTS
     from fastcsi.train.pretrain import PretrainSettings, run_pretrain
@@ -84,7 +90,7 @@ def pretrain(data, mix, sampling, samples, epochs, val_samples, model, rundir, *
         data=list(data), samples=samples, mix=mix, sampling=sampling, model=model,
         model_overrides=_model_overrides(kw["model_options"]), forces=kw["forces"], val_samples=val_samples,
         device=kw["device"], rundir=rundir, train=_config(PRETRAIN_DEFAULTS, {**kw, "epochs": epochs}),
-        trace=kw["trace"], progress=not kw["quiet"],
+        trace=kw["trace"], progress=not kw["quiet"], skip_unreadable=skip_unreadable,
     )
     out = run_pretrain(settings, resume=kw["resume"], log=click.echo)
     if out["rank"] != 0:

@@ -18,8 +18,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from fastcsi.errors import FastCSIError
 from fastcsi.profiling import Profiler
 from fastcsi.train import backbones
@@ -29,7 +27,7 @@ from fastcsi.train.loop import Trainer
 from fastcsi.train.normalization import NormalizedModel, Normalizer
 from fastcsi.train.pretrain import start_run
 from fastcsi.train.splits import split_for_files, split_indices
-from fastcsi.utils import atomic_write, versions
+from fastcsi.utils import atomic_write, load_torch_file, versions
 
 
 @dataclass
@@ -86,10 +84,8 @@ def pretrain_record(pretrained_path: Path | None) -> dict:
         info.update(kind="fastcsi-pretrain", rundir=str(record.parent.resolve()),
                     data=[d["path"] for d in data.get("data", [])], budget=data.get("budget", {}))
     else:
-        try:
-            extra = torch.load(pretrained_path, map_location="cpu", weights_only=True).get("extra", {})
-        except Exception:
-            extra = {}
+        payload = load_torch_file(pretrained_path)  # already read once as the backbone: fails the same way
+        extra = payload.get("extra", {}) if isinstance(payload, dict) else {}
         info.update(kind=extra.get("kind", "foreign"), data=extra.get("data", []))
     return info
 
@@ -131,6 +127,9 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
     if not resume and ctx.is_main and (rundir / ckpt.LAST).exists():
         raise FastCSIError(f"{rundir}: already holds a run; pass --resume to continue it or choose another -o")
     profiler = Profiler(device=device)
+    # what the user named is checked before anything derived from the data (a missing checkpoint
+    # must not be reported as a split that does not fit)
+    pretrained = backbones.resolve_pretrained(settings.pretrained)
 
     with profiler.stage("read"):
         ds, parts, split_spec = read_sets(settings, recipe, cfg.seed)
@@ -149,7 +148,6 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
     normalizer = Normalizer.fit(sets["train"], targets)
     forces_mode = settings.forces if settings.forces != "auto" else recipe.forces
     overrides = {**settings.model_overrides, **backbones.task_overrides(targets, forces_mode)}
-    pretrained = backbones.resolve_pretrained(settings.pretrained)
     if pretrained is None:
         gemnet = backbones.build(settings.model, cfg.seed, overrides)
         origin = f"fresh {settings.model} (no pretraining)"
@@ -179,7 +177,7 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         train_seconds = time.perf_counter() - t0
         if result.interrupted:
             return {"interrupted": True, "steps": result.steps, "rundir": str(rundir), "rank": ctx.rank}
-        best = ckpt.load(rundir / ckpt.BEST) if (rundir / ckpt.BEST).is_file() else None
+        best = ckpt.load(rundir / ckpt.BEST, kind="fastcsi-best") if (rundir / ckpt.BEST).is_file() else None
         if best is not None:
             trainer.model.load_state_dict(best["weights"])
         with profiler.stage("test"):
