@@ -94,10 +94,44 @@ def _select_options(func):
                      help="Where stats are cached and reused. [default: OUTDIR/cache]"),
         click.option("--no-cache", is_flag=True, help="Neither read nor write cached stats."),
         click.option("--trace", is_flag=True, help="Write a torch.profiler chrome trace into OUTDIR/trace."),
+        click.option("--optimize-mix", is_flag=True,
+                     help="Also the CSI-optimal mixture of the upstreams: OUTDIR/mix.json and mix.png."),
+        click.option("--level", "mix_level", type=click.Choice(["dataset", "class"]), default="dataset",
+                     show_default=True, help="Mixture components: whole upstreams, or the classes inside them."),
+        click.option("--diversity", type=float, default=0.0, show_default=True, metavar="TAU",
+                     help="Entropy bonus on the weights (TAU >= 0; 0 = plain CSI minimum)."),
+        click.option("--floor", "mix_floor", type=float, default=0.0, show_default=True,
+                     help="Minimum share of every component."),
+        click.option("--budget", type=int, default=None, metavar="N",
+                     help="Draw an N-structure pretraining set from the optimal mixture: OUTDIR/pretrain_set.json."),
+        click.option("--max-components", type=int, default=64, show_default=True,
+                     help="--level class: at most this many clusters of classes per upstream."),
+        click.option("--component-samples", type=int, default=None,
+                     help="--level class: aim for this many feature samples per cluster. [default: 10 x feature dim]"),
+        click.option("--mix-seed", type=int, default=0, show_default=True,
+                     help="Seed of the class clustering and of the --budget draws."),
     ]
     for option in reversed(options):
         func = option(func)
     return _model_options(func)
+
+
+def _mix_settings(kw):
+    """MixSettings from the --optimize-mix options, or None (refusing mix options without it)."""
+    if not kw["optimize_mix"]:
+        given = [flag for flag, key, default in (("--level", "mix_level", "dataset"), ("--diversity", "diversity", 0.0),
+                                                 ("--floor", "mix_floor", 0.0), ("--budget", "budget", None),
+                                                 ("--max-components", "max_components", 64),
+                                                 ("--component-samples", "component_samples", None),
+                                                 ("--mix-seed", "mix_seed", 0)) if kw[key] != default]
+        if given:
+            raise FastCSIError(f"{', '.join(given)}: these options need --optimize-mix")
+        return None
+    from fastcsi.pipeline.mix import MixSettings
+
+    return MixSettings(level=kw["mix_level"], diversity=kw["diversity"], floor=kw["mix_floor"], budget=kw["budget"],
+                       max_components=kw["max_components"], component_samples=kw["component_samples"],
+                       seed=kw["mix_seed"])
 
 
 def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
@@ -105,6 +139,7 @@ def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
     from fastcsi.pipeline.settings import parse_threads
 
     threads = parse_threads(kw["threads"])
+    mix = _mix_settings(kw)
     if downstream is None and not upstreams:
         demo_mode = True
     if demo_mode and threads is None:
@@ -113,6 +148,7 @@ def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
     if threads is not None:
         _limit_blas_threads(threads)
     # numpy, torch and the rest load only now, after the BLAS thread budget is set.
+    from fastcsi.pipeline.mix import format_mix
     from fastcsi.pipeline.report import format_table
     from fastcsi.pipeline.select import run_select
 
@@ -147,6 +183,7 @@ def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
         use_cache=not kw["no_cache"],
         trace=kw["trace"],
         progress=not kw["quiet"],
+        mix=mix,
     )
     if not _is_main_rank():
         return
@@ -159,6 +196,8 @@ def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
         f"(graph + forward); stats computed {result['cache']['computed']}, reused from cache "
         f"{result['cache']['hits']}"
     )
+    if "mix" in result:
+        click.echo("\n" + format_mix(result["mix"]))
     click.echo(f"outputs in {outdir}: {', '.join(prof['outputs'])}")
 
 

@@ -3,8 +3,13 @@
 Memory is bounded by one batch plus the O(d^2) accumulator (O(n_elements * d^2) with the
 per-element breakdown), so ``--samples all`` streams any dataset size. A stats object is identified
 by (dataset fingerprint, sampling strategy, n, seed, extractor fingerprint, layer, kind,
-aggregation, dtype, per-element): the same key gives the same statistics, so a cached file is reused
-and an interrupted run resumes from the stats it finished (each file written atomically).
+aggregation, dtype, per-element, per-class): the same key gives the same statistics, so a cached file
+is reused and an interrupted run resumes from the stats it finished (each file written atomically).
+
+With ``per_class`` the same pass also accumulates one FeatureStats per class key of the dataset
+(formula group, reaction, system id: what ``class_keys()`` gives), by the group mechanism of
+``FeatureStats`` with the class index as the label: O(C d^2) float64 for the C classes sampled,
+attached to the returned stats as ``.class_stats`` and cached beside them (``*-classes.npz``).
 """
 from __future__ import annotations
 
@@ -77,8 +82,9 @@ class StatsCache:
         return path
 
 
-def key_fields(dataset_fingerprint: str, spec: SampleSpec, extractor, agg: str, per_element: bool) -> dict:
-    return {
+def key_fields(dataset_fingerprint: str, spec: SampleSpec, extractor, agg: str, per_element: bool,
+               per_class: bool = False) -> dict:
+    fields = {
         "format": STATS_FORMAT,
         "dataset": dataset_fingerprint,
         "sampling": spec.strategy,
@@ -91,6 +97,15 @@ def key_fields(dataset_fingerprint: str, spec: SampleSpec, extractor, agg: str, 
         "dtype": str(extractor.dtype).replace("torch.", ""),
         "per_element": bool(per_element and agg == "flat"),
     }
+    if per_class:  # only then, so that the keys of existing caches stay valid
+        fields["per_class"] = True
+    return fields
+
+
+def _class_labels(dataset):
+    """(class names, class index per structure) of ``dataset``, from its class keys."""
+    names, index = np.unique(np.asarray(dataset.class_keys()).astype(str), return_inverse=True)
+    return names, index.astype(np.int64)
 
 
 def dataset_stats(
@@ -108,8 +123,14 @@ def dataset_stats(
     cache: StatsCache | None = None,
     progress: bool = True,
     tracer=None,
+    per_class: bool = False,
 ):
     """The :class:`FeatureStats` of ``spec``'s sample of ``dataset`` (from ``cache`` when present).
+
+    ``per_class``: also per-class statistics in the same pass (see the module docstring), as the
+    result's ``class_stats``: a FeatureStats whose groups are keyed by class index, with
+    ``metadata["class_names"]`` (index -> key) and ``metadata["class_structures"]`` (sampled
+    structures per class index).
 
     Under torch.distributed every rank computes its strided share and the shares are merged exactly
     with ``FeatureStats.all_reduce``; rank 0 decides cache hits and alone writes the cache.
@@ -123,11 +144,15 @@ def dataset_stats(
     ctx = ctx or DistContext()
     profiler = profiler or Profiler(enabled=False)
     tracer = tracer or _NoTrace()
-    fields = key_fields(dataset.fingerprint, spec, extractor, agg, per_element)
+    fields = key_fields(dataset.fingerprint, spec, extractor, agg, per_element, per_class)
     key = stats_key(fields)
     cache = cache or StatsCache(None)
 
     cached = cache.load(key, Path(label).name) if ctx.is_main else None
+    if cached is not None and per_class:
+        cached.class_stats = cache.load(f"{key}-classes", Path(label).name)
+        if cached.class_stats is None:  # half a cache entry is recomputed, never trusted
+            cached = None
     if ctx.broadcast(cached is not None):
         if ctx.enabled:
             cached = ctx.broadcast(cached)
@@ -143,6 +168,10 @@ def dataset_stats(
 
     track_groups = bool(per_element and agg == "flat")
     stats = FeatureStats(extractor.dim, metadata={}, track_groups=track_groups)
+    class_stats = FeatureStats(extractor.dim, metadata={}, track_groups=True) if per_class else None
+    if per_class:
+        class_names, class_of = _class_labels(dataset)
+    done = 0  # structures of ``indices`` already processed: batches follow their order
     n_structures = n_atoms = 0
     error = None
     bar = None
@@ -176,6 +205,12 @@ def dataset_stats(
             with profiler.stage("stats"):
                 x, groups = aggregate(features, batch, agg)
                 stats.update(x, groups=groups if track_groups else None)
+                if class_stats is not None:
+                    classes = class_of[indices[done : done + batch.num_structures]]
+                    if x.shape[0] != batch.num_structures:  # flat: every atom carries its structure's class
+                        classes = np.repeat(classes, batch.natoms.cpu().numpy())
+                    class_stats.update(x, groups=classes)
+            done += batch.num_structures
             tracer.step()
             n_structures += batch.num_structures
             n_atoms += batch.num_atoms
@@ -192,6 +227,8 @@ def dataset_stats(
     if ctx.enabled:
         with profiler.stage("stats"):
             stats.all_reduce()
+            if class_stats is not None:
+                class_stats.all_reduce()
         n_structures, n_atoms = ctx.sum_ints(n_structures, n_atoms)
     if stats.count < 2:
         raise FastCSIError(
@@ -209,7 +246,20 @@ def dataset_stats(
         backbone=extractor.description,
         feature_dim=extractor.dim,
     )
+    if class_stats is not None:
+        sampled = np.bincount(class_of[indices], minlength=len(class_names))
+        if ctx.enabled:
+            sampled = np.asarray(ctx.sum_ints(*sampled.tolist()), dtype=np.int64)
+        class_stats.metadata.update(
+            {k: v for k, v in stats.metadata.items() if k not in ("n_structures", "n_atoms")},
+            stats_key=f"{key}-classes",
+            class_names=class_names.tolist(),
+            class_structures={str(c): int(n) for c, n in enumerate(sampled) if n},
+        )
+        stats.class_stats = class_stats
     if ctx.is_main:
+        if class_stats is not None:  # the classes first: a main file without them is never a hit
+            cache.save(f"{key}-classes", Path(label).name, class_stats)
         cache.save(key, Path(label).name, stats)
     return stats, False
 

@@ -10,6 +10,7 @@ seeds says how much of the ordering is sampling noise. Paths may also name preco
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from pathlib import Path
 
@@ -84,6 +85,9 @@ class StatsProvider:
         self._memo = {}
         self.cache_hits = 0
         self.computed = 0
+        # --optimize-mix --level class: per-class stats of these sources, in the same pass, for one seed
+        self.class_sources: set = set()
+        self.class_seed = None
 
     @property
     def extractor(self):
@@ -114,6 +118,7 @@ class StatsProvider:
                 cache=self.cache,
                 progress=self.progress,
                 tracer=self.tracer,
+                per_class=source.label in self.class_sources and seed == self.class_seed,
             )
             self.cache_hits += int(hit)
             self.computed += int(not hit)
@@ -142,10 +147,14 @@ def run_select(
     trace: bool = False,
     progress: bool = True,
     extractor=None,
+    mix=None,
 ) -> dict:
     """Compute the CSI of every upstream to ``downstream`` and write the outputs into ``outdir``.
 
-    Returns the result dict that ``csi.json`` holds (on every rank; only rank 0 writes files).
+    ``mix`` (a :class:`fastcsi.pipeline.mix.MixSettings`): also the CSI-optimal mixture of the
+    upstreams (``mix.json``, ``mix.png``, with a budget ``pretrain_set.json``); its summary is the
+    result's ``"mix"``. Returns the result dict that ``csi.json`` holds (on every rank; only rank 0
+    writes files).
     """
     from fastcsi.pipeline.backbone import load_extractor, resolve_device
     from fastcsi.profiling import Profiler, torch_trace
@@ -162,6 +171,7 @@ def run_select(
     t0 = time.perf_counter()
     threads_before = torch.get_num_threads()
     ctx = init_distributed(settings.device)
+    new_outdir = not Path(outdir).exists()
     try:
         device = resolve_device(settings.device, ctx.local_rank if ctx.enabled else None)
         profiler = Profiler(device=device)
@@ -174,6 +184,10 @@ def run_select(
                 for label in labels:
                     kind, obj = open_source(label, format=settings.format, **settings.data_options)
                     sources.append(_Source(label, kind, obj))
+            if mix is not None:
+                from fastcsi.pipeline.mix import precheck
+
+                precheck(mix, sources)
 
             def make_extractor():
                 if extractor is not None:
@@ -183,7 +197,16 @@ def run_select(
             trace_cm = torch_trace(outdir / "trace", enabled=trace and ctx.is_main)
             with trace_cm as tracer:
                 provider = StatsProvider(settings, make_extractor, ctx, profiler, cache, progress, tracer)
+                if mix is not None and mix.level == "class":
+                    provider.class_sources = set(labels[1:])
+                    provider.class_seed = settings.seeds[0]
                 result = _rank(sources, settings, provider, profiler, csi_fn)
+                mix_payload = None
+                if mix is not None:
+                    from fastcsi.pipeline.mix import optimize_run
+
+                    with profiler.stage("mix"):
+                        mix_payload = optimize_run(mix, sources, provider, settings)
         finally:
             for s in sources:
                 s.close()
@@ -209,9 +232,21 @@ def run_select(
             wall_s=wall,
             cache={"hits": provider.cache_hits, "computed": provider.computed},
         )
+        if mix_payload is not None:
+            result["mix"] = {k: mix_payload[k] for k in ("level", "weights", "structure_shares", "csi", "mix_s")}
         if ctx.is_main:
             result["profile"] = _write_outputs(result, outdir, profiler, run_settings)
+            if mix_payload is not None:
+                from fastcsi.pipeline.mix import write_mix_outputs
+
+                mix_payload["settings"].update(select=run_settings)
+                result["profile"]["outputs"] += write_mix_outputs(mix_payload, outdir)
         return result
+    except FastCSIError:
+        # a user mistake leaves no output directory behind (stats cached elsewhere by --cache-dir stay)
+        if new_outdir and ctx.is_main:
+            shutil.rmtree(outdir, ignore_errors=True)
+        raise
     finally:
         torch.set_num_threads(threads_before)
         ctx.close()

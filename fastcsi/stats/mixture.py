@@ -15,17 +15,21 @@ optimum is global and does not depend on the order of the components.
 
 Gradient: the same symmetric eigen formulation as :mod:`fastcsi.stats.frechet`. S_t is factored
 once (Cholesky S_t = L L^T, or S_t^1/2 by eigh when S_t is singular), then every evaluation takes
-the eigenvalues of the symmetric PSD matrix M(w) = L^T S(w) L (same spectrum as S_t^1/2 S(w) S_t^1/2)
-with ``torch.linalg.eigvalsh`` and autograd. Only eigenvalues enter, so the backward pass is
-V diag(1 / (2 sqrt lambda)) V^T: it has no 1/(lambda_i - lambda_j) factors, and repeated
-eigenvalues are harmless (the result is the same for any orthonormal basis of an eigenspace).
-Eigenvalues are clamped at ``eps = 1e-12 * tr S_t`` before the square root, so zero eigenvalues
-(singular mixtures) give a large but finite gradient instead of an infinite one.
+the eigenvalues of the symmetric PSD matrix M(w) = L^T S(w) L (same spectrum as S_t^1/2 S(w) S_t^1/2;
+LAPACK ``syevd``). Only eigenvalues enter, so the gradient of sum_i sqrt(lambda_i) with respect to M
+is V diag(1 / (2 sqrt lambda)) V^T, written out analytically (it is what autograd through
+``torch.linalg.eigvalsh`` returns, at a fraction of the cost for the small matrices here): it has no
+1/(lambda_i - lambda_j) factors, and repeated eigenvalues are harmless (the result is the same for
+any orthonormal basis of an eigenspace). Inside the optimiser the eigenvalues are clamped at
+``eps = 1e-12 * tr S_t`` before the square root, so zero eigenvalues (singular mixtures) give a
+finite gradient; the reported CSI clips at 0 exactly as ``frechet_distance`` does.
 
-Optimiser: spectral projected gradient (Barzilai-Borwein steps, Armijo backtracking, Euclidean
-projection onto {w >= floor, sum w = 1}), started from the better of the best single component and
-the uniform mixture. Every accepted step decreases the objective, so with no diversity bonus the
-result's CSI is never above the best single component's.
+Optimiser: spectral projected gradient (Barzilai-Borwein steps, non-monotone Armijo backtracking
+along the projection arc, Euclidean projection onto {floor <= w (<= ceiling), sum w = 1}), iterated
+from the uniform mixture (from a vertex, where the root-trace term is steepest, steps crawl) and
+stopped when the Frank-Wolfe gap (an upper bound on objective - optimum, the problem being convex)
+is below ``tol`` times the objective. The best point seen, the best single component included, is
+returned, so with no diversity bonus the result's CSI is never above the best single component's.
 
 Memory O(K d^2) for K components of dimension d; time O(K d^3) once, then O(K d^2 + d^3) per step.
 """
@@ -61,7 +65,7 @@ class MixtureMoments:
 class MixtureResult:
     """The CSI-optimal mixture and the comparisons that say whether mixing paid off.
 
-    ``csi`` is the Fréchet distance of the optimal mixture (computed by
+    ``csi`` is the Fréchet distance of the optimal mixture (eigenvalues clipped at 0 as in
     :func:`fastcsi.stats.frechet_distance`, not the optimiser's clamped objective); ``objective`` is
     csi - diversity * entropy(weights). ``single_csi[k]`` is the CSI of component k alone;
     ``baselines`` maps a name to {"weights", "csi"} (by default ``balanced`` and ``temperature:T``)."""
@@ -77,6 +81,7 @@ class MixtureResult:
     diversity: float = 0.0
     floor: float = 0.0
     names: list | None = None
+    gap: float = 0.0  # Frank-Wolfe gap at the end: objective - optimum <= gap
 
     @property
     def best_single_csi(self) -> float:
@@ -96,6 +101,7 @@ class MixtureResult:
             "entropy": self.entropy,
             "iterations": self.iterations,
             "converged": self.converged,
+            "gap": self.gap,
             "diversity": self.diversity,
             "floor": self.floor,
             "best_single": {"component": names[self.best_single], "csi": self.best_single_csi},
@@ -214,48 +220,86 @@ def mixture_csi(components, target, weights, ddof: int = 1) -> float:
 
 
 class _Objective:
-    """CSI(w) - tau * H(w) and its gradient, in float64 torch (see the module docstring)."""
+    """CSI(w) - tau * H(w) and its gradient, in float64 (see the module docstring)."""
 
     def __init__(self, means, covs, target_mean, target_cov, tau: float):
-        import torch
+        import scipy.linalg as sla
 
-        self.torch = torch
-        t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
-        mu, cov, mu_t, cov_t = t(means), t(covs), t(target_mean), t(target_cov)
-        factor, info = torch.linalg.cholesky_ex(cov_t)
-        if int(info) != 0:  # singular target: symmetric root by eigh, clipped at 0
-            vals, vecs = torch.linalg.eigh(cov_t)
-            factor = (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
-        second = cov + mu[:, :, None] * mu[:, None, :]
-        # M(w) = F^T S(w) F = sum_k w_k F^T P_k F - (F^T mu(w))(F^T mu(w))^T: reduce every P_k once.
-        self.reduced_second = torch.einsum("ai,kab,bj->kij", factor, second, factor)
-        self.reduced_means = mu @ factor
-        self.trace_second = torch.einsum("kii->k", second)
-        self.means, self.target_mean = mu, mu_t
-        self.const = float(mu_t @ mu_t + torch.trace(cov_t))
-        self.eps = 1e-12 * max(float(torch.trace(cov_t)), 1e-300)
+        self._eigh = sla.eigh
+        try:  # Cholesky S_t = L L^T; M(w) = L^T S(w) L has the spectrum of S_t^1/2 S(w) S_t^1/2
+            factor = sla.cholesky(target_cov, lower=True, check_finite=False)
+        except np.linalg.LinAlgError:  # singular target: symmetric root by eigh, clipped at 0
+            vals, vecs = np.linalg.eigh(target_cov)
+            factor = (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+        second = covs + means[:, :, None] * means[:, None, :]
+        # M(w) = sum_k w_k F^T P_k F - (F^T mu(w))(F^T mu(w))^T: every P_k is reduced once.
+        k, d = means.shape
+        self.reduced_second = np.einsum("ai,kab,bj->kij", factor, second, factor).reshape(k, d * d)
+        self.reduced_means = means @ factor
+        # |mu(w)|^2 cancels between the mean term and tr S(w): what is left is linear in w ...
+        self.linear = np.einsum("kii->k", second) - 2.0 * means @ target_mean
+        self.const = float(target_mean @ target_mean + np.trace(target_cov))
+        self.eps = 1e-12 * max(float(np.trace(target_cov)), 1e-300)
         self.tau = float(tau)
+        self.d = d
+
+    def _middle(self, w):
+        m_tilde = w @ self.reduced_means
+        middle = (w @ self.reduced_second).reshape(self.d, self.d) - np.outer(m_tilde, m_tilde)
+        return (middle + middle.T) * 0.5, m_tilde
+
+    def _entropy_terms(self, w):
+        if not self.tau:
+            return 0.0, 0.0
+        logs = np.log(np.maximum(w, 1e-300))
+        return self.tau * float(w @ logs), self.tau * (logs + 1.0)
 
     def __call__(self, w, grad: bool = True):
-        torch = self.torch
-        w = torch.as_tensor(w, dtype=torch.float64).clone().requires_grad_(grad)
-        with torch.set_grad_enabled(grad):
-            m_tilde = w @ self.reduced_means
-            middle = torch.einsum("k,kij->ij", w, self.reduced_second) - torch.outer(m_tilde, m_tilde)
-            eig = torch.linalg.eigvalsh((middle + middle.T) * 0.5)
-            # |mu(w)|^2 cancels between the mean term and tr S(w): linear part + root-trace part.
-            value = (w @ self.trace_second - 2.0 * (w @ self.means) @ self.target_mean + self.const
-                     - 2.0 * eig.clamp(min=self.eps).sqrt().sum())
-            if self.tau:
-                value = value + self.tau * (w * torch.log(w.clamp(min=1e-300))).sum()
+        """Objective (eigenvalues clamped at eps) and, with ``grad``, its gradient."""
+        w = np.asarray(w, dtype=np.float64)
+        middle, m_tilde = self._middle(w)
+        bonus, bonus_grad = self._entropy_terms(w)
         if not grad:
-            return float(value)
-        (gradient,) = torch.autograd.grad(value, w)
-        return float(value.detach()), gradient.numpy()
+            eig = self._eigh(middle, eigvals_only=True, check_finite=False)
+            return float(w @ self.linear + self.const - 2.0 * np.sqrt(np.maximum(eig, self.eps)).sum() + bonus)
+        eig, vecs = self._eigh(middle, check_finite=False)
+        value = float(w @ self.linear + self.const - 2.0 * np.sqrt(np.maximum(eig, self.eps)).sum() + bonus)
+        # d/dM sum_i sqrt(lambda_i) = V diag(1 / (2 sqrt lambda)) V^T (0 where the clamp binds): a
+        # spectral function of M, the same for any basis of a repeated eigenvalue's eigenspace.
+        scale = np.where(eig > self.eps, 0.5 / np.sqrt(np.maximum(eig, self.eps)), 0.0)
+        h = (vecs * scale) @ vecs.T
+        # dM/dw_k = P~_k - m~_k m~^T - m~ m~_k^T
+        root_grad = self.reduced_second @ h.reshape(-1) - 2.0 * self.reduced_means @ (h @ m_tilde)
+        return value, self.linear - 2.0 * root_grad + bonus_grad
+
+    def csi(self, w) -> float:
+        """The Fréchet distance itself (eigenvalues clipped at 0, as in fastcsi.stats.frechet)."""
+        middle, _ = self._middle(np.asarray(w, dtype=np.float64))
+        eig = self._eigh(middle, eigvals_only=True, check_finite=False)
+        return float(np.asarray(w) @ self.linear + self.const - 2.0 * np.sqrt(np.clip(eig, 0.0, None)).sum())
 
 
-def _project(v: np.ndarray, lower: float) -> np.ndarray:
-    """Euclidean projection onto {w >= lower, sum w = 1} (sort-based, Duchi et al. 2008)."""
+_MEMORY = 10  # objective values the non-monotone line search compares against
+
+
+def _project(v: np.ndarray, lower: float, upper: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean projection onto {lower <= w (<= upper), sum w = 1}: sort-based without upper bounds
+    (Duchi et al. 2008), else bisection on the shift theta of clip(v - theta, lower, upper)."""
+    if upper is not None:
+        lo, hi = float(np.min(v - upper)), float(np.max(v - lower))
+        for _ in range(200):
+            theta = 0.5 * (lo + hi)
+            if np.clip(v - theta, lower, upper).sum() > 1.0:
+                lo = theta
+            else:
+                hi = theta
+            if hi - lo <= 1e-17 * max(1.0, abs(theta)):
+                break
+        w = np.clip(v - 0.5 * (lo + hi), lower, upper)
+        free = (w > lower) & (w < upper)  # put the bisection's last roundoff where no bound binds
+        if free.any():
+            w[free] += (1.0 - w.sum()) / free.sum()
+        return np.clip(w, lower, upper)
     k = v.size
     total = 1.0 - k * lower
     if total <= 0:  # the floors use up the whole simplex
@@ -279,8 +323,10 @@ def optimize_mixture(
     temperature: float = 2.0,
     baselines: dict | None = None,
     ddof: int = 1,
-    max_iter: int = 500,
-    tol: float = 1e-9,
+    max_iter: int = 2000,
+    tol: float = 1e-8,
+    ceiling=None,
+    initial=None,
 ) -> MixtureResult:
     """The weights on the simplex that minimise CSI(mixture(w), target) - diversity * H(w), with
     every share >= ``floor`` (H the entropy in nats).
@@ -288,9 +334,11 @@ def optimize_mixture(
     ``components`` and ``target``: FeatureStats (compared only when their extractor fingerprints
     agree) or (mean, covariance) pairs of one dimension. ``baselines`` (name -> weights) are
     evaluated for comparison; by default ``balanced`` (equal shares) and ``temperature:T``
-    (shares ∝ size^(1/T), sizes = ``sizes`` or the component counts; skipped without either)."""
-    from fastcsi.stats.frechet import frechet_distance
-
+    (shares ∝ size^(1/T), sizes = ``sizes`` or the component counts; skipped without either).
+    ``ceiling`` (K,): optional upper bounds on the shares (what a component can supply); the
+    guarantee "not above the best single component" then holds only among feasible points.
+    ``initial``: an extra starting point (a warm start), besides the best single component and the
+    uniform mixture."""
     try:
         diversity, floor = float(diversity), float(floor)
     except (TypeError, ValueError):
@@ -307,48 +355,67 @@ def optimize_mixture(
     if max_iter < 1:
         raise FastCSIError(f"max_iter {max_iter}: must be >= 1")
     floor = min(floor, 1.0 / k)
-
-    def exact_csi(w):
-        mean, cov = _mix(means, covs, w)
-        return frechet_distance(mean, cov, target_mean, target_cov)
-
-    single = np.array([exact_csi(np.eye(k)[j]) for j in range(k)])
-    best = int(np.argmin(single))
+    upper = None
+    if ceiling is not None:
+        try:
+            upper = np.asarray(ceiling, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise FastCSIError("ceiling must be one number per component") from None
+        if upper.shape != (k,) or not np.isfinite(upper).all() or (upper < floor).any() or upper.sum() < 1.0:
+            raise FastCSIError(f"ceiling: give {k} finite upper bounds >= the floor that add up to at least 1")
+        upper = np.minimum(upper, 1.0)
 
     objective = _Objective(means, covs, target_mean, target_cov, diversity)
+    exact_csi = objective.csi
+    single = np.array([exact_csi(np.eye(k)[j]) for j in range(k)])
+    best = int(np.argmin(single))
     # log w is finite only for w > 0: an entropy bonus keeps every share a hair above 0.
     lower = max(floor, 1e-12) if diversity > 0 else floor
-    starts = [_project(np.eye(k)[best], lower), np.full(k, 1.0 / k)]
-    w = min(starts, key=lambda s: objective(s, grad=False))
+    # Iterate from the interior (a vertex sits where the root-trace term is steepest, and steps from
+    # there crawl), but keep the best single component as the incumbent to beat.
+    w = _project(np.full(k, 1.0 / k) if initial is None else _check_weights(initial, k), lower, upper)
     value, gradient = objective(w)
+    vertex_start = _project(np.eye(k)[best], lower, upper)
+    vertex_value = objective(vertex_start, grad=False)
+    best_w, best_value = (vertex_start, vertex_value) if vertex_value < value else (w, value)
+    gap = 0.0
+    recent = [value]
     step = 1.0 / max(np.abs(gradient).max(), 1e-12)
-    iterations, converged, stalls = 0, k == 1, 0
+    iterations, converged = 0, k == 1
     while not converged and iterations < max_iter:
-        iterations += 1
-        direction = _project(w - step * gradient, lower) - w
-        if np.abs(direction).max() <= tol:
+        # Frank-Wolfe gap g.(w - v), v the best vertex of the feasible set: for a convex objective
+        # it bounds value - optimum from above, so it is a certified stopping rule.
+        vertex = _best_vertex(gradient, lower, upper)
+        gap = float(gradient @ (w - vertex))
+        if gap <= tol * max(abs(value), 1e-12):
             converged = True
             break
-        slope = float(gradient @ direction)
-        scale = 1.0
-        for _ in range(60):  # Armijo backtracking: accept only a sufficient decrease
-            trial = w + scale * direction
-            trial_value = objective(trial, grad=False)
-            if trial_value <= value + 1e-4 * scale * slope:
+        iterations += 1
+        reference = max(recent[-_MEMORY:])  # non-monotone (Grippo-Lampariello-Lucidi) Armijo test
+        # Backtrack along the projection arc P(w - a g): a long step then moves weight to the
+        # components with the lowest gradient instead of overshooting along one fixed direction.
+        for _ in range(60):
+            trial = _project(w - step * gradient, lower, upper)
+            slope = float(gradient @ (trial - w))
+            if slope >= 0:
+                break  # roundoff: no descent left
+            if objective(trial, grad=False) <= reference + 1e-4 * slope:
                 break
-            scale *= 0.5
+            step *= 0.5
         else:
+            slope = 0.0
+        if slope >= 0:
             converged = True  # no decrease possible at roundoff level: a stationary point
             break
-        trial = _project(trial, lower)  # remove roundoff drift off the simplex
         new_value, new_gradient = objective(trial)
         s, y = trial - w, new_gradient - gradient
         sy = float(s @ y)
         step = float(np.clip((s @ s) / sy, 1e-12, 1e12)) if sy > 0 else step * 2.0
-        stalls = stalls + 1 if value - new_value <= 1e-15 * max(abs(value), 1.0) else 0
         w, value, gradient = trial, new_value, new_gradient
-        if stalls >= 3:
-            converged = True
+        recent.append(value)
+        if value < best_value:
+            best_w, best_value = w, value
+    w = best_w  # never worse than the start, so never worse than the best single component
 
     csi_value = exact_csi(w)
     if baselines is None:
@@ -376,7 +443,22 @@ def optimize_mixture(
         diversity=diversity,
         floor=floor,
         names=list(names) if names is not None else None,
+        gap=max(gap, 0.0),
     )
+
+
+def _best_vertex(gradient: np.ndarray, lower: float, upper: np.ndarray | None) -> np.ndarray:
+    """argmin over the feasible set of gradient . v (a linear programme: fill the cheapest first)."""
+    k = gradient.size
+    vertex = np.full(k, lower)
+    left = 1.0 - k * lower
+    for j in np.argsort(gradient, kind="stable"):
+        room = left if upper is None else min(left, upper[j] - lower)
+        vertex[j] += room
+        left -= room
+        if left <= 0:
+            break
+    return vertex
 
 
 def _entropy(w: np.ndarray) -> float:

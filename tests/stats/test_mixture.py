@@ -70,8 +70,27 @@ def test_gradient_matches_finite_differences():
         # the objective is the Fréchet distance of the mixture (minus the entropy bonus)
         mix = mixture_stats(comps, w)
         entropy = -(w * np.log(w)).sum()
-        assert objective(w, grad=False) == pytest.approx(
-            frechet_distance(mix.mean, mix.covariance, *target) - tau * entropy, rel=1e-9)
+        fd = frechet_distance(mix.mean, mix.covariance, *target)
+        assert objective(w, grad=False) == pytest.approx(fd - tau * entropy, rel=1e-9)
+        assert objective.csi(w) == pytest.approx(fd, rel=1e-10)
+
+
+def test_gradient_with_repeated_eigenvalues_matches_autograd():
+    # isotropic components and target: M(w) has one eigenvalue of multiplicity d
+    import torch
+
+    d = 5
+    comps = [(np.zeros(d), np.eye(d) * s) for s in (1.0, 2.0, 4.0)]
+    target = (np.zeros(d), np.eye(d) * 3.0)
+    objective = _Objective(np.stack([m for m, _ in comps]), np.stack([c for _, c in comps]), *target, 0.0)
+    w = np.array([0.2, 0.5, 0.3])
+    _, grad = objective(w)
+    wt = torch.tensor(w, requires_grad=True)
+    middle = 3.0 * torch.einsum("k,kij->ij", wt, torch.tensor(np.stack([c for _, c in comps])))
+    value = (wt * torch.tensor([1.0, 2.0, 4.0])).sum() * d + 3.0 * d - 2 * torch.linalg.eigvalsh(middle).sqrt().sum()
+    (expected,) = torch.autograd.grad(value, wt)
+    assert np.isfinite(grad).all()
+    np.testing.assert_allclose(grad, expected.numpy(), rtol=1e-10)
 
 
 def test_optimum_not_above_best_single_and_below_baselines():
@@ -174,3 +193,15 @@ def test_cluster_and_merge_components():
     assert cluster_components(np.zeros((2, 3)), [1, 1], k=5).tolist() == [0, 1]
     again = cluster_components(np.stack([p.mean for p in parts]), [p.count for p in parts], k=3, seed=0)
     assert again.tolist() == labels.tolist()
+
+
+def test_ceiling_caps_the_shares():
+    comps = [_gaussian(4, s, shift=3.0 * s) for s in range(3)]
+    free = optimize_mixture(comps, comps[0])
+    capped = optimize_mixture(comps, comps[0], ceiling=[0.6, 1.0, 1.0])
+    assert free.weights[0] > 0.999
+    assert capped.weights[0] == pytest.approx(0.6, abs=1e-9)
+    assert capped.weights.sum() == pytest.approx(1.0, abs=1e-12)
+    assert capped.csi > free.csi
+    with pytest.raises(FastCSIError, match="ceiling"):
+        optimize_mixture(comps, comps[0], ceiling=[0.2, 0.2, 0.2])
