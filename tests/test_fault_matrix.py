@@ -52,7 +52,11 @@ def good(tmp_path_factory):
     stats = root / "toy.npz"
     out = runner.invoke(cli, ["stats", "compute", str(data), "-o", str(stats), "--samples", "all", "--quiet"])
     assert out.exit_code == 0, out.output
-    return {"data": data, "stats": stats, "root": root}
+    model = root / "ft"
+    out = runner.invoke(cli, ["finetune", "--pretrained", "none", "--data", str(data), "--split", "3,1,2",
+                              "--epochs", "1", "-o", str(model), *TRAIN_FAST])
+    assert out.exit_code == 0, out.output
+    return {"data": data, "stats": stats, "root": root, "model": model}
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +112,8 @@ DATA_COMMANDS = {
     "pretrain": ["pretrain", "--data", "{data}", "--samples", "2", "--epochs", "1", "-o", "{out}/pt", *TRAIN_FAST],
     "finetune": ["finetune", "--pretrained", "none", "--data", "{data}", "--split", "2,1,1", "--epochs", "1",
                  "-o", "{out}/ft", *TRAIN_FAST],
+    "predict": ["predict", "--model", "{model}", "--data", "{data}", "-o", "{out}/pred.extxyz", "--quiet"],
+    "evaluate": ["evaluate", "--model", "{model}", "--data", "{data}", "-o", "{out}/eval", "--quiet"],
 }
 
 
@@ -139,7 +145,8 @@ def test_bad_dataset_is_one_line_exit_2_and_writes_nothing(command, bad, good, b
     out = tmp_path / "out"
     out.mkdir()
     before = _snapshot(bad_inputs[bad].parent)
-    result, args = _invoke(DATA_COMMANDS[command], data=bad_inputs[bad], good=good["data"], out=out)
+    result, args = _invoke(DATA_COMMANDS[command], data=bad_inputs[bad], good=good["data"], model=good["model"],
+                           out=out)
     _check_user_error(result, args)
     assert _snapshot(out) == set(), f"{' '.join(args)} left {_snapshot(out)}"
     assert _snapshot(bad_inputs[bad].parent) == before  # no side files beside inputs
@@ -156,8 +163,11 @@ OUTPUT_COMMANDS = {
     "pretrain": ["pretrain", "--data", "{data}", "--samples", "2", "--epochs", "1", "-o", "{out}", *TRAIN_FAST],
     "finetune": ["finetune", "--pretrained", "none", "--data", "{data}", "--split", "2,1,3", "--epochs", "1",
                  "-o", "{out}", *TRAIN_FAST],
+    "predict": ["predict", "--model", "{model}", "--data", "{data}", "-o", "{out}", "--quiet"],
+    "evaluate": ["evaluate", "--model", "{model}", "--data", "{data}", "-o", "{out}", "--quiet"],
 }
-FILE_OUTPUTS = {"data convert": ".extxyz", "data sample": ".json", "stats compute": ".npz", "stats merge": ".npz"}
+FILE_OUTPUTS = {"data convert": ".extxyz", "data sample": ".json", "stats compute": ".npz", "stats merge": ".npz",
+                "predict": ".extxyz"}
 
 
 # a command writes either a file (the suffix given) or a directory: each gets the other's mistake
@@ -177,7 +187,8 @@ def test_bad_output_location_is_one_line_exit_2(command, where, good, tmp_path):
         target = tmp_path / f"a-directory{suffix}"
         target.mkdir()
     before = _snapshot(tmp_path)
-    result, args = _invoke(OUTPUT_COMMANDS[command], data=good["data"], stats=good["stats"], out=target)
+    result, args = _invoke(OUTPUT_COMMANDS[command], data=good["data"], stats=good["stats"], model=good["model"],
+                           out=target)
     _check_user_error(result, args)
     assert _snapshot(tmp_path) == before
     if where == "file-for-directory":
@@ -262,3 +273,19 @@ def test_finetune_names_a_missing_checkpoint_before_the_split(good, tmp_path):
                            missing=tmp_path / "nonexistent", data=good["data"], out=tmp_path / "ft")
     _check_user_error(result, args)
     assert "nonexistent" in result.stderr and "split" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+@pytest.mark.parametrize("bad", ["missing", "empty-directory", "random-bytes", "stats-file"])
+def test_bad_model_is_one_line_exit_2(command, bad, good, tmp_path):
+    models = {"missing": tmp_path / "no-model", "empty-directory": tmp_path / "empty",
+              "random-bytes": tmp_path / "random.pt", "stats-file": good["stats"]}
+    models["empty-directory"].mkdir()
+    models["random-bytes"].write_bytes(np.random.default_rng(2).integers(0, 256, 1024, dtype=np.uint8).tobytes())
+    out = tmp_path / "out"
+    out.mkdir()
+    target = "{out}/pred.extxyz" if command == "predict" else "{out}/eval"
+    result, args = _invoke([command, "--model", "{model}", "--data", "{data}", "-o", target, "--quiet"],
+                           model=models[bad], data=good["data"], out=out)
+    _check_user_error(result, args)
+    assert _snapshot(out) == set()
