@@ -200,6 +200,12 @@ def from_record(record: dict, device="auto", dtype="float32") -> TrainedModel:
         with skip_weight_init():  # every weight is loaded below
             gemnet = GemNetOC(**build)
         gemnet.load_state_dict(record["weights"], strict=True)
+        if record.get("ema_shadow"):
+            # through the parameters, as training's EMA does: tied weights (two state_dict names,
+            # one tensor) get the average once, whichever name the state_dict lists last
+            with torch.no_grad():
+                for name, p in gemnet.named_parameters():
+                    p.copy_(record["ema_shadow"][name])
     except (RuntimeError, KeyError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise FastCSIError(f"{where}: weights do not fit the stored GemNet-OC hyperparameters ({first})") from None
@@ -249,17 +255,16 @@ def _pretrain_record(rundir: Path) -> dict:
         raise FastCSIError(f"{rundir}: the pretraining run has not finished (status {info.get('status')!r}); "
                            "complete it with --resume")
     state = ckpt.load(rundir / ckpt.LAST, kind="fastcsi-train-state")
-    weights = dict(state["model"])
     ema = state.get("ema", {})
-    if float(ema.get("decay", 0.0)) > 0:
-        weights.update(ema["shadow"])
     prefix = "backbone."
+    strip = lambda d: {k[len(prefix):]: v for k, v in d.items() if k.startswith(prefix)}  # noqa: E731
     hparams = info["model"]["hparams"]
     normalizer = info["normalizer"]
     return {
         "architecture": ARCHITECTURE,
         "hparams": hparams,
-        "weights": {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)},
+        "weights": strip(state["model"]),
+        "ema_shadow": strip(ema["shadow"]) if float(ema.get("decay", 0.0)) > 0 else None,
         "normalizer": normalizer,
         "gradient_forces": bool(hparams.get("regress_forces")) and not bool(hparams.get("direct_forces")),
         "target": "energy",
