@@ -69,11 +69,16 @@ def _config(base, kw):
 
 
 @click.command()
-@click.option("--data", "data", multiple=True, required=True, type=click.Path(), help="Upstream dataset; repeatable.")
-@click.option("--mix", default="temperature:2", show_default=True, help="balanced | proportional | temperature:T")
+@click.option("--data", "data", multiple=True, type=click.Path(),
+              help="Upstream dataset; repeatable (optional with --from-selection or --mix csi:).")
+@click.option("--mix", default="temperature:2", show_default=True,
+              help="balanced | proportional | temperature:T | csi:OUT/mix.json (CSI-optimal weights, fresh draws)")
+@click.option("--from-selection", "selection", type=click.Path(dir_okay=False), default=None,
+              help="Train on exactly the structures of OUT/pretrain_set.json (select --optimize-mix --budget N).")
 @click.option("--sampling", type=click.Choice(["balanced", "random"]), default="balanced", show_default=True,
               help="Within each dataset: class-balanced or uniform.")
-@click.option("--samples", "-n", type=int, required=True, help="Training structures N (the budget's sample size).")
+@click.option("--samples", "-n", type=int, default=None,
+              help="Training structures N (the budget's sample size); --from-selection sets it.")
 @click.option("--epochs", "-e", type=int, default=2, show_default=True, help="Epochs E (budget C = N x E).")
 @click.option("--val-samples", type=int, default=None, help="Held-out validation structures (default 10% of N).")
 @click.option("--model", default="gemnet-oc-s", show_default=True, help="gemnet-oc-tiny | gemnet-oc-s | gemnet-oc-l")
@@ -81,7 +86,7 @@ def _config(base, kw):
               help="HDF5: train without the groups of a damaged file that cannot be read (warns; pretrain.json lists them).")
 @click.option("-o", "--out", "rundir", default="runs/pretrain", show_default=True, type=click.Path())
 @_train_options
-def pretrain(data, mix, sampling, samples, epochs, val_samples, model, rundir, skip_unreadable, **kw):
+def pretrain(data, mix, selection, sampling, samples, epochs, val_samples, model, rundir, skip_unreadable, **kw):
     """Pretrain GemNet-OC on energy and forces of N structures for E epochs."""
     from fastcsi.train.config import PRETRAIN_DEFAULTS
     from fastcsi.train.pretrain import PretrainSettings, run_pretrain
@@ -90,7 +95,7 @@ def pretrain(data, mix, sampling, samples, epochs, val_samples, model, rundir, s
         data=list(data), samples=samples, mix=mix, sampling=sampling, model=model,
         model_overrides=_model_overrides(kw["model_options"]), forces=kw["forces"], val_samples=val_samples,
         device=kw["device"], rundir=rundir, train=_config(PRETRAIN_DEFAULTS, {**kw, "epochs": epochs}),
-        trace=kw["trace"], progress=not kw["quiet"], skip_unreadable=skip_unreadable,
+        trace=kw["trace"], progress=not kw["quiet"], skip_unreadable=skip_unreadable, selection=selection,
     )
     out = run_pretrain(settings, resume=kw["resume"], log=click.echo)
     if out["rank"] != 0:

@@ -48,6 +48,7 @@ class PretrainSettings:
     trace: bool = False
     progress: bool = True
     skip_unreadable: bool = False  # HDF5: leave out unreadable groups of damaged files (recorded)
+    selection: str | None = None  # pretrain_set.json of `select --optimize-mix --budget N`: train on exactly it
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -96,7 +97,16 @@ def mixture_weights(mix: str, sizes) -> np.ndarray:
         except ValueError:
             raise FastCSIError(f"--mix {mix!r}: temperature must be a number, e.g. temperature:2") from None
         return temperature_mix(sizes, T)
-    raise FastCSIError(f"--mix {mix!r}: choose balanced, proportional or temperature:T")
+    raise FastCSIError(f"--mix {mix!r}: choose balanced, proportional, temperature:T or csi:MIX.json")
+
+
+def _check_room(datasets, n_train: int) -> None:
+    total = sum(len(d) for d in datasets)
+    if n_train + 1 > total:
+        raise FastCSIError(
+            f"--samples {n_train} needs at least {n_train + 1} structures (one held out for validation), "
+            f"but the data has {total}"
+        )
 
 
 def draw_samples(datasets, n_train: int, n_val: int, weights, strategy: str, seed: int):
@@ -104,15 +114,15 @@ def draw_samples(datasets, n_train: int, n_val: int, weights, strategy: str, see
     what training did not draw (so validation measures held-out structures)."""
     from fastcsi.data import mixture_indices
 
-    total = sum(len(d) for d in datasets)
-    if n_train + 1 > total:
-        raise FastCSIError(
-            f"--samples {n_train} needs at least {n_train + 1} structures (one held out for validation), "
-            f"but the data has {total}"
-        )
+    _check_room(datasets, n_train)
     train = mixture_indices(datasets, n_train, weights=weights, seed=seed, strategy=strategy)
     if len(train) != n_train:
         raise FastCSIError(f"could draw only {len(train)} of {n_train} training structures from the data")
+    return train, held_out(datasets, train, n_val, seed)
+
+
+def held_out(datasets, train, n_val: int, seed: int):
+    """``n_val`` (dataset, index) pairs at random among the structures ``train`` does not hold."""
     parts = []
     for k, d in enumerate(datasets):  # vectorised: upstreams can hold millions of structures
         free = np.ones(len(d), dtype=bool)
@@ -122,7 +132,131 @@ def draw_samples(datasets, n_train: int, n_val: int, weights, strategy: str, see
     rest = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
     n_val = min(n_val, len(rest))
     pick = np.sort(np.random.default_rng([seed, 0xFA1]).choice(len(rest), size=n_val, replace=False))
-    return train, rest[pick]
+    return rest[pick]
+
+
+def _read_json(path, expected: str, what: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FastCSIError(f"{path}: no such {what}")
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise FastCSIError(f"{path}: not a readable {what} ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != expected:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise FastCSIError(f"{path}: not a {what} (format {found!r}, expected {expected})")
+    return payload
+
+
+def _check_fingerprint(dataset, expected, path, source) -> None:
+    if expected is not None and dataset.fingerprint != expected:
+        raise FastCSIError(
+            f"{path}: the dataset changed since {source} was written (fingerprint {dataset.fingerprint}, "
+            f"recorded {expected}); rerun fastcsi select --optimize-mix for it"
+        )
+
+
+def _same_paths(given, recorded, source) -> list:
+    """``given`` --data paths in the order of the ``recorded`` ones (all of them, nothing else)."""
+    if not given:
+        return list(recorded)
+    resolved = {str(Path(p).resolve()): p for p in given}
+    wanted = [str(Path(p).resolve()) for p in recorded]
+    if sorted(resolved) != sorted(wanted):
+        raise FastCSIError(f"--data does not name the datasets of {source} ({', '.join(map(str, recorded))}); "
+                           "drop --data to use them")
+    return [resolved[p] for p in wanted]
+
+
+def resolve_data_source(settings: PretrainSettings):
+    """Where the training structures come from, before anything is read: ``(settings, plan)``
+    with ``settings.data`` / ``samples`` filled in from a selection or mix file, and ``plan`` a
+    dict saying how to draw (recorded in pretrain.json as ``data_source``)."""
+    try:
+        return _resolve_data_source(settings)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        where = settings.selection or (settings.mix or "")[4:]
+        raise FastCSIError(f"{where}: malformed file (missing or bad field: {exc})") from None
+
+
+def _resolve_data_source(settings: PretrainSettings):
+    from dataclasses import replace
+
+    mix = (settings.mix or "").strip()
+    if settings.selection:
+        selection = _read_json(settings.selection, "fastcsi-pretrain-set/1", "pretraining-set file")
+        entries = selection.get("datasets") or []
+        recorded = [e["path"] for e in entries]
+        data = _same_paths(settings.data, recorded, settings.selection)
+        budget = int(selection["budget"])
+        if settings.samples is not None and settings.samples != budget:
+            raise FastCSIError(f"--samples {settings.samples}: {settings.selection} holds a set of {budget} "
+                               "structures; drop --samples")
+        order = {str(Path(p).resolve()): k for k, p in enumerate(data)}
+        plan = {"kind": "selection", "file": str(Path(settings.selection).resolve()), "level": selection.get("level"),
+                "budget": budget, "mix": selection.get("mix"),
+                "entries": sorted(entries, key=lambda e: order[str(Path(e["path"]).resolve())])}
+        return replace(settings, data=data, samples=budget, mix="selection"), plan
+    if mix.lower().startswith("csi:"):
+        path = mix[4:]
+        payload = _read_json(path, "fastcsi-mix/1", "mix file")
+        recorded = [e["path"] for e in payload["datasets"]]
+        data = _same_paths(settings.data, recorded, path)
+        plan = {"kind": "csi", "file": str(Path(path).resolve()), "level": payload["level"],
+                "fingerprints": {str(Path(e["path"]).resolve()): e.get("fingerprint") for e in payload["datasets"]},
+                "structure_shares": payload["structure_shares"], "components": payload["components"],
+                "csi": payload.get("csi")}
+        return replace(settings, data=data), plan
+    return settings, {"kind": "mixture", "mix": settings.mix, "sampling": settings.sampling}
+
+
+def draw_training_data(settings: PretrainSettings, plan: dict, datasets, n_val: int, seed: int):
+    """(train, val) (dataset, index) pairs for ``plan`` (see :func:`resolve_data_source`) and the
+    per-dataset shares of structures that drew them."""
+    try:
+        return _draw_training_data(settings, plan, datasets, n_val, seed)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FastCSIError(f"{plan.get('file')}: malformed file (missing or bad field: {exc})") from None
+
+
+def _draw_training_data(settings, plan, datasets, n_val: int, seed: int):
+    if plan["kind"] == "selection":
+        parts = []
+        for k, (entry, d) in enumerate(zip(plan["entries"], datasets)):
+            _check_fingerprint(d, entry.get("fingerprint"), settings.data[k], plan["file"])
+            idx = np.asarray(entry.get("indices", []), dtype=np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= len(d) or np.unique(idx).size != idx.size):
+                raise FastCSIError(f"{plan['file']}: the indices of {settings.data[k]} are out of range or repeated")
+            parts.append(np.stack([np.full(idx.size, k, dtype=np.int64), np.sort(idx)], axis=1))
+        train = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
+        if len(train) != settings.samples:
+            raise FastCSIError(f"{plan['file']}: lists {len(train)} structures but says its budget is {settings.samples}")
+        _check_room(datasets, settings.samples)
+        weights = np.array([(train[:, 0] == k).sum() for k in range(len(datasets))], dtype=np.float64)
+        return train, held_out(datasets, train, n_val, seed), weights / weights.sum()
+    if plan["kind"] == "csi":
+        for path, d in zip(settings.data, datasets):
+            _check_fingerprint(d, plan["fingerprints"].get(str(Path(path).resolve())), path, plan["file"])
+        shares = {str(Path(p).resolve()): q for p, q in plan["structure_shares"].items()}
+        weights = np.array([shares[str(Path(p).resolve())] for p in settings.data], dtype=np.float64)
+        if plan["level"] == "dataset":
+            train, val = draw_samples(datasets, settings.samples, n_val, weights, settings.sampling, seed)
+            return train, val, weights
+        # class level: the mix's class components, fresh seeded class-balanced draws inside each
+        from fastcsi.pipeline.mix import draw_selection
+
+        _check_room(datasets, settings.samples)
+        index = {str(Path(p).resolve()): k for k, p in enumerate(settings.data)}
+        components = [{"dataset": index[str(Path(c["dataset"]).resolve())], "classes": c["classes"],
+                       "structure_share": c["structure_share"]} for c in plan["components"]]
+        chosen, _ = draw_selection(datasets, components, settings.samples, seed)
+        train = np.concatenate([np.stack([np.full(len(idx), k, dtype=np.int64), idx], axis=1)
+                                for k, idx in enumerate(chosen)])
+        return train, held_out(datasets, train, n_val, seed), weights
+    weights = mixture_weights(settings.mix, [len(d) for d in datasets])
+    train, val = draw_samples(datasets, settings.samples, n_val, weights, settings.sampling, seed)
+    return train, val, weights
 
 
 def _read(datasets, pairs, paths, what: str, progress: bool, needs_forces: bool):
@@ -141,6 +275,7 @@ def _read(datasets, pairs, paths, what: str, progress: bool, needs_forces: bool)
 def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) -> dict:
     from fastcsi.data import open_dataset
 
+    settings, source = resolve_data_source(settings)  # before the resume check: it compares resolved settings
     cfg = settings.train
     device, ctx, log = start_run(cfg.max_threads, settings.device, log)
     rundir = Path(settings.rundir)
@@ -158,16 +293,16 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
     elif ctx.is_main and (rundir / "last.pt").exists():
         raise FastCSIError(f"{rundir}: already holds a run; pass --resume to continue it or choose another -o")
     if not settings.data:
-        raise FastCSIError("pretraining needs at least one --data PATH")
+        raise FastCSIError("pretraining needs at least one --data PATH (or --from-selection / --mix csi:MIX.json)")
+    if settings.samples is None:
+        raise FastCSIError("pretraining needs --samples N (or --from-selection, whose set fixes N)")
     if settings.samples < 1:
         raise FastCSIError(f"--samples must be >= 1, got {settings.samples}")
 
     with profiler.stage("read"):
         datasets = [open_dataset(p, skip_unreadable=settings.skip_unreadable) for p in settings.data]
-        sizes = [len(d) for d in datasets]
-        weights = mixture_weights(settings.mix, sizes)
         n_val = settings.val_samples if settings.val_samples is not None else min(max(settings.samples // 10, 1), 1000)
-        train_pairs, val_pairs = draw_samples(datasets, settings.samples, n_val, weights, settings.sampling, cfg.seed)
+        train_pairs, val_pairs, weights = draw_training_data(settings, source, datasets, n_val, cfg.seed)
         train = _read(datasets, train_pairs, settings.data, "training sample", settings.progress and ctx.is_main, True)
         val = _read(datasets, val_pairs, settings.data, "validation sample", settings.progress and ctx.is_main, True)
 
@@ -183,11 +318,13 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
               "batch_size": cfg.batch_size, "steps_per_epoch": steps_per_epoch,
               "steps": steps_per_epoch * cfg.epochs, "world_size": ctx.world_size,
               "validation_structures": len(val), "per_dataset": per_dataset,
-              "mixture_weights": [float(w) for w in weights]}
+              "mixture_weights": [float(w) for w in weights],
+              "data_source": {k: v for k, v in source.items() if k not in ("entries", "components", "fingerprints")}}
     log(f"budget: N = {budget['N']} structures x E = {budget['E']} epochs = C = {budget['C']} structure-visits; "
         f"{budget['steps']} optimizer steps of {cfg.batch_size} ({steps_per_epoch} per epoch) on {ctx.world_size} "
         f"process(es), {device}; validation on {len(val)} held-out structures")
     log("training sample per dataset: " + ", ".join(f"{Path(p).name}: {n}" for p, n in per_dataset.items()))
+    log(describe_source(source))
     if ctx.is_main:
         rundir.mkdir(parents=True, exist_ok=True)
         _write_record(record, settings, budget, datasets, normalizer, gemnet, status="running")
@@ -253,10 +390,23 @@ def _check_resume(record: Path, settings: PretrainSettings):
     except (OSError, ValueError, KeyError, TypeError):
         raise FastCSIError(f"{record}: not a readable pretrain.json; cannot resume from it") from None
     new = settings.to_dict()
-    keys = ("data", "samples", "mix", "sampling", "model", "model_overrides", "forces")
+    keys = ("data", "samples", "mix", "sampling", "model", "model_overrides", "forces", "selection")
     changed = [k for k in keys if old.get(k) != new.get(k)]
     changed += [f"train.{k}" for k in ("epochs", "batch_size", "seed", "lr") if old["train"].get(k) != new["train"].get(k)]
     if changed:
         raise FastCSIError(f"{record}: cannot resume with different settings ({', '.join(changed)}); "
                            "use the original command line plus --resume")
     return previous
+
+
+def describe_source(source: dict) -> str:
+    """One line on where the training structures came from (the budget printout)."""
+    if source["kind"] == "selection":
+        return (f"data: exactly the {source['budget']} structures of {source['file']} "
+                f"({source['level']}-level CSI-optimal selection, fingerprints verified)")
+    if source["kind"] == "csi":
+        optimum = (source.get("csi") or {}).get("optimum")
+        csi_text = f", analytic CSI {optimum:.4g}" if optimum is not None else ""
+        return (f"data: fresh seeded draws with the {source['level']}-level CSI-optimal weights of "
+                f"{source['file']}{csi_text}")
+    return f"data: {source['sampling']} draws within datasets, mixture {source['mix']}"
