@@ -150,7 +150,8 @@ def finetune(pretrained, data, train_data, val_data, test_data, target, split, r
     if out.get("interrupted"):
         click.echo(f"stopped after step {out['steps']}; continue with the same command plus --resume")
     else:
-        click.echo(f"results: {rundir}/results.json, learning curve: {rundir}/learning_curve.png")
+        click.echo(f"results: {rundir}/results.json, learning curve: {rundir}/learning_curve.png, "
+                   f"model: {rundir}/final.pt (fastcsi predict / evaluate, fastcsi.calculator.FastCSICalculator)")
 
 
 @click.command()

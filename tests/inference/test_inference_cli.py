@@ -133,3 +133,37 @@ def test_user_mistakes_are_one_line_exit_2(bad_inputs, args, message):
     assert len(lines) == 1 and lines[0].startswith("fastcsi: error:"), result.output
     assert message in lines[0]
     assert not (bad_inputs["root"] / "o.extxyz").exists()
+
+
+def test_a_graph_level_target_model_predicts_and_evaluates_it(shared_data, tmp_path):
+    """QM9 U0 (Ha, native), summed over atoms (the qm9 recipe): evaluate on the run's own test
+    structures gives its test MAE; the calculator refuses a model without an energy."""
+    from ase.io import read, write
+
+    from fastcsi.calculator import FastCSICalculator
+    from fastcsi.data import open_dataset
+    from fastcsi.errors import FastCSIError
+    from fastcsi.train.splits import split_indices
+
+    qm9 = shared_data / "qm9" / "qm9_reduced_100.extxyz"
+    rundir = tmp_path / "u0"
+    ft = run(["finetune", "--pretrained", "none", "--data", qm9, "--target", "U0", "--recipe", "qm9", "--split",
+              "24,8,8", "--model", "gemnet-oc-tiny", "--epochs", 1, "--batch-size", 8, "--threads", 1, "--quiet",
+              "-o", rundir])
+    assert ft.exit_code == 0, ft.output
+    results = json.loads((rundir / "results.json").read_text())
+    test_idx = split_indices(100, "24,8,8", seed=results["split"]["seed"])["test"]
+    frames = read(qm9, index=":")
+    write(tmp_path / "test.extxyz", [frames[i] for i in test_idx])
+    ev = run(["evaluate", "--model", rundir, "--data", tmp_path / "test.extxyz", "-o", tmp_path / "ev", "--quiet"])
+    assert ev.exit_code == 0, ev.output
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"U0"} and metrics["U0"]["unit"] == "native"
+    assert metrics["U0"]["mae"] == pytest.approx(results["test_mae"]["U0"], rel=1e-4)
+    pred = run(["predict", "--model", rundir, "--data", tmp_path / "test.extxyz", "-o", tmp_path / "p.extxyz",
+                "--quiet"])
+    assert pred.exit_code == 0, pred.output
+    written = open_dataset(tmp_path / "p.extxyz")
+    assert "fastcsi_U0" in written[0].targets and written[0].targets["U0"] == frames[test_idx[0]].info["U0"]
+    with pytest.raises(FastCSIError, match="not an energy"):
+        FastCSICalculator(model=rundir)
