@@ -129,8 +129,8 @@ def dataset_stats(
 
     ``per_class``: also per-class statistics in the same pass (see the module docstring), as the
     result's ``class_stats``: a FeatureStats whose groups are keyed by class index, with
-    ``metadata["class_names"]`` (index -> key) and ``metadata["class_structures"]`` (sampled
-    structures per class index).
+    ``metadata["class_names"]`` (index -> key), ``metadata["class_structures"]`` (sampled
+    structures per class index) and ``metadata["class_sizes"]`` (structures per class in the dataset).
 
     Under torch.distributed every rank computes its strided share and the shares are merged exactly
     with ``FeatureStats.all_reduce``; rank 0 decides cache hits and alone writes the cache.
@@ -255,6 +255,7 @@ def dataset_stats(
             stats_key=f"{key}-classes",
             class_names=class_names.tolist(),
             class_structures={str(c): int(n) for c, n in enumerate(sampled) if n},
+            class_sizes=np.bincount(class_of, minlength=len(class_names)).tolist(),  # whole dataset
         )
         stats.class_stats = class_stats
     if ctx.is_main:

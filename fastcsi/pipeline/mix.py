@@ -124,8 +124,10 @@ def _class_components(label: str, name: str, dataset_index: int, up, mix: MixSet
         classes = [names[c] for c in members]
         title = f"{name}:{classes[0]}" if len(classes) == 1 else f"{name}:cluster{j} ({len(classes)} classes)"
         structures = sum(sampled.get(c, 0) for c in members)
+        sizes = class_stats.metadata.get("class_sizes")
         out.append({"name": title, "dataset": dataset_index, "classes": classes, "stats": stats,
-                    "samples_per_structure": stats.count / max(structures, 1)})
+                    "samples_per_structure": stats.count / max(structures, 1),
+                    "capacity": None if sizes is None else sum(int(sizes[c]) for c in members)})
     return out, skipped
 
 
@@ -147,8 +149,8 @@ def _capacity(components, datasets) -> np.ndarray:
     out = []
     for c in components:
         k = c["dataset"]
-        if c["classes"] is None:
-            out.append(len(datasets[k]))
+        if c.get("capacity") is not None:  # counted in the statistics pass
+            out.append(c["capacity"])
             continue
         if k not in keys:
             names, counts = np.unique(np.asarray(datasets[k].class_keys()).astype(str), return_counts=True)
@@ -191,7 +193,7 @@ def optimize_run(mix: MixSettings, sources, provider, settings) -> dict:
     skipped_classes = {}
     if mix.level == "dataset":
         components = [{"name": labels[k], "dataset": k, "classes": None, "stats": ups[k],
-                       "samples_per_structure": spp[k]} for k in range(len(ups))]
+                       "samples_per_structure": spp[k], "capacity": sizes[k]} for k in range(len(ups))]
         result = datasets_opt
     else:
         components = []
@@ -309,6 +311,7 @@ def draw_selection(datasets, plan, n: int, seed: int):
         raise FastCSIError("the mixture's structure shares must be finite, non-negative and not all zero")
     whole = [c["classes"] is None for c in plan]
     if all(whole) and sorted(c["dataset"] for c in plan) == list(range(len(datasets))):
+        # the pretraining sampler's own draw, so that `pretrain --mix csi:` with this seed gives this set
         weights = np.zeros(len(datasets))
         for c, q in zip(plan, shares):
             weights[c["dataset"]] = q

@@ -16,7 +16,7 @@ optimum is global and does not depend on the order of the components.
 Gradient: the same symmetric eigen formulation as :mod:`fastcsi.stats.frechet`. S_t is factored
 once (Cholesky S_t = L L^T, or S_t^1/2 by eigh when S_t is singular), then every evaluation takes
 the eigenvalues of the symmetric PSD matrix M(w) = L^T S(w) L (same spectrum as S_t^1/2 S(w) S_t^1/2;
-LAPACK ``syevd``). Only eigenvalues enter, so the gradient of sum_i sqrt(lambda_i) with respect to M
+``torch.linalg.eigh`` in float64). Only eigenvalues enter, so the gradient of sum_i sqrt(lambda_i) with respect to M
 is V diag(1 / (2 sqrt lambda)) V^T, written out analytically (it is what autograd through
 ``torch.linalg.eigvalsh`` returns, at a fraction of the cost for the small matrices here): it has no
 1/(lambda_i - lambda_j) factors, and repeated eigenvalues are harmless (the result is the same for
@@ -210,31 +210,33 @@ def mixture_stats(components, weights, ddof: int = 1) -> MixtureMoments:
 
 
 def mixture_csi(components, target, weights, ddof: int = 1) -> float:
-    """CSI (Fréchet distance) between the mixture of ``components`` with ``weights`` and ``target``."""
-    from fastcsi.stats.frechet import frechet_distance
-
+    """CSI (Fréchet distance) between the mixture of ``components`` with ``weights`` and ``target``
+    (the symmetric eigen formulation of :mod:`fastcsi.stats.frechet`, eigenvalues clipped at 0)."""
     _, means, covs = _gather(components, ddof, target=target)
     w = _check_weights(weights, len(means) - 1)
-    mean, cov = _mix(means[:-1], covs[:-1], w)
-    return frechet_distance(mean, cov, means[-1], covs[-1])
+    return _Objective(means[:-1], covs[:-1], means[-1], covs[-1], 0.0).csi(w)
 
 
 class _Objective:
     """CSI(w) - tau * H(w) and its gradient, in float64 (see the module docstring)."""
 
     def __init__(self, means, covs, target_mean, target_cov, tau: float):
-        import scipy.linalg as sla
+        import torch
 
-        self._eigh = sla.eigh
+        # The many small eigenproblems go through torch's LAPACK, which keeps to torch's thread
+        # budget: numpy's OpenBLAS back-transformation spins threads and took ~20 ms for d = 32 on
+        # a loaded 2-core machine, against ~0.2 ms here.
+        self._eigvalsh = lambda m: torch.linalg.eigvalsh(torch.from_numpy(m)).numpy()
+        self._eigh = lambda m: tuple(t.numpy() for t in torch.linalg.eigh(torch.from_numpy(m)))
         try:  # Cholesky S_t = L L^T; M(w) = L^T S(w) L has the spectrum of S_t^1/2 S(w) S_t^1/2
-            factor = sla.cholesky(target_cov, lower=True, check_finite=False)
+            factor = np.linalg.cholesky(target_cov)
         except np.linalg.LinAlgError:  # singular target: symmetric root by eigh, clipped at 0
             vals, vecs = np.linalg.eigh(target_cov)
             factor = (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
         second = covs + means[:, :, None] * means[:, None, :]
         # M(w) = sum_k w_k F^T P_k F - (F^T mu(w))(F^T mu(w))^T: every P_k is reduced once.
         k, d = means.shape
-        self.reduced_second = np.einsum("ai,kab,bj->kij", factor, second, factor).reshape(k, d * d)
+        self.reduced_second = (factor.T @ second @ factor).reshape(k, d * d)  # batched: K (d x d) products
         self.reduced_means = means @ factor
         # |mu(w)|^2 cancels between the mean term and tr S(w): what is left is linear in w ...
         self.linear = np.einsum("kii->k", second) - 2.0 * means @ target_mean
@@ -260,9 +262,9 @@ class _Objective:
         middle, m_tilde = self._middle(w)
         bonus, bonus_grad = self._entropy_terms(w)
         if not grad:
-            eig = self._eigh(middle, eigvals_only=True, check_finite=False)
+            eig = self._eigvalsh(middle)
             return float(w @ self.linear + self.const - 2.0 * np.sqrt(np.maximum(eig, self.eps)).sum() + bonus)
-        eig, vecs = self._eigh(middle, check_finite=False)
+        eig, vecs = self._eigh(middle)
         value = float(w @ self.linear + self.const - 2.0 * np.sqrt(np.maximum(eig, self.eps)).sum() + bonus)
         # d/dM sum_i sqrt(lambda_i) = V diag(1 / (2 sqrt lambda)) V^T (0 where the clamp binds): a
         # spectral function of M, the same for any basis of a repeated eigenvalue's eigenspace.
@@ -275,7 +277,7 @@ class _Objective:
     def csi(self, w) -> float:
         """The Fréchet distance itself (eigenvalues clipped at 0, as in fastcsi.stats.frechet)."""
         middle, _ = self._middle(np.asarray(w, dtype=np.float64))
-        eig = self._eigh(middle, eigvals_only=True, check_finite=False)
+        eig = self._eigvalsh(middle)
         return float(np.asarray(w) @ self.linear + self.const - 2.0 * np.sqrt(np.clip(eig, 0.0, None)).sum())
 
 
