@@ -192,6 +192,7 @@ def random_cells(count, seed, max_atoms=40):
       "device properties, nvidia-smi, versions", "the same on the CPU (no GPU expected)")
 def check_machine(ctx: Context) -> dict:
     import torch
+    import torch.distributed
 
     from fastcsi._bench._suite_common import machine_info, package_versions
 
@@ -234,7 +235,7 @@ def _gpu_tiles_under_interpreter(ctx: Context) -> None:
 
 
 @item("radius_pairs", "Triton all-pairs radius graph vs reference", True, 120,
-      "compiled kernel on CUDA tensors, up to ~1000-atom cells",
+      "compiled kernel on CUDA tensors, up to 511-atom clusters and 500-atom cells",
       "the same kernel under TRITON_INTERPRET=1 on CPU tensors, small inputs")
 def check_radius_pairs(ctx: Context) -> dict:
     import torch
@@ -401,7 +402,8 @@ def check_frechet(ctx: Context) -> dict:
     rng = np.random.default_rng(1)
     errors = {}
     for d in dims:
-        a, b = rng.standard_normal((4 * d, d)), rng.standard_normal((4 * d, d)) @ rng.standard_normal((d, d)) * 0.3
+        # well-conditioned covariances (the tolerance is the backends' agreement, not sqrtm's conditioning)
+        a, b = rng.standard_normal((4 * d, d)), rng.standard_normal((4 * d, d)) * rng.uniform(0.5, 2.0, d)
         mu1, mu2, s1, s2 = a.mean(0), b.mean(0) + 0.5, np.cov(a.T).reshape(d, d), np.cov(b.T).reshape(d, d)
         want = frechet_distance_ref(mu1, s1, mu2, s2)
         tensors = [torch.tensor(v, device=ctx.device) for v in (mu1, s1, mu2, s2)]
@@ -544,7 +546,7 @@ def check_gemnet_model(ctx: Context) -> dict:
 
     names = ["gemnet-oc-tiny", "gemnet-oc-s"] if ctx.gpu else ["gemnet-oc-tiny"]
     if ctx.gpu:
-        structures = [molecule("CH3CH2OH"), fcc((1, 1, 1)), fcc((2, 2, 2), seed=3), molecule("C6H6")]
+        structures = [molecule("CH3CH2OH"), fcc((1, 1, 1)), molecule("C6H6")]
     else:  # the interpreter runs one program per output edge: tiny structures only
         from ase import Atoms
 
@@ -673,6 +675,20 @@ def check_select(ctx: Context, deadline: float) -> dict:
     return out
 
 
+def _find_key(obj, key):
+    """The first value stored under ``key`` anywhere in a nested JSON record (None if absent)."""
+    if isinstance(obj, dict):
+        if key in obj:
+            return obj[key]
+        obj = list(obj.values())
+    if isinstance(obj, list):
+        for value in obj:
+            found = _find_key(value, key)
+            if found is not None:
+                return found
+    return None
+
+
 def _last_epoch(metrics_csv: Path) -> dict:
     import csv
 
@@ -710,8 +726,8 @@ def check_train(ctx: Context, deadline: float) -> dict:
             "last_epoch_structures_per_s": float(last["train_structures_per_s"]),
             "last_epoch_atoms_per_s": float(last["train_atoms_per_s"]),
             "run_throughput": profile.get("throughput"), "memory": profile.get("memory"), "loss": loss,
-            "amp": profile.get("settings", {}).get("amp"),
         }
+    out["pretrain"]["amp_setting"] = _find_key(json.loads((pre / "pretrain.json").read_text()), "amp")
     results = json.loads((ft / "results.json").read_text())
     expect(all(math.isfinite(v) for v in results["test_mae"].values()), f"test MAE {results['test_mae']}")
     out["finetune"]["test_mae"] = results["test_mae"]
@@ -772,7 +788,8 @@ def check_cell_list_vs_vesin(ctx: Context) -> dict:
             row["vesin_cpu_s"] = measure(lambda: nl.compute(points=positions, box=box, periodic=True, quantities="ijS"),
                                          "cpu", repeats=3)["seconds"]
         rows[n] = row
-        torch.cuda.empty_cache() if ctx.gpu else None
+        if ctx.gpu:
+            torch.cuda.empty_cache()
     return {"cutoff": cutoff, "dtype": "float32", "rows": rows,
             "reference": "NVIDIA nvalchemi-toolkit cell list: ~6.7 ms at 131k atoms, ~18 ms at 524k (fcc, 5 Å, fp32, H100)"}
 
@@ -809,8 +826,8 @@ def check_bench(ctx: Context, deadline: float) -> dict:
         if not (outdir / "bench.json").exists():
             raise
     report = json.loads((outdir / "bench.json").read_text())
-    rows = [{k: r.get(k) for k in ("kernel", "case", "size", "method", "role", "status", "seconds", "ratios")}
-            for r in report.get("rows", [])]
+    rows = [{**{k: r.get(k) for k in ("kernel", "case", "size", "method", "role", "status", "seconds", "ratios")},
+             "roof_fraction": (r.get("roofline") or {}).get("fraction")} for r in report.get("rows", [])]
     failed = report.get("failed") or []
     expect(not failed, f"bench rows FAILED their correctness check: {'; '.join(map(str, failed))[:1500]}")
     return {"rows": rows, "peaks": report.get("peaks"), "skipped": report.get("skipped"),
@@ -913,12 +930,35 @@ def write_reports(report: dict, outdir: Path) -> None:
         handle.write(markdown(report))
 
 
-def _short(details) -> str:
+def _short(name: str, details) -> str:
+    """One line of an item's result for the Markdown table."""
     if not isinstance(details, dict):
         return ""
+    if name.startswith("radius"):
+        edges = details["edges_per_case"]
+        return f"{len(edges)} cases identical to the reference ({sum(edges.values())} edges); {details['tiles']}"
     for key in ("worst_relative_error", "worst_error_per_variant", "relative_error_per_dim"):
         if key in details:
-            return ", ".join(f"{k}: {v:.2g}" for k, v in details[key].items())[:220]
+            return "max rel. error " + ", ".join(f"{k}: {v:.2g}" for k, v in details[key].items())[:300]
+    if name == "gemnet_model":
+        return "max rel. error " + ", ".join(f"{k}: {max(v.values()):.2g}" for k, v in details["relative_errors"].items())
+    if name == "select":
+        return ", ".join(f"{dtype}: CSI max rel. difference {max(d['relative_difference'].values()):.2g} "
+                         f"(tolerance {d['tolerance']:g})" for dtype, d in details.items())
+    if name == "train":
+        return ", ".join(f"{stage}: {details[stage]['last_epoch_structures_per_s']:.1f} structures/s"
+                         for stage in ("pretrain", "finetune")) + f" ({details['model']})"
+    if name == "cell_list_vs_vesin":
+        return ", ".join(f"{row['atoms']} atoms: {row['ours_s'] * 1e3:.2f} ms" for row in details["rows"].values())
+    if name == "nccl":
+        return f"{details['backend']} group initialised in {details['init_s']:.2f} s, all_reduce exact"
+    if name == "bench":
+        return f"{len(details['rows'])} rows in {details.get('total_seconds') or 0:.0f} s"
+    if name == "pytest_gpu":
+        return details.get("summary", "")
+    if name == "machine":
+        gpu = details.get("gpu")
+        return f"{gpu['name']} (sm_{gpu['capability'].replace('.', '')}, {gpu['memory_gib']} GiB)" if gpu else "no GPU"
     return ""
 
 
@@ -940,7 +980,7 @@ def markdown(report: dict) -> str:
         lines.append("")
     lines += ["| item | gates | status | s | result / error |", "|---|---|---|---:|---|"]
     for r in report["items"]:
-        text = r.get("error") or _short(r.get("details"))
+        text = r.get("error") or _short(r["name"], r.get("details"))
         if report["dry_run"]:
             text = (text + "; " if text else "") + f"on the GPU: {r['on_gpu']}"
         lines.append(f"| {r['name']} | {'yes' if r['gates'] else 'no'} | {r['status'].upper()} | "
@@ -951,7 +991,9 @@ def markdown(report: dict) -> str:
     for r in report["items"]:
         details = r.get("details")
         if r["name"] == "cell_list_vs_vesin" and details:
-            lines += ["## Cell list vs vesin-torch", "", "| atoms | edges | ours ms | baseline ms | x |", "|---:|---:|---:|---:|---:|"]
+            baseline = "vesin on the CPU (dry run stand-in)" if report["dry_run"] else "vesin-torch, same GPU"
+            lines += ["## Cell list vs vesin-torch", "", f"| atoms | edges | ours ms | {baseline} ms | x |",
+                      "|---:|---:|---:|---:|---:|"]
             for row in details["rows"].values():
                 base = row.get("vesin_torch_s") or row.get("vesin_cpu_s")
                 base_ms = "" if base is None else f"{base * 1e3:.2f}"
@@ -967,11 +1009,14 @@ def markdown(report: dict) -> str:
                              f"{d['last_epoch_atoms_per_s']:.0f} | {'' if mem is None else f'{mem:.0f}'} | {d['loss']:.4g} |")
             lines += ["", details["reference"], ""]
         if r["name"] == "bench" and details:
-            lines += ["## Bench rows", "", "| kernel | case | size | method | status | ms | ratios |", "|---|---|---|---|---|---:|---|"]
+            lines += ["## Bench rows", "", "| kernel | case | size | method | status | ms | roof | ratios |",
+                      "|---|---|---|---|---|---:|---:|---|"]
             for row in details["rows"]:
                 ms = "" if row.get("seconds") is None else f"{row['seconds'] * 1e3:.3f}"
                 ratios = ", ".join(f"{k}: {v:.2f}x" for k, v in (row.get("ratios") or {}).items())
-                lines.append(f"| {row['kernel']} | {row['case']} | {row['size']} | {row['method']} | {row['status']} | {ms} | {ratios} |")
+                roof = "" if row.get("roof_fraction") is None else f"{row['roof_fraction']:.0%}"
+                lines.append(f"| {row['kernel']} | {row['case']} | {row['size']} | {row['method']} | {row['status']} | {ms} "
+                             f"| {roof} | {ratios} |")
             lines += ["", f"Device peaks: {json.dumps(details.get('peaks'), default=str)[:600]}", ""]
     for r in report["items"]:
         if r.get("notes") or r.get("traceback"):
