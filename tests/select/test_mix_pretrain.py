@@ -109,3 +109,17 @@ def test_mix_csi_uses_the_weights_with_fresh_draws(selected, tmp_path, level):
     # structures follow the CSI-optimal shares, up to rounding and what a component can hold
     capacity = np.array([16, 16])
     assert np.all((np.abs(counts - 8 * shares) <= 1) | (counts == capacity))
+
+
+@pytest.mark.parametrize("level", ["dataset", "class"])
+def test_mix_csi_with_the_mix_seed_reproduces_the_selection(selected, level):
+    from fastcsi.train.pretrain import PretrainSettings, draw_training_data, resolve_data_source
+
+    _, outs = selected
+    settings, plan = resolve_data_source(PretrainSettings(data=[], samples=6, mix=f"csi:{outs[level] / 'mix.json'}"))
+    datasets = [open_dataset(p) for p in settings.data]
+    train, val, _ = draw_training_data(settings, plan, datasets, n_val=2, seed=1)  # the fixture's --mix-seed
+    chosen = json.loads((outs[level] / "pretrain_set.json").read_text())
+    for k, entry in enumerate(chosen["datasets"]):
+        assert train[train[:, 0] == k, 1].tolist() == entry["indices"]
+    assert not set(map(tuple, val.tolist())) & set(map(tuple, train.tolist()))  # validation is held out
