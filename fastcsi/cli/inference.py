@@ -12,12 +12,20 @@ _TARGET = click.option("--target", default=None,
 _BATCH = click.option("--batch-size", type=int, default=32, show_default=True, help="Structures per forward pass.")
 _DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 _DTYPE = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+_THREADS = click.option("--threads", default="auto", show_default=True,
+                        help="torch CPU threads: a positive integer, or auto (torch's default).")
 _QUIET = click.option("--quiet", is_flag=True, help="No progress bar.")
 
 
-def _load(model_path, device, dtype):
-    from fastcsi.inference import load_model
+def _load(model_path, device, dtype, threads):
+    import torch
 
+    from fastcsi.inference import load_model
+    from fastcsi.pipeline.settings import parse_threads
+
+    threads = parse_threads(threads)  # the same rule as the other commands' --threads
+    if threads:
+        torch.set_num_threads(threads)
     return load_model(model_path, device=device, dtype=dtype)
 
 
@@ -33,16 +41,17 @@ def _targets(spec):
 @_BATCH
 @_DEVICE
 @_DTYPE
+@_THREADS
 @_QUIET
-def predict(model_path, data, out, target, batch_size, device, dtype, quiet):
+def predict(model_path, data, out, target, batch_size, device, dtype, threads, quiet):
     """Write every structure of DATA with the model's predictions under fastcsi_* keys."""
     from fastcsi.inference import predict_file
     from fastcsi.inference.predict import output_format
 
     output_format(out)  # a bad extension fails before the model loads
-    model = _load(model_path, device, dtype)
+    model = _load(model_path, device, dtype, threads)
     record = predict_file(model, data, out, properties=_targets(target), batch_size=batch_size, progress=not quiet)
-    keys = ", ".join(record["keys"].values())
+    keys = ", ".join(record["written_keys"]) or "no predictions"
     click.echo(f"wrote {record['written']} structures with {keys} to {out} (record: {out}.json)")
 
 
@@ -54,12 +63,13 @@ def predict(model_path, data, out, target, batch_size, device, dtype, quiet):
 @_BATCH
 @_DEVICE
 @_DTYPE
+@_THREADS
 @_QUIET
-def evaluate(model_path, data, outdir, target, batch_size, device, dtype, quiet):
+def evaluate(model_path, data, outdir, target, batch_size, device, dtype, threads, quiet):
     """MAE / RMSE per target, per-element force MAE and parity plots against DATA's labels."""
     from fastcsi.inference import evaluate as run_evaluate
 
-    model = _load(model_path, device, dtype)
+    model = _load(model_path, device, dtype, threads)
     record = run_evaluate(model, data, outdir, targets=target, batch_size=batch_size, progress=not quiet)
     click.echo(f"{'target':<18} {'MAE':>12} {'RMSE':>12}  unit")
     for name, m in record["metrics"].items():

@@ -94,8 +94,10 @@ def predict_file(model, data, out, properties=None, batch_size: int = 32, progre
               "keys": {p: PREFIX + p for p in properties},
               "units": {p: UNITS.get(p, "native") for p in properties},
               "settings": {"batch_size": batch_size, "properties": list(properties)}, "versions": versions()}
-    count = _write_extxyz(stream, out) if fmt == "extxyz" else _write_db(stream, out, record)
+    written_keys: set = set()  # stress only where a structure is fully periodic
+    count = (_write_extxyz if fmt == "extxyz" else _write_db)(stream, out, record, written_keys)
     record["written"] = count
+    record["written_keys"] = [k for k in record["keys"].values() if k in written_keys]
     with atomic_write(Path(f"{out}.json")) as fh:
         json.dump(record, fh, indent=1, default=str)
     return record
@@ -104,13 +106,14 @@ def predict_file(model, data, out, properties=None, batch_size: int = 32, progre
 UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3"}
 
 
-def _write_extxyz(stream, out: Path) -> int:
+def _write_extxyz(stream, out: Path, record: dict, written_keys: set) -> int:
     import ase.io
 
     count = 0
     with atomic_write(out) as fh:
         for _, structure, prediction in stream:
             atoms, scalars, arrays = prediction_atoms(structure, prediction)
+            written_keys.update(scalars, arrays)
             atoms.info.update(scalars)
             for key, value in arrays.items():
                 if value.shape == (len(atoms), 3):
@@ -122,7 +125,7 @@ def _write_extxyz(stream, out: Path) -> int:
     return count
 
 
-def _write_db(stream, out: Path, record: dict) -> int:
+def _write_db(stream, out: Path, record: dict, written_keys: set) -> int:
     import ase.db
     from ase.db.core import reserved_keys
 
@@ -132,6 +135,7 @@ def _write_db(stream, out: Path, record: dict) -> int:
         with ase.db.connect(str(tmp), type="db") as db:
             for _, structure, prediction in stream:
                 atoms, scalars, arrays = prediction_atoms(structure, prediction)
+                written_keys.update(scalars, arrays)
                 labels = {k: float(v) for k, v in structure.targets.items()}
                 atoms.info.clear()  # labels and predictions travel as key-value pairs / data below
                 # keys ASE db refuses as columns (reserved, not identifiers) travel in row.data
