@@ -83,13 +83,10 @@ class TrainedModel:
     def hparams(self) -> dict:
         return self.network.backbone.hparams
 
-    @property
-    def cutoff(self) -> float:
-        return float(self.hparams["cutoff_aint"])
-
     def describe(self) -> dict:
         """Plain-value summary for the records of predict / evaluate."""
-        return {"source": self.source, "properties": list(self.properties), "trained_targets": list(self.trained_targets),
+        return {"source": self.source, "properties": list(self.properties),
+                "trained_targets": list(self.trained_targets),
                 "elements": sorted(self.elements) if self.elements else None,
                 "forces": "direct" if self.direct_forces else "-dE/dx", "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""), "hparams": self.hparams}
@@ -99,8 +96,9 @@ class TrainedModel:
         properties = tuple(properties)
         missing = [p for p in properties if p not in self.properties]
         if missing:
-            raise FastCSIError(f"the model has no head for {missing[0]!r}: it predicts {', '.join(self.properties)}"
-                               + ("" if missing[0] != "stress" else " (stress needs forces = -dE/dx, not a direct head)"))
+            why = " (stress needs forces = -dE/dx, not a direct force head)" if missing[0] == "stress" else ""
+            raise FastCSIError(f"the model has no head for {missing[0]!r}: it predicts "
+                               f"{', '.join(self.properties)}{why}")
         return properties
 
     def check_structure(self, structure, where: str):
@@ -228,6 +226,9 @@ def _read_record(path: Path) -> dict:
             return _read_record(path / ckpt.FINAL)
         if (path / "pretrain.json").is_file():
             return _pretrain_record(path)
+        if (path / "results.json").is_file():
+            raise FastCSIError(f"{path}: a fine-tuning run from before fastcsi wrote {ckpt.FINAL} (results.json "
+                               "only); fine-tune again to get a model that loads")
         if (path / ckpt.LAST).is_file():
             raise FastCSIError(f"{path}: the run has not finished (no {ckpt.FINAL} yet); complete it with --resume")
         raise FastCSIError(f"{path}: run directory without a model ({ckpt.FINAL} of fastcsi finetune, or "

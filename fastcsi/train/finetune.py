@@ -164,7 +164,8 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         f"{'gradient' if model.gradient_forces else 'direct'} forces" if "forces" in targets else
         f"fine-tuning {origin} on {settings.data}: target {','.join(targets)}, recipe {recipe.name}, "
         f"split {n['train']}/{n['val']}/{n['test']}, reduction {recipe.reduction}")
-    own_files = [f"{part} from {path}" for part, (path, _, _) in parts.items() if part != "train" and path != settings.data]
+    own_files = [f"{part} from {path}" for part, (path, _, _) in parts.items()
+                 if part != "train" and path != settings.data]
     if own_files:
         log(f"split {split_spec} of {settings.data} for the rest; " + ", ".join(own_files))
 

@@ -89,6 +89,8 @@ def bad_inputs(tmp_path_factory, ethanol_run, rmd17, shared_data):
     (root / "empty_run").mkdir()
     (root / "unfinished").mkdir()
     (root / "unfinished" / "last.pt").write_bytes(b"")
+    (root / "old_run").mkdir()
+    (root / "old_run" / "results.json").write_text("{}")
     record = ckpt.load(ethanol_run[0] / ckpt.FINAL)
     ckpt.save(root / "other_arch.pt", {**record, "architecture": "mace"})
     torch.save({"w": torch.zeros(3)}, root / "foreign.pt")
@@ -107,6 +109,8 @@ def bad_inputs(tmp_path_factory, ethanol_run, rmd17, shared_data):
     (["predict", "--model", "{root}/empty_run", "--data", "{rmd17}", "-o", "{root}/o.extxyz"],
      "run directory without a model"),
     (["predict", "--model", "{root}/unfinished", "--data", "{rmd17}", "-o", "{root}/o.extxyz"], "has not finished"),
+    (["predict", "--model", "{root}/old_run", "--data", "{rmd17}", "-o", "{root}/o.extxyz"],
+     "before fastcsi wrote final.pt"),
     (["predict", "--model", "{root}/other_arch.pt", "--data", "{rmd17}", "-o", "{root}/o.extxyz"],
      "architecture 'mace'"),
     (["evaluate", "--model", "{root}/foreign.pt", "--data", "{rmd17}", "-o", "{root}/ev"], "not a fastcsi model"),
