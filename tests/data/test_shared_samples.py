@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fastcsi.cli.data import summarize
+from fastcsi.data.convert import summarize
 from fastcsi.data import detect_format, open_dataset
 from fastcsi.data.units import BOHR_ANGSTROM, HARTREE_EV, KCAL_MOL_EV
 from fastcsi.errors import FastCSIError
