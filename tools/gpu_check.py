@@ -770,22 +770,29 @@ def check_cell_list_vs_vesin(ctx: Context) -> dict:
             except Exception:
                 ctx.note("vesin-torch is not installed: the cell list has no same-GPU baseline (pip install vesin-torch)")
             else:
-                points = batch.pos.contiguous()
-                box = torch.tensor(atoms.cell.array, dtype=torch.float32, device=ctx.device)
                 nl = NeighborList(cutoff=cutoff, full_list=True)
-                i, *_ = nl.compute(points=points, box=box, periodic=True, quantities="ijS")
+                # the same quantities as our graph holds (pairs, shifts, vectors, distances)
+                for dtype in (torch.float32, torch.float64):
+                    points = batch.pos.to(dtype).contiguous()
+                    box = torch.tensor(atoms.cell.array, dtype=dtype, device=ctx.device)
+                    try:
+                        i, *_ = nl.compute(points=points, box=box, periodic=True, quantities="ijSDd")
+                        break
+                    except Exception as exc:  # noqa: BLE001 - a build without float32 support: float64
+                        ctx.note(f"vesin-torch in {dtype} failed ({exc}); timed in float64")
                 expect(len(i) == per_atom * n, f"vesin-torch: {len(i)} pairs, expected {per_atom * n}")
-                row["vesin_torch_s"] = measure(lambda: nl.compute(points=points, box=box, periodic=True, quantities="ijS"),
-                                               ctx.device, repeats=5)["seconds"]
+                row["vesin_torch_dtype"] = str(points.dtype)
+                row["vesin_torch_s"] = measure(lambda: nl.compute(points=points, box=box, periodic=True,
+                                                                  quantities="ijSDd"), ctx.device, repeats=5)["seconds"]
                 row["speedup_vs_vesin_torch"] = row["vesin_torch_s"] / row["ours_s"]
         else:
             import vesin
 
             nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
             positions, box = atoms.positions, atoms.cell.array
-            i, *_ = nl.compute(points=positions, box=box, periodic=True, quantities="ijS")
+            i, *_ = nl.compute(points=positions, box=box, periodic=True, quantities="ijSDd")
             expect(len(i) == per_atom * n, f"vesin: {len(i)} pairs, expected {per_atom * n}")
-            row["vesin_cpu_s"] = measure(lambda: nl.compute(points=positions, box=box, periodic=True, quantities="ijS"),
+            row["vesin_cpu_s"] = measure(lambda: nl.compute(points=positions, box=box, periodic=True, quantities="ijSDd"),
                                          "cpu", repeats=3)["seconds"]
         rows[n] = row
         if ctx.gpu:
@@ -852,6 +859,7 @@ def _inject(name: str) -> None:
 
 def _child(name: str, ctx: Context, deadline_s: float, result_path: str, log_path: str) -> None:
     """Runs one item in its own process: output to its log file, result as JSON."""
+    os.setpgid(0, 0)  # its own process group: a timeout kills the CLI runs it started too
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
@@ -861,7 +869,9 @@ def _child(name: str, ctx: Context, deadline_s: float, result_path: str, log_pat
     try:
         _inject(name)
         needs_deadline = "deadline" in spec.fn.__code__.co_varnames[: spec.fn.__code__.co_argcount]
-        details = spec.fn(ctx, time.monotonic() + deadline_s) if needs_deadline else spec.fn(ctx)
+        # subprocesses end a little before the parent's timeout, so the item reports why
+        margin = min(10.0, 0.1 * deadline_s)
+        details = spec.fn(ctx, time.monotonic() + deadline_s - margin) if needs_deadline else spec.fn(ctx)
         result["details"] = details
     except Skipped as exc:
         result = {"status": "skip", "error": str(exc)}
@@ -895,7 +905,10 @@ def run_item(name: str, ctx: Context, timeout: float, mp_context=None) -> dict:
     process.join(timeout)
     timed_out = process.is_alive()
     if timed_out:
-        process.kill()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except OSError:  # the group is gone (or was never made): the process alone
+            process.kill()
         process.join(10)
     seconds = time.perf_counter() - start
     if result_path.exists():
@@ -1032,7 +1045,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="CPU: Triton interpreter and CPU stand-ins")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(ITEMS)}")
     parser.add_argument("--budget-s", type=float, default=None,
-                        help="overall time budget; items that would start after it are skipped (default 450, quick 240)")
+                        help="overall time budget; items that would start after it are skipped (default 450, quick 300)")
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
     args = parser.parse_args(argv)
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
@@ -1059,7 +1072,7 @@ def main(argv=None) -> int:
             print("gpu_check: error: torch sees no CUDA device here; use --dry-run on a CPU machine", file=sys.stderr)
             return 2
     ctx.outdir.mkdir(parents=True, exist_ok=True)
-    budget = args.budget_s or (240.0 if args.quick else 450.0)
+    budget = args.budget_s or (300.0 if args.quick else 450.0)
     mp_context = multiprocessing.get_context("forkserver")
     mp_context.set_forkserver_preload(PRELOAD)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
