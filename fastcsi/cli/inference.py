@@ -17,6 +17,13 @@ _THREADS = click.option("--threads", default="auto", show_default=True,
 _QUIET = click.option("--quiet", is_flag=True, help="No progress bar.")
 
 
+def _run_options(fn):
+    """The options predict and evaluate share (model and data come first, then -o)."""
+    for option in reversed([_TARGET, _BATCH, _DEVICE, _DTYPE, _THREADS, _QUIET]):
+        fn = option(fn)
+    return fn
+
+
 def _load(model_path, device, dtype, threads):
     import torch
 
@@ -37,12 +44,7 @@ def _targets(spec):
 @_MODEL
 @_DATA
 @click.option("-o", "--out", required=True, type=click.Path(), help="OUT.extxyz (or .xyz) or OUT.db.")
-@_TARGET
-@_BATCH
-@_DEVICE
-@_DTYPE
-@_THREADS
-@_QUIET
+@_run_options
 def predict(model_path, data, out, target, batch_size, device, dtype, threads, quiet):
     """Write every structure of DATA with the model's predictions under fastcsi_* keys."""
     from fastcsi.inference import predict_file
@@ -59,12 +61,7 @@ def predict(model_path, data, out, target, batch_size, device, dtype, threads, q
 @_MODEL
 @_DATA
 @click.option("-o", "--out", "outdir", required=True, type=click.Path(), help="Directory for metrics.json and plots.")
-@_TARGET
-@_BATCH
-@_DEVICE
-@_DTYPE
-@_THREADS
-@_QUIET
+@_run_options
 def evaluate(model_path, data, outdir, target, batch_size, device, dtype, threads, quiet):
     """MAE / RMSE per target, per-element force MAE and parity plots against DATA's labels."""
     from fastcsi.inference import evaluate as run_evaluate
