@@ -8,7 +8,8 @@ _MODEL = click.option("--model", "model_path", required=True, type=click.Path(),
                       help="Fine-tuning (or pretraining) run directory, or its final.pt.")
 _DATA = click.option("--data", required=True, type=click.Path(), help="Structures to predict (any readable format).")
 _TARGET = click.option("--target", default=None,
-                       help="energy,forces (stress) or a graph-level target (default: what the model was trained on).")
+                       help="energy,forces,stress or a graph-level target (default: predict everything the model "
+                            "gives, evaluate what it was trained on).")
 _BATCH = click.option("--batch-size", type=int, default=32, show_default=True, help="Structures per forward pass.")
 _DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 _DTYPE = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
