@@ -1,7 +1,14 @@
 """Tiny fine-tuning runs shared by the inference tests (gemnet-oc-tiny, one epoch on rMD17
 ethanol frames written as the dataset's own train / val / test files)."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # inference_runs: a name no other test folder uses
+
+from inference_runs import finetune_settings  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -31,16 +38,6 @@ def split_files(rmd17, tmp_path_factory):
         files[name] = root / f"{name}.extxyz"
         write(files[name], part)
     return files
-
-
-def finetune_settings(split_files, rundir, target="energy,forces", epochs=1):
-    from fastcsi.train import FinetuneSettings
-    from fastcsi.train.config import recipe_for
-
-    cfg = recipe_for("rmd17", ["energy"]).train.replace(epochs=epochs, batch_size=4, max_threads=1)
-    return FinetuneSettings(pretrained="none", data=str(split_files["train"]), val_data=str(split_files["val"]),
-                            test_data=str(split_files["test"]), target=target, recipe="rmd17",
-                            model="gemnet-oc-tiny", device="cpu", rundir=str(rundir), train=cfg, progress=False)
 
 
 @pytest.fixture(scope="session")

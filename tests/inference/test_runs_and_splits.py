@@ -9,7 +9,7 @@ from fastcsi.cli.app import cli
 from fastcsi.errors import FastCSIError
 from fastcsi.train.splits import parse_split, split_for_files
 
-from conftest import finetune_settings
+from inference_runs import finetune_settings
 
 
 def run(args):
