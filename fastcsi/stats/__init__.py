@@ -1,7 +1,7 @@
 """Feature statistics and the Chemical Similarity Index. Pure numerics: imports nothing of
 fastcsi.data, fastcsi.graph or fastcsi.model, so it also serves any FID-style use."""
-from fastcsi.stats.covariance import chunk_moments, merge_moments
 from fastcsi.stats.csi import CSIResult, csi
+from fastcsi.stats.feature_file import from_feature_file
 from fastcsi.stats.feature_stats import FeatureStats, check_comparable, load_stats
 from fastcsi.stats.frechet import frechet_distance, frechet_terms, trace_sqrt_product
 from fastcsi.stats.mixture import (
@@ -20,14 +20,13 @@ __all__ = [
     "MixtureMoments",
     "MixtureResult",
     "check_comparable",
-    "chunk_moments",
     "cluster_components",
     "csi",
     "frechet_distance",
     "frechet_terms",
+    "from_feature_file",
     "load_stats",
     "merge_components",
-    "merge_moments",
     "mixture_csi",
     "mixture_stats",
     "optimize_mixture",
