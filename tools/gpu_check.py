@@ -739,7 +739,6 @@ def check_train(ctx: Context, deadline: float) -> dict:
       "fcc Cu, 5 Å, fp32: 131k (+524k) atoms, radius_graph(backend='triton') vs vesin-torch, CUDA-event medians",
       "CPU stand-in: the C++ cell list vs vesin (numpy) on a small fcc cell")
 def check_cell_list_vs_vesin(ctx: Context) -> dict:
-    import numpy as np
     import torch
 
     from fastcsi._bench._suite_common import measure
@@ -757,6 +756,8 @@ def check_cell_list_vs_vesin(ctx: Context) -> dict:
         atoms = fcc(rep, rattle=0.01)
         n = len(atoms)
         batch = batch_from_atoms([atoms], dtype=torch.float32, device=ctx.device)
+        if ctx.gpu:
+            torch.cuda.reset_peak_memory_stats()
         ours_backend = "triton" if ctx.gpu else "cpu"
         graph = radius_graph(batch, cutoff, backend=ours_backend)
         expect(graph.num_edges == per_atom * n, f"{n} atoms: {graph.num_edges} edges, expected {per_atom * n}")
