@@ -37,7 +37,7 @@ def main(argv=None):
     data = [str(p) for p in demo_upstreams(args.data_dir)]
     missing = [p for p in data if not Path(p).is_file()]
     if missing:
-        raise SystemExit(f"demo data missing: {', '.join(missing)} (python -m fastcsi.data.demo --out DIR)")
+        raise SystemExit(f"demo data missing: {', '.join(missing)} (python tools/make_demo_data.py --out DIR)")
     with tempfile.TemporaryDirectory() as tmp:
         settings = PretrainSettings(
             data=data, samples=args.samples, epochs=args.epochs, mix="balanced", sampling="balanced",

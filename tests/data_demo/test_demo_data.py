@@ -5,6 +5,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 from collections import Counter
 
 import numpy as np
@@ -13,6 +14,10 @@ import pytest
 import ase.io
 from fastcsi.data import demo
 from fastcsi.errors import FastCSIError
+
+TOOLS = Path(__file__).resolve().parents[2] / "tools"
+sys.path.insert(0, str(TOOLS))
+import make_demo_data as generator  # noqa: E402 - the generator script, not part of the package
 
 MOLECULAR = ("upstream_organic", "upstream_reactions", "downstream_md")
 SLAB = ("upstream_slabs", "downstream_catalysis")
@@ -51,10 +56,10 @@ def test_manifest_matches_files(manifest, frames):
     for name, path in demo.demo_paths().items():
         entry = manifest["files"][path.name]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry["sha256"], path
-        got = demo.summarize(frames[name])
+        got = generator.summarize(frames[name])
         for key in ("n_structures", "n_atoms_total", "elements", "classes"):
             assert got[key] == entry[key], (path.name, key)
-        assert entry["generator_version"] == demo.GENERATOR_VERSION
+        assert entry["generator_version"] == generator.GENERATOR_VERSION
         assert entry["units"]["energy"] == "eV"
 
 
@@ -161,7 +166,7 @@ def quick_dir(tmp_path_factory):
     # through the script, as a user regenerates: in this process torch has already started OpenMP
     # with every core, and tblite's spinning threads would make this ~50x slower on a busy CI box
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "fastcsi.data.demo", "--out", str(out), "--quick", "--seed", "0"],
+    subprocess.run([sys.executable, str(TOOLS / "make_demo_data.py"), "--out", str(out), "--quick", "--seed", "0"],
                    check=True, env=env, capture_output=True)
     return out
 
@@ -178,7 +183,7 @@ def test_quick_regeneration_matches_shipped_prefix(quick_dir, frames):
     assert quick_manifest["quick"] is True
     for name, path in demo.demo_paths(quick_dir).items():
         quick = ase.io.read(path, ":")
-        assert len(quick) == demo.QUICK_CLASSES * demo.QUICK_FRAMES, name
+        assert len(quick) == generator.QUICK_CLASSES * generator.QUICK_FRAMES, name
         shipped = _by_class(frames[name])
         for label, items in _by_class(quick).items():
             reference = shipped[label][: len(items)]
@@ -195,24 +200,24 @@ def test_regeneration_is_deterministic_and_seeded(quick_dir, tmp_path):
     # EMT files only: in-process xTB is slow here (see quick_dir); the xTB files are checked
     # against the shipped ones through the script above
     cheap = ["upstream_slabs", "upstream_bulk"]
-    again = demo.generate(tmp_path / "again", seed=0, quick=True, only=cheap, progress=False)
+    again = generator.generate(tmp_path / "again", seed=0, quick=True, only=cheap, progress=False)
     first = demo.load_manifest(quick_dir)
     for name in cheap:
         fname = f"{name}.extxyz"
         assert again["files"][fname]["sha256"] == first["files"][fname]["sha256"], name
-    other = demo.generate(tmp_path / "other", seed=1, quick=True, only=["upstream_bulk"], progress=False)
+    other = generator.generate(tmp_path / "other", seed=1, quick=True, only=["upstream_bulk"], progress=False)
     assert other["files"]["upstream_bulk.extxyz"]["sha256"] != first["files"]["upstream_bulk.extxyz"]["sha256"]
 
 
 def test_generate_rejects_unknown_names(tmp_path):
     with pytest.raises(FastCSIError, match="unknown demo file"):
-        demo.generate(tmp_path, only=["upstream_nothing"], progress=False)
+        generator.generate(tmp_path, only=["upstream_nothing"], progress=False)
 
 
 def test_missing_tblite_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tblite.ase", None)  # makes `from tblite.ase import ...` fail
     with pytest.raises(FastCSIError, match="tblite"):
-        demo.generate(tmp_path, quick=True, only=["upstream_organic"], progress=False)
+        generator.generate(tmp_path, quick=True, only=["upstream_organic"], progress=False)
     assert not list(tmp_path.iterdir()), "nothing may be written when labels cannot be computed"
 
 
