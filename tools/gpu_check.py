@@ -46,6 +46,7 @@ Injected failures for testing the runner: FASTCSI_GPU_CHECK_INJECT="item:raise,i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
@@ -423,7 +424,10 @@ def interaction_case(dtype, device, counts, n_sph, d_interm, d_in, d_out, num_in
     per atom)."""
     import torch
 
-    from fastcsi.graph.gemnet_indices import ragged_range
+    try:
+        from fastcsi.graph.ragged import ragged_range
+    except ImportError:  # before the graph helpers moved
+        from fastcsi.graph.gemnet_indices import ragged_range
 
     gen = torch.Generator().manual_seed(seed)
     counts = torch.as_tensor(counts, dtype=torch.long)
@@ -524,12 +528,52 @@ def check_interaction(ctx: Context) -> dict:
     return {"cases": list(cases), "worst_relative_error": worst, "BLOCK_T": BLOCK_T}
 
 
-def _set_fused_backends(model, backend: str) -> None:
+@contextlib.contextmanager
+def _triton_paths(model, wanted: bool):
+    """Inside: ``model`` runs its Triton radius graph and fused interaction (the dry run's device
+    stand-in, under the interpreter), through ``fastcsi.backend.override`` (or the older per-module
+    backend attributes); with ``wanted`` False (CUDA: auto picks them) nothing changes."""
+    if not wanted:
+        yield
+        return
+    import fastcsi.backend as backends
+
+    if hasattr(backends, "override"):
+        with backends.override(radius="triton", interaction="triton"):
+            yield
+        return
     from fastcsi.model.gemnet_oc.blocks import EfficientInteractionBilinear
 
+    model.graph_backend = "triton"
     for module in model.modules():
         if isinstance(module, EfficientInteractionBilinear):
-            module.backend = backend
+            module.backend = "triton"
+    yield
+
+
+@contextlib.contextmanager
+def _count_triton_calls(counts: dict):
+    """Count the launches of the Triton radius search and fused interaction inside the block (so a
+    device run that silently took another path fails instead of passing vacuously)."""
+    from fastcsi.graph import radius_triton
+    from fastcsi.model.gemnet_oc import interaction_triton
+
+    function = interaction_triton.FusedInteractionBilinear
+    forward, search = function.forward, radius_triton.search_triton
+
+    def counted_forward(fn_ctx, *args):
+        counts["interaction"] = counts.get("interaction", 0) + 1
+        return forward(fn_ctx, *args)
+
+    def counted_search(*args, **kwargs):
+        counts["radius"] = counts.get("radius", 0) + 1
+        return search(*args, **kwargs)
+
+    function.forward, radius_triton.search_triton = staticmethod(counted_forward), counted_search
+    try:
+        yield counts
+    finally:
+        function.forward, radius_triton.search_triton = staticmethod(forward), search
 
 
 @item("gemnet_model", "GemNet-OC on the device vs the same weights on CPU", True, 150,
@@ -554,34 +598,40 @@ def check_gemnet_model(ctx: Context) -> dict:
         box = Atoms("OH", positions=[[0.0, 0.0, 0.0], [0.97, 0.1, 0.0]], cell=[5.5, 5.6, 5.7], pbc=True)
         structures = [molecule("H2O")] + ([] if ctx.quick else [box])
     tolerance = {torch.float64: 1e-9, torch.float32: 1e-3}
-    results = {}
+    results, launch_counts = {}, {}
     for name in names:
         for dtype in (torch.float64, torch.float32):
             torch.manual_seed(0)
             cpu_model = build_model(name, direct_forces=False).to(dtype)
             dev_model = copy.deepcopy(cpu_model).to(ctx.device)
-            if ctx.dry_run:  # the device stand-in: the Triton paths under the interpreter
-                dev_model.graph_backend = "triton"
-                _set_fused_backends(dev_model, "triton")
             batch = batch_from_atoms(structures, dtype=dtype)
-            errors = {}
+            dev_batch = batch.to(ctx.device)
+            errors, launches = {}, {}
             cpu_model.eval(), dev_model.eval()
-            want, got = cpu_model(batch), dev_model(batch.to(ctx.device))
+            want = cpu_model(batch)
+            with _triton_paths(dev_model, ctx.dry_run), _count_triton_calls(launches):
+                got = dev_model(dev_batch)
+                dev_features = extract_features(dev_model, dev_batch)
             errors["energy"], errors["forces"] = rel_err(got["energy"], want["energy"]), rel_err(got["forces"], want["forces"])
-            errors["features"] = rel_err(extract_features(dev_model, batch.to(ctx.device)), extract_features(cpu_model, batch))
+            errors["features"] = rel_err(dev_features, extract_features(cpu_model, batch))
             # training mode: parameter gradients of an energy + force loss (double backward)
             grads = []
-            for model, b in ((cpu_model, batch), (dev_model, batch.to(ctx.device))):
+            for model, b, device_paths in ((cpu_model, batch, False), (dev_model, dev_batch, True)):
                 model.train()
                 model.zero_grad()
-                out = model(b)
-                (out["energy"].square().sum() + out["forces"].square().sum()).backward()
+                with _triton_paths(model, device_paths and ctx.dry_run), _count_triton_calls(launches):
+                    out = model(b)
+                    (out["energy"].square().sum() + out["forces"].square().sum()).backward()
                 grads.append(torch.cat([p.grad.reshape(-1).cpu() for p in model.parameters() if p.grad is not None]))
             errors["parameter gradients"] = rel_err(grads[1], grads[0])
+            expect(launches.get("radius", 0) > 0 and launches.get("interaction", 0) > 0,
+                   f"{name}: the device model did not run the Triton paths (launches {launches})")
             for what, err in errors.items():
                 expect(err <= tolerance[dtype], f"{name} {dtype} {what}: relative error {err:.3g} > {tolerance[dtype]:g}")
             results[f"{name} {str(dtype)[6:]}"] = errors
-    return {"structures": [s.get_chemical_formula() for s in structures], "relative_errors": results}
+            launch_counts[f"{name} {str(dtype)[6:]}"] = launches
+    return {"structures": [s.get_chemical_formula() for s in structures], "relative_errors": results,
+            "triton_launches": launch_counts}
 
 
 def _free_port() -> int:
