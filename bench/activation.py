@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stats_common import print_table, save_json  # noqa: E402
 
 from fastcsi import _native  # noqa: E402
-from fastcsi.model.gemnet_oc.activation import silu, silu_backward_native  # noqa: E402
+from fastcsi.model.gemnet_oc.activation import silu  # noqa: E402
+from fastcsi.model.gemnet_oc.activation_cpu import silu_backward_native  # noqa: E402
 from fastcsi.utils import versions  # noqa: E402
 
 SCALE = 1.0 / 0.6

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from fastcsi.backend import override
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stats_common import print_table, save_json  # noqa: E402
 
@@ -137,14 +139,6 @@ def timed(fn, device: str, repeats: int, warmup: int = 1):
     return statistics.median(times), memory.peak
 
 
-def set_interaction_backend(model, backend: str) -> None:
-    from fastcsi.model.gemnet_oc.blocks import EfficientInteractionBilinear
-
-    for module in model.modules():
-        if isinstance(module, EfficientInteractionBilinear):
-            module.backend = backend
-
-
 def gemm_rate(device: str) -> float:
     a = torch.randn(2304, 512, device=device)
     b = torch.randn(512, 512, device=device)
@@ -180,9 +174,9 @@ def run(quick: bool = False, device: str = "cpu", repeats: int | None = None, pr
 
         with torch.inference_mode():
             graph_s, graph_mem = timed(lambda: radius_graph(prepared, hp["cutoff_aint"], max_neighbors=hp["max_neighbors_aint"],
-                                                            strict=True, backend=model.graph_backend), device, repeats)
-            all_s, all_mem = timed(lambda: build_graphs(prepared, hp, model.graph_backend), device, repeats)
-            g = build_graphs(prepared, hp, model.graph_backend)
+                                                            strict=True), device, repeats)
+            all_s, all_mem = timed(lambda: build_graphs(prepared, hp), device, repeats)
+            g = build_graphs(prepared, hp)
         row("graph", "-", graph_s, graph_mem)
         row("indices", "-", max(all_s - graph_s, 0.0), all_mem)
         sizes = {"atoms": n_atoms, "edges": int(g["main"]["edge_index"].shape[1]),
@@ -190,33 +184,32 @@ def run(quick: bool = False, device: str = "cpu", repeats: int | None = None, pr
 
         results = {}
         for backend in backends:
-            set_interaction_backend(model, backend)
-            features = extract_features(model, batch)
-            with torch.no_grad():
-                out = model(batch)
-            results[backend] = (features, out["energy"], out["forces"])
-
-            def extract():
-                return extract_features(model, batch)
-
-            def forward():
+            with override(interaction=backend):
+                features = extract_features(model, batch)
                 with torch.no_grad():
-                    return model(batch)
+                    out = model(batch)
+                results[backend] = (features, out["energy"], out["forces"])
 
-            def forward_backward():
-                model.zero_grad(set_to_none=True)
-                out = model(batch)
-                (out["energy"].square().mean() + out["forces"].square().mean()).backward()
+                def extract():
+                    return extract_features(model, batch)
 
-            for stage, fn in (("extract", extract), ("forward", forward), ("fwd+bwd", forward_backward)):
-                if stage in stages:
-                    row(stage, backend, *timed(fn, device, repeats))
+                def forward():
+                    with torch.no_grad():
+                        return model(batch)
+
+                def forward_backward():
+                    model.zero_grad(set_to_none=True)
+                    out = model(batch)
+                    (out["energy"].square().mean() + out["forces"].square().mean()).backward()
+
+                for stage, fn in (("extract", extract), ("forward", forward), ("fwd+bwd", forward_backward)):
+                    if stage in stages:
+                        row(stage, backend, *timed(fn, device, repeats))
         if "triton" in results:
             checks[name] = {
                 key: float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
                 for key, got, want in zip(("features", "energy", "forces"), results["triton"], results["ref"])
             }
-        set_interaction_backend(model, "auto")
         checks.setdefault(name, {})["sizes"] = sizes
         if profile:
             profiles[name] = top_ops(model, batch)

@@ -49,6 +49,7 @@ import numpy as np
 # the same from a source checkout, an editable install and a plain ``pip install .``
 from fastcsi._bench._suite_common import (finish_rows, machine_info, measure, measure_peaks, package_versions,
                                           write_report)
+from fastcsi.backend import override
 
 KERNELS = ("neighbors", "covariance", "frechet", "activation", "gemnet", "train")
 
@@ -273,14 +274,6 @@ def _counting_flops(fn):
     return output, (float(counter.get_total_flops()) or None)
 
 
-def _set_interaction_backend(model, backend: str) -> None:
-    from fastcsi.model.gemnet_oc.blocks import EfficientInteractionBilinear
-
-    for module in model.modules():
-        if isinstance(module, EfficientInteractionBilinear):
-            module.backend = backend
-
-
 def gemnet_cases(quick: bool, device: str, sizes=None):
     import torch
 
@@ -305,20 +298,13 @@ def gemnet_cases(quick: bool, device: str, sizes=None):
 
         def extract(backend, batch=batch):
             def fn():
-                _set_interaction_backend(model, backend)
-                try:
+                with override(interaction=backend):
                     return extract_features(model, batch)
-                finally:
-                    _set_interaction_backend(model, "auto")
             return fn
 
         def forward(batch=batch):
-            _set_interaction_backend(model, "ref")
-            try:
-                with torch.no_grad():
-                    return model(batch)["energy"]
-            finally:
-                _set_interaction_backend(model, "auto")
+            with override(interaction="ref"), torch.no_grad():
+                return model(batch)["energy"]
 
         methods = [Method("extract_features", "ours", extract("auto"), energy_error, 1e-4, count_flops=True,
                           dtype="float32"),
@@ -350,10 +336,11 @@ def train_cases(quick: bool, device: str, sizes=None):
         structures = train_step.ethanol_structures(n)
         atoms = sum(s.n_atoms for s in structures)
         rundir = tempfile.mkdtemp(prefix="fastcsi-bench-train-")
-        ours = train_step.make_trainer(structures, "auto", device, config, rundir)
-        plain = train_step.make_trainer(structures, "ref", device, config, rundir)
+        ours = train_step.make_trainer(structures, device, config, rundir)
+        plain = train_step.make_trainer(structures, device, config, rundir)
         # both paths from the same initial weights, before either takes a step
-        loss_plain, grads_plain = train_step.loss_and_grads(plain)
+        with override(**train_step.PLAIN):
+            loss_plain, grads_plain = train_step.loss_and_grads(plain)
         loss_ours, grads_ours = train_step.loss_and_grads(ours)
         if set(grads_ours) != set(grads_plain):
             disagreement = math.inf
@@ -366,9 +353,13 @@ def train_cases(quick: bool, device: str, sizes=None):
         def agreement(loss, disagreement=disagreement):
             return disagreement if math.isfinite(float(loss)) else math.inf
 
+        def plain_step(plain=plain):
+            with override(**train_step.PLAIN):
+                return plain.train_step(index)
+
         methods = [Method("fastcsi train step (graph auto)", "ours", lambda ours=ours: ours.train_step(index), agreement,
                           1e-3, dtype="float32"),
-                   Method("plain path (graph ref)", "baseline", lambda plain=plain: plain.train_step(index),
+                   Method("plain path (graph ref)", "baseline", plain_step,
                           lambda loss: 0.0 if math.isfinite(float(loss)) else math.inf, 0.0, dtype="float32")]
         anchor = train_step.ANCHOR
         if n == 32 and config == "gemnet-oc-s" and not str(device).startswith("cuda") and torch.get_num_threads() == 2:

@@ -5,7 +5,7 @@ gradient clipping, AdamW, EMA).
 Timed in the same run (medians over repeats, after warm-up):
   ours   the loop as ``fastcsi pretrain`` runs it (graph backend "auto": the compiled radius graph)
   plain  the same step with every op on its plain torch reference path (graph backend "ref",
-         interaction backend "ref", the model's fused paths off: ``unfused()``)
+         interaction backend "ref", the model's fused paths off: ``override(**PLAIN, fused=False)``)
 Named baseline (the anchor): JMP's own code, one step of the same problem measured on this machine
 with 2 threads: 2.74 s per step (11.7 structures/s, 105 atoms/s). It cannot be re-run here (JMP
 is not installed and needs torch_geometric / torch_scatter), so the anchor is a recorded
@@ -48,7 +48,12 @@ def ethanol_structures(n: int, seed: int = 0):
     return out
 
 
-def make_trainer(structures, graph_backend: str, device: str, config: str, rundir: str):
+# the plain control's kernel paths (run inside fastcsi.backend.override): reference radius graph
+# and reference interaction op
+PLAIN = {"radius": "ref", "interaction": "ref"}
+
+
+def make_trainer(structures, device: str, config: str, rundir: str):
     from fastcsi.model import build_model
     from fastcsi.train.config import TrainConfig
     from fastcsi.train.loop import Trainer
@@ -56,13 +61,6 @@ def make_trainer(structures, graph_backend: str, device: str, config: str, rundi
 
     torch.manual_seed(0)
     gemnet = build_model(config, direct_forces=True, cutoff=12.0)
-    gemnet.graph_backend = graph_backend
-    if graph_backend == "ref":  # the plain control: reference interaction op too
-        from fastcsi.model.gemnet_oc.blocks import EfficientInteractionBilinear
-
-        for module in gemnet.modules():
-            if isinstance(module, EfficientInteractionBilinear):
-                module.backend = "ref"
     model = NormalizedModel(gemnet, Normalizer.fit(structures))
     cfg = TrainConfig(epochs=1000, batch_size=len(structures), amp=False)
     return Trainer(model, cfg, structures, [], ("energy", "forces"), rundir, device=device, progress=False,
@@ -111,19 +109,19 @@ def run(quick: bool = True, device: str = "cpu", threads: int | None = 2, config
     repeats = 2 if quick else 5
     structures = ethanol_structures(n)
     with tempfile.TemporaryDirectory() as tmp:
-        ours = make_trainer(structures, "auto", device, config, tmp)
-        plain = make_trainer(structures, "ref", device, config, tmp)
-        from fastcsi.model.gemnet_oc.layers import unfused
+        ours = make_trainer(structures, device, config, tmp)
+        plain = make_trainer(structures, device, config, tmp)
+        from fastcsi.backend import override
 
         loss_a, grads_a = loss_and_grads(ours)
-        with unfused():
+        with override(**PLAIN, fused=False):
             loss_b, grads_b = loss_and_grads(plain)
         worst = max(float(((grads_a[k] - grads_b[k]).abs() / (grads_b[k].abs().max() + 1e-12)).max())
                     for k in grads_a)
         if abs(loss_a - loss_b) > 1e-4 * max(abs(loss_b), 1.0) or worst > 1e-3 or set(grads_a) != set(grads_b):
             raise SystemExit(f"correctness check failed: loss {loss_a} vs {loss_b}, worst relative grad diff {worst}")
         t_ours, cpu_ours = median_step(ours, repeats, device)
-        with unfused():
+        with override(**PLAIN, fused=False):
             t_plain, cpu_plain = median_step(plain, repeats, device)
     atoms = sum(s.n_atoms for s in structures)
     rows = {

@@ -81,11 +81,10 @@ def extract_features(model, batch, layer: str = DEFAULT_LAYER, kind: str = DEFAU
 
 def _extract(model, batch, block, kind):
     from fastcsi.model.gemnet_oc.layers import scatter_sum
-    from fastcsi.model.gemnet_oc.model import build_graphs
 
     with torch.inference_mode():
         batch = model.prepare(batch)
-        g = build_graphs(batch, model.hparams, model.graph_backend)
+        g = model.graphs(batch)
         want_edges = kind == "edge"
         out = model.backbone(model.embed(batch), g, stop_after_block=block, want_edges=want_edges,
                              want_final=block is None)

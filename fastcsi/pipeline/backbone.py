@@ -9,7 +9,6 @@ pretrained JMP GemNet-OC checkpoint; pass it with ``--checkpoint``.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,35 +22,6 @@ DEFAULT_MODEL_NAME = "gemnet-oc-tiny"
 # on the 2-core dev machine (and ~10x the wall time when other processes compete for the cores).
 SMALL_BACKBONE_PARAMETERS = 1_000_000
 DEFAULT_INIT_SEED = 0
-
-
-@contextlib.contextmanager
-def _timed_graph_building(profiler):
-    """Time GemNet-OC's graph construction (radius graphs and index sets) as the ``graph`` stage.
-
-    ``extract_features`` builds the graphs internally and exposes no hook, so its module-level
-    ``build_graphs`` is wrapped for the duration of one call; if the model code is reorganised and
-    the name disappears, nothing is wrapped and graph time simply stays inside ``model``.
-    """
-    try:
-        from fastcsi.model.gemnet_oc import model as gemnet_model
-    except ImportError:
-        yield
-        return
-    original = getattr(gemnet_model, "build_graphs", None)
-    if original is None:
-        yield
-        return
-
-    def timed(*args, **kwargs):
-        with profiler.stage("graph"):
-            return original(*args, **kwargs)
-
-    gemnet_model.build_graphs = timed
-    try:
-        yield
-    finally:
-        gemnet_model.build_graphs = original
 
 
 def default_backbone_path() -> Path:
@@ -108,7 +78,8 @@ class Extractor:
             with torch.inference_mode():
                 return extract_features(self.model, batch, layer=self.layer, kind=self.kind)
         graph_before = profiler.stages.get("graph", {}).get("total_s", 0.0)
-        with profiler.stage("model"), _timed_graph_building(profiler), torch.inference_mode():
+        with profiler.stage("model"), self.model.timing_graphs(lambda: profiler.stage("graph")), \
+                torch.inference_mode():
             features = extract_features(self.model, batch, layer=self.layer, kind=self.kind)
         # Keep the stages exclusive: the graph time measured inside the forward pass is not model time.
         profiler.add_time("model", -(profiler.stages.get("graph", {}).get("total_s", 0.0) - graph_before), calls=0)

@@ -3,9 +3,7 @@ GemNet-OC for a task, give it fresh output heads, save the released backbone, ti
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import time
 from pathlib import Path
 
 import torch
@@ -84,30 +82,7 @@ def save_backbone(model, path, extra: dict) -> Path:
     return save_checkpoint(stripped, path, extra=extra)
 
 
-@contextlib.contextmanager
-def graph_timing(profiler):
-    """Time GemNet-OC's graph construction as its own profiler stage.
-
-    The model builds its graphs inside ``forward`` via the module-level ``build_graphs``; this
-    wraps that function for the duration of the block (and restores it), so the profile can show
-    graph building apart from the network arithmetic without changing the model's code.
-    """
-    try:
-        from fastcsi.model.gemnet_oc import model as gemnet_module
-    except ImportError:  # pragma: no cover - model layer absent
-        yield
-        return
-    original = gemnet_module.build_graphs
-
-    def timed(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            profiler.add_time("graph", time.perf_counter() - t0)
-
-    gemnet_module.build_graphs = timed
-    try:
-        yield
-    finally:
-        gemnet_module.build_graphs = original
+def graph_timing(model, profiler):
+    """Time GemNet-OC's graph construction inside the block as the profiler stage ``graph`` (the
+    model's ``graph_timer`` hook), so the profile shows graph building apart from the arithmetic."""
+    return model.timing_graphs(lambda: profiler.stage("graph"))

@@ -173,7 +173,7 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
                       profiler=profiler, progress=settings.progress, log=log, settings=settings.to_dict(),
                       trace=settings.trace)
     t0 = time.perf_counter()
-    with backbones.graph_timing(profiler):
+    with backbones.graph_timing(gemnet, profiler):
         result = trainer.fit(resume=resume)
         train_seconds = time.perf_counter() - t0
         if result.interrupted:

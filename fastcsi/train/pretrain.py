@@ -333,7 +333,7 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
         trainer = Trainer(model, cfg, train, val, targets, rundir, device=device, ctx=ctx, profiler=profiler,
                           progress=settings.progress, log=log, settings=settings.to_dict(), trace=settings.trace)
         t0 = time.perf_counter()
-        with backbones.graph_timing(profiler):
+        with backbones.graph_timing(gemnet, profiler):
             result = trainer.fit(resume=resume)
     except BaseException as exc:
         # the record must not say "running" for a run that ended; a SIGKILL cannot be recorded (see resume)

@@ -1,4 +1,5 @@
-"""The scaled-SiLU op: native CPU kernel (csrc/activation.cpp) against float64 references.
+"""The scaled-SiLU op family (activation.py dispatcher, activation_ref.py, activation_cpu.py with the
+native CPU kernel csrc/activation.cpp) against float64 references.
 
 Tolerances (float32 native kernel vs float64 torch, both kernels "avx2" and "portable"):
   forward   <= 4 ulps of the float32 result (relative) where |y| >= 1e-30, |y| <= 1e-29 below
@@ -15,7 +16,8 @@ import torch
 
 from fastcsi import _native
 from fastcsi.errors import FastCSIError
-from fastcsi.model.gemnet_oc import activation
+from fastcsi.backend import override
+from fastcsi.model.gemnet_oc import activation, activation_ref
 
 needs_native = pytest.mark.skipif(not _native.has("silu_forward"), reason=f"extension not built: {_native.NATIVE_ERROR}")
 KERNELS = ["portable"] + (["avx2"] if _native.has("silu_kernel_isa") and _native.native.silu_kernel_isa() == "avx2" else [])
@@ -99,7 +101,7 @@ def test_every_length_and_thread_count_give_the_same_bits(n):
 @needs_native
 def test_dispatch_inplace_and_autograd():
     x = torch.randn(300, 70)
-    ref = activation.silu_ref(x.clone(), 2.0)
+    ref = activation_ref.silu_ref(x.clone(), 2.0)
     out = activation.silu(x, 2.0, backend="cpu")
     assert torch.allclose(out, ref, rtol=1e-6, atol=1e-7) and out.data_ptr() != x.data_ptr()
     with torch.no_grad():
@@ -111,7 +113,7 @@ def test_dispatch_inplace_and_autograd():
     b = x.clone().requires_grad_()
     g = torch.randn_like(x)
     (activation.silu(a, 2.0, backend="cpu") * g).sum().backward()
-    (activation.silu_ref(b, 2.0) * g).sum().backward()
+    (activation_ref.silu_ref(b, 2.0) * g).sum().backward()
     assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6)
     with pytest.raises(FastCSIError, match="inplace"):
         activation.silu(x.clone().requires_grad_(), inplace=True, backend="cpu")
@@ -119,9 +121,9 @@ def test_dispatch_inplace_and_autograd():
 
 def test_float64_and_strided_inputs_use_torch_exactly():
     x = torch.randn(64, 9, dtype=torch.float64)
-    assert torch.equal(activation.silu(x, 1 / 0.6), activation.silu_ref(x, 1 / 0.6))
+    assert torch.equal(activation.silu(x, 1 / 0.6), activation_ref.silu_ref(x, 1 / 0.6))
     strided = torch.randn(20, 30)[:, ::3]
-    assert torch.equal(activation.silu(strided, 1.5), activation.silu_ref(strided, 1.5))
+    assert torch.equal(activation.silu(strided, 1.5), activation_ref.silu_ref(strided, 1.5))
 
 
 def test_explicit_backend_errors_are_user_errors():
@@ -133,17 +135,28 @@ def test_explicit_backend_errors_are_user_errors():
 
 
 @needs_native
-def test_gemnet_features_same_with_native_and_reference_silu(monkeypatch):
+def test_gemnet_features_same_with_native_and_reference_silu():
     from ase.build import molecule
 
     from fastcsi.data import batch_from_atoms
     from fastcsi.model import build_model, extract_features
-    from fastcsi.model.gemnet_oc import layers
 
     torch.manual_seed(0)
     model = build_model("gemnet-oc-tiny").float()
     batch = batch_from_atoms([molecule("CH3CH2OH"), molecule("H2O")])
     native = extract_features(model, batch)
-    monkeypatch.setattr(layers, "silu", lambda x, scale=1.0, inplace=False: activation.silu_ref(x, scale, inplace))
-    ref = extract_features(model, batch)
+    with override(activation="ref"):
+        ref = extract_features(model, batch)
     assert float((native - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+
+def test_override_reaches_the_dispatcher_and_an_explicit_backend_wins():
+    x = torch.randn(40, 30)
+    with override(activation="ref"):
+        assert torch.equal(activation.silu(x, 1.5), activation_ref.silu_ref(x, 1.5))
+        if _native.has("silu_forward"):
+            from fastcsi.model.gemnet_oc.activation_cpu import silu_cpu
+
+            assert torch.equal(activation.silu(x, 1.5, backend="cpu"), silu_cpu(x, 1.5))
+    with override(activation="cpu"), pytest.raises(FastCSIError, match="float32|unavailable"):
+        activation.silu(x.double())  # an overridden backend that cannot run is an error, as an explicit one

@@ -6,7 +6,7 @@ import torch
 
 from goc_helpers import batch_of, make_model
 from fastcsi.model import extract_features
-from fastcsi.model.gemnet_oc.layers import fused_enabled, unfused
+from fastcsi.backend import fused_enabled, override
 
 RTOL = 1e-12
 
@@ -33,7 +33,7 @@ def train_step(model, batch):
 
 def test_unfused_switch_restores():
     assert fused_enabled()
-    with unfused():
+    with override(fused=False):
         assert not fused_enabled()
     assert fused_enabled()
 
@@ -42,7 +42,7 @@ def test_unfused_switch_restores():
 def test_features_equal_unfused(batch, layer, kind):
     model = make_model(direct_forces=True)
     fast = extract_features(model, batch, layer=layer, kind=kind)
-    with unfused():
+    with override(fused=False):
         plain = extract_features(model, batch, layer=layer, kind=kind)
     assert fast.shape == plain.shape
     assert rel_err(fast, plain) < RTOL
@@ -52,7 +52,7 @@ def test_features_equal_unfused(batch, layer, kind):
 def test_train_outputs_and_gradients_equal_unfused(batch, direct):
     model = make_model(direct_forces=direct)
     out_fast, grads_fast = train_step(model, batch)
-    with unfused():
+    with override(fused=False):
         out_plain, grads_plain = train_step(model, batch)
     for key in ("energy", "forces"):
         assert rel_err(out_fast[key], out_plain[key]) < RTOL, key
@@ -67,7 +67,7 @@ def test_unfitted_scale_factors_equal_unfused(batch):
         if name.endswith("scale_factor"):
             buf.zero_()  # unfitted: identity
     fast = extract_features(model, batch, kind="edge")
-    with unfused():
+    with override(fused=False):
         plain = extract_features(model, batch, kind="edge")
     assert rel_err(fast, plain) < RTOL
 
@@ -81,7 +81,7 @@ def test_fused_path_sees_parameter_updates(batch):
         model.backbone.int_blocks[0].dense_ca.linear.weight.mul_(1.5)
         model.backbone.int_blocks[0].trip_interaction.scale_rbf.scale_factor.mul_(2.0)
     after = extract_features(model, batch)
-    with unfused():
+    with override(fused=False):
         plain = extract_features(model, batch)
     assert rel_err(after, before) > 1e-3
     assert rel_err(after, plain) < RTOL

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastcsi.backend import fused_enabled
 from fastcsi.errors import FastCSIError
-from fastcsi.model.gemnet_oc.interaction import gather_padded, padded_source
-from fastcsi.model.gemnet_oc.layers import Dense, EdgeEmbedding, ScaleFactor, fused_enabled, he_orthogonal_init
+from fastcsi.model.gemnet_oc.interaction_cpu import gather_padded, padded_source
+from fastcsi.model.gemnet_oc.layers import Dense, EdgeEmbedding, ScaleFactor, he_orthogonal_init
 
 
 class PolynomialEnvelope(nn.Module):

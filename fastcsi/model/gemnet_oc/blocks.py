@@ -7,12 +7,11 @@ import math
 import torch
 from torch import nn
 
-from fastcsi.model.gemnet_oc.interaction import (
-    gather_padded, interaction_bilinear, interaction_bilinear_precontracted, padded_source,
-)
+from fastcsi.backend import fused_enabled
+from fastcsi.model.gemnet_oc.interaction import choose_backend, interaction_bilinear
+from fastcsi.model.gemnet_oc.interaction_cpu import gather_padded, interaction_bilinear_precontracted, padded_source
 from fastcsi.model.gemnet_oc.layers import (
-    SILU_SCALE, AtomUpdateBlock, Dense, EdgeEmbedding, ResidualLayer, ScaleFactor, fused_enabled, scale_value,
-    silu_fresh,
+    SILU_SCALE, AtomUpdateBlock, Dense, EdgeEmbedding, ResidualLayer, ScaleFactor, scale_value, silu_fresh,
 )
 
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
@@ -34,25 +33,24 @@ def _symmetric_up(up_ca: Dense, up_ac: Dense, x, id_swap, weight_scale):
 
 
 class EfficientInteractionBilinear(nn.Module):
-    """Holds the bilinear weight (``bilinear.linear.weight``); the math lives in interaction.py."""
+    """Holds the bilinear weight (``bilinear.linear.weight``); the math lives in interaction.py. The
+    backend is the op's ("auto" unless ``fastcsi.backend.override(interaction=...)`` says otherwise)."""
 
     def __init__(self, emb_size_in, emb_size_interm, emb_size_out, dropout=None):
         super().__init__()
         self.bilinear = Dense(emb_size_in * emb_size_interm, emb_size_out, activation=None, dropout=dropout)
-        self.backend = "auto"
 
     def forward(self, basis, x, gather_idx, out_idx, out_inner, agg2_outer=None, agg2_inner=None, agg2_size=None,
                 precontracted=None):
-        """``precontracted``: ``rad_W1 @ sph`` of ``basis`` when the caller has it; used on CPU
-        tensors with the auto/cpu backend (see ``interaction_bilinear_precontracted``)."""
-        if precontracted is not None and agg2_outer is None and self.backend in ("auto", "cpu") \
-                and x.device.type == "cpu":
+        """``precontracted``: ``rad_W1 @ sph`` of ``basis`` when the caller has it; used where the op
+        runs its "cpu" backend (see ``interaction_bilinear_precontracted``)."""
+        if precontracted is not None and agg2_outer is None and choose_backend(x) == "cpu":
             out = interaction_bilinear_precontracted(precontracted, x, gather_idx, out_idx, out_inner,
                                                      self.bilinear.linear.weight)
             return self.bilinear.dropout(out)
         rad_W1, sph = basis
         out = interaction_bilinear(rad_W1, sph, x, gather_idx, out_idx, out_inner, self.bilinear.linear.weight,
-                                   agg2_outer, agg2_inner, agg2_size, backend=self.backend)
+                                   agg2_outer, agg2_inner, agg2_size)
         return self.bilinear.dropout(out)
 
 

@@ -25,7 +25,6 @@ unexpected keys are an error except the documented drops. Errors list the offend
 """
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from fastcsi.errors import FastCSIError
 from fastcsi.model.gemnet_oc.configs import IGNORED_KEYS, config
 from fastcsi.model.gemnet_oc.layers import skip_weight_init
 from fastcsi.model.gemnet_oc.model import GemNetOC
+from fastcsi.model.gemnet_oc.scale_file import load_scale_file
 from fastcsi.utils import atomic_path, load_torch_file, versions
 
 FORMAT = "fastcsi-gemnet-oc/1"
@@ -110,24 +110,6 @@ def _map_jmp(state: dict) -> tuple[dict, list]:
         else:
             mapped[key] = value
     return mapped, dropped
-
-
-def load_scale_file(scale_file) -> dict:
-    path = Path(scale_file)
-    if not path.is_file():
-        raise FastCSIError(f"{path}: scale-factor file not found")
-    if path.suffix == ".json":
-        values = json.loads(path.read_text())
-    else:
-        values = _read(path)
-    if not isinstance(values, dict):
-        raise FastCSIError(f"{path}: a scale-factor file must map module names to values")
-    values.pop("comment", None)
-    out = {}
-    for name, value in values.items():
-        name = name[len("backbone."):] if name.startswith("backbone.") else name
-        out[f"backbone.{name}.scale_factor"] = torch.as_tensor(float(value))
-    return out
 
 
 def load_backbone(path, base: str | None = None, **hparams) -> GemNetOC:

@@ -1,6 +1,6 @@
 """Fused Triton kernels for GemNet-OC's triplet/quadruplet interaction (``interaction_bilinear``).
 
-Op (see interaction.py for the plain reference): for every output row r (an output edge, or an
+Op (see interaction_ref.py for the plain reference): for every output row r (an output edge, or an
 output atom when the result is aggregated twice edge -> atom) and every edge e of that row,
     S_e[s, j] = sum_{t in seg(e)} sph[e, s, inner[t]] * x[gather[t], j]      (n_sph, d_in)
     R_r       = sum_{e in row r} rad_e @ S_e                                   (d_interm, d_in)
@@ -304,7 +304,7 @@ class FusedInteractionBilinear(torch.autograd.Function):
 def _reference_backward(ctx, grad_out, rad_W1, sph, x, weight):
     """Differentiable backward (create_graph=True): rebuild the op with the plain reference on the
     saved inputs (which keep their own history) and differentiate that graph."""
-    from fastcsi.model.gemnet_oc.interaction import interaction_bilinear_ref
+    from fastcsi.model.gemnet_oc.interaction_ref import interaction_bilinear_ref
 
     gather_idx, out_idx, out_inner, agg2_outer, agg2_inner, agg2_size = ctx.index_args
     needs = ctx.needs_input_grad[:4]

@@ -5,8 +5,8 @@ Conventions of the reference: no dense layer has a bias, the activation is SiLU(
 ("scaled_silu"), residual layers sum and scale by 1/sqrt(2), a ScaleFactor is the identity while its
 stored value is 0 (unfitted) and multiplies otherwise.
 
-Fused paths (on by default; ``unfused()`` runs the plain JMP-shaped computation, for tests and A/B
-benchmarks). They compute the same function with fewer passes over the (E, 512) edge tensors and
+Fused paths (on by default; ``fastcsi.backend.override(fused=False)`` runs the plain JMP-shaped
+computation, for tests and A/B benchmarks). They compute the same function with fewer passes over the (E, 512) edge tensors and
 fewer GEMM flops, exact up to rounding order (tests/model/test_fused.py: float64 outputs and
 gradients equal the unfused path to ~1e-12):
   * constant scales (the 1/0.6 of the activation, fitted ScaleFactors, 1/sqrt(2)) are multiplied
@@ -24,30 +24,15 @@ import math
 import torch
 from torch import nn
 
+from fastcsi.backend import fused_enabled
 from fastcsi.errors import FastCSIError
 from fastcsi.model.gemnet_oc.activation import silu
 
 
 _SKIP_INIT = False
-_FUSED = True
 
 SILU_SCALE = 1.0 / 0.6  # "scaled_silu" = SiLU(x) / 0.6
 INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-
-
-def fused_enabled() -> bool:
-    return _FUSED
-
-
-@contextlib.contextmanager
-def unfused():
-    """Run the plain (unfused, JMP-shaped) computation inside the block (tests, A/B benchmarks)."""
-    global _FUSED
-    previous, _FUSED = _FUSED, False
-    try:
-        yield
-    finally:
-        _FUSED = previous
 
 
 @contextlib.contextmanager
@@ -157,7 +142,7 @@ class ResidualLayer(nn.Module):
         self.foldable = n_layers >= 1 and all(isinstance(d, Dense) and d.scaled_silu for d in self.dense_mlp)
 
     def forward(self, x):
-        if _FUSED and self.foldable:
+        if fused_enabled() and self.foldable:
             # each inner 1/0.6 goes into the next weight; the last one joins the residual sum:
             # (x + s/0.6)/sqrt2 = (s + 0.6 x) * (1/(0.6 sqrt2))
             y = x
@@ -195,7 +180,7 @@ class EdgeEmbedding(nn.Module):
         self.dense = Dense(2 * atom_features + edge_features, out_features, activation=activation, dropout=dropout)
 
     def forward(self, h, m, edge_index):
-        if not _FUSED:
+        if not fused_enabled():
             return self.dense(torch.cat([h[edge_index[0]], h[edge_index[1]], m], dim=-1))
         # Dense([h_s, h_t, m]) = (h W_s)[s] + (h W_t)[t] + m W_m: atom parts projected per atom
         a = h.shape[1]
@@ -276,7 +261,7 @@ class OutputBlock(AtomUpdateBlock):
         x_F = m
         for layer in self.seq_forces:
             x_F = layer(x_F)
-        if _FUSED:  # the scale factor folded into dense_rbf_F's weight
+        if fused_enabled():  # the scale factor folded into dense_rbf_F's weight
             return x_F * self.dense_rbf_F.forward_linear(basis_rad, scale_value(self.scale_rbf_F))
         return self.scale_rbf_F(x_F * self.dense_rbf_F(basis_rad), ref=x_F)
 

@@ -16,6 +16,12 @@ magnitude of each tensor):
     float64   1e-5               ~1e-13 / 1e-13 / 2e-13 / 3e-12   (summation order only)
     float32   1e-3               4e-6 / 4e-6 / 9e-6
 
+Kernel paths: the radius graph, index sets, interaction and activation ops run their "auto"
+backends; ``fastcsi.backend.override(radius=..., interaction=..., fused=...)`` switches them for
+everything inside the block. Timing: ``graph_timer`` (None, or a callable returning a context
+manager, e.g. ``lambda: profiler.stage("graph")``) is entered around graph construction in
+``forward`` and in feature extraction, so a profile can show graph building apart from the network.
+
 Degenerate inputs: a structure without neighbours (one atom, or atoms beyond the cutoff) gets the
 energy of its isolated atoms and zero force; an empty batch gives empty outputs; NaN/inf positions
 and atomic numbers outside 1..num_elements raise FastCSIError.
@@ -52,13 +58,12 @@ def _edge_dict(graph, atom_batch, num_structures):
     }
 
 
-def build_graphs(batch, hp: dict, graph_backend: str = "auto") -> dict:
+def build_graphs(batch, hp: dict) -> dict:
     """All graphs and index sets one forward pass needs (see the module docstring)."""
     num_atoms, num_structures = batch.num_atoms, batch.num_structures
     if not hp["use_pbc"]:
         batch = dataclasses.replace(batch, pbc=torch.zeros_like(batch.pbc))
-    a2a_raw = radius_graph(batch, hp["cutoff_aint"], max_neighbors=hp["max_neighbors_aint"], strict=True,
-                           backend=graph_backend)
+    a2a_raw = radius_graph(batch, hp["cutoff_aint"], max_neighbors=hp["max_neighbors_aint"], strict=True)
 
     def sub(cutoff, k):
         # as JMP: a graph is sub-selected only in what differs from the atom-atom graph
@@ -176,13 +181,13 @@ class GemNetOC(nn.Module):
             )
         finally:
             torch.set_num_threads(threads)
-        self.graph_backend = "auto"
+        self.graph_timer = None  # see the module docstring
         if hp["scale_file"]:
             self.apply_scale_file(hp["scale_file"])
 
     def apply_scale_file(self, scale_file) -> None:
         """Set scale factors from a fitted file (JMP's ``scale_file``: module path -> value)."""
-        from fastcsi.model.gemnet_oc.checkpoint import load_scale_file
+        from fastcsi.model.gemnet_oc.scale_file import load_scale_file
 
         buffers = dict(self.named_buffers())
         values = load_scale_file(scale_file)
@@ -220,6 +225,22 @@ class GemNetOC(nn.Module):
             tags=batch.tags.to(device),
         )
 
+    @contextlib.contextmanager
+    def timing_graphs(self, timer):
+        """Use ``timer`` as ``graph_timer`` inside the block (the previous one comes back after)."""
+        previous, self.graph_timer = self.graph_timer, timer
+        try:
+            yield self
+        finally:
+            self.graph_timer = previous
+
+    def graphs(self, batch) -> dict:
+        """``build_graphs`` of a prepared ``batch``, inside ``graph_timer`` when one is set."""
+        if self.graph_timer is None:
+            return build_graphs(batch, self.hparams)
+        with self.graph_timer():
+            return build_graphs(batch, self.hparams)
+
     def embed(self, batch):
         return self.embedding(batch.atomic_numbers.long() - 1)
 
@@ -239,7 +260,7 @@ class GemNetOC(nn.Module):
                     atomic_numbers=batch.atomic_numbers.clone(), natoms=batch.natoms.clone(),
                     pbc=batch.pbc.clone(), tags=batch.tags.clone(),
                 )
-            g = build_graphs(batch, hp, self.graph_backend)
+            g = self.graphs(batch)
             out = self.backbone(self.embed(batch), g, want_edges=hp["regress_forces"])
             per_atom = self.out_energy(out["energy"])  # (N, T)
             energy = scatter_sum(per_atom, batch.batch, batch.num_structures)
