@@ -125,10 +125,11 @@ class TrainedModel:
         from fastcsi.data import collate
 
         batch = collate(structures, dtype=self.dtype, device=self.device)
-        periodic = batch.pbc.all(dim=1) & (torch.linalg.det(batch.cell.to(torch.float64)).abs() > 1e-8)
+        volume = torch.linalg.det(batch.cell.to(torch.float64)).abs()
+        periodic = batch.pbc.all(dim=1) & (volume > 1e-8)
         want_stress = "stress" in properties and bool(periodic.any())
         want_forces = "forces" in properties
-        out = self._forward(batch, want_forces, want_stress)
+        out = self._forward(batch, want_forces, volume if want_stress else None)
         results = [{} for _ in structures]
         for name in properties:
             if name == "forces":
@@ -145,7 +146,10 @@ class TrainedModel:
                     r[name] = float(v)
         return results
 
-    def _forward(self, batch, want_forces: bool, want_stress: bool) -> dict:
+    def _forward(self, batch, want_forces: bool, volume=None) -> dict:
+        """Network outputs, plus -dE/dx forces (no direct head) and, given the cell ``volume``
+        of each structure, the stress."""
+        want_stress = volume is not None
         derive = (want_forces and not self.direct_forces) or want_stress
         if not derive:
             with torch.no_grad():
@@ -165,9 +169,8 @@ class TrainedModel:
         if not self.direct_forces:
             out["forces"] = -grads[0] if grads[0] is not None else torch.zeros_like(pos)
         if want_stress:
-            volume = torch.linalg.det(batch.cell.to(torch.float64)).abs().clamp(min=1e-12)
             dE = grads[1] if grads[1] is not None else torch.zeros_like(strain)
-            out["stress"] = dE.to(torch.float64) / volume[:, None, None]
+            out["stress"] = dE.to(torch.float64) / volume.clamp(min=1e-12)[:, None, None]  # molecules: unused
         return out
 
 
