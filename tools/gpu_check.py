@@ -7,10 +7,11 @@ On a CUDA machine it runs, each item in its own process (a kernel that faults, h
 process fails that item only) under a timeout and one overall time budget:
 
   machine             GPU, driver, CUDA / torch / Triton versions, vesin(-torch) present
-  radius_pairs        Triton all-pairs radius graph vs the reference: tile edges (15-33, 63-65 atoms),
+  radius_pairs        Triton all-pairs radius graph vs the reference: tile edges (15-17, 31-33 atoms),
                       empty, molecules, periodic / slab / triclinic, duplicates, max_neighbors, fp32/fp64
   radius_cells        Triton cell list vs the reference (C++ kernel for large cells): one-bin
-                      clusters at the tile edges, bulk, skewed, slab, thin cells, random batches, auto routing
+                      clusters at the tile edges (15-17, 63-65 atoms), bulk, skewed, slab, thin cells,
+                      random batches, auto routing
   covariance          Triton SYRK (ieee, tf32) and the float64 cuBLAS path vs the float64 reference,
                       n and d around the 32-wide tiles, offset data, fp32/bf16/fp64 inputs
   frechet             the torch/CUDA Fréchet distance vs the reference
