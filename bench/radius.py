@@ -14,8 +14,8 @@ float64 conversion, validation and torch tensors. Every baseline is asked for th
 (i, j, S, D, d). Correctness is checked first (same pair set as vesin).
 
 The last table times the GemNet-OC index construction (fastcsi.graph.gemnet_indices) per 1,000 main
-edges, BEFORE (the torch formulation, gemnet_indices_ref) and AFTER (the numba walks) in the same run,
-after checking their outputs are bit-for-bit equal: the full 6 Å graph of Cu fcc 4x4x4 (triplets),
+edges, BEFORE (the torch formulation, gemnet_indices_cuda run on CPU tensors) and AFTER (the numba
+walks) in the same run, after checking their outputs are bit-for-bit equal: the full 6 Å graph of Cu fcc 4x4x4 (triplets),
 and GemNet-OC's default graphs (main 12 Å / 30 neighbours, symmetrised; quadruplet graph 8 Å / 8;
 atom-edge graph 12 Å / 20) on four Cu(111) slabs.
 
@@ -25,7 +25,7 @@ kernel at ~500 and ~2,000 atoms (where the auto threshold sits), the cell list a
 atoms against vesin-torch on the same GPU (skipped with a note when vesin-torch is not installed);
 pair set checked against the C++ CPU kernel first, CUDA synchronised around every call.
 
-Usage: python bench/neighbors.py [--quick] [--device cpu|cuda] [--out FILE.json] [--threads N]
+Usage: python bench/radius.py [--quick] [--device cpu|cuda] [--out FILE.json] [--threads N]
        [--torch-threads N]
 """
 from __future__ import annotations
@@ -217,7 +217,8 @@ def bench_gemnet_indices(repeats, notes, quick=False):
     from ase.build import fcc111
 
     from fastcsi.graph import gemnet_indices as gi
-    from fastcsi.graph import gemnet_indices_ref as gr
+    from fastcsi.graph import gemnet_indices_cuda as gr
+    from fastcsi.graph import nearest as nearest_module
     from fastcsi.graph import select_neighbors
 
     cases = []
@@ -227,7 +228,7 @@ def bench_gemnet_indices(repeats, notes, quick=False):
                                        bulk_batch.num_atoms)
     n = bulk_batch.num_atoms
     cases.append(("Cu fcc 4x4x4, 6 Å full graph", bulk_main, [
-        ("triplets", lambda: gi.triplets(bulk_main, n), lambda: gr.triplets_ref(bulk_main, n))]))
+        ("triplets", lambda: gi.triplets(bulk_main, n), lambda: gr.triplets_cuda(bulk_main, n))]))
     # GemNet-OC's default graphs on slabs (main 12 Å / 30, qint 8 Å / 8, atom-edge 12 Å / 20)
     slab = fcc111("Cu", size=(4, 4, 4), vacuum=8.0)
     slab.rattle(0.05, seed=0)
@@ -238,28 +239,27 @@ def bench_gemnet_indices(repeats, notes, quick=False):
     qint = _edge_dict(select_neighbors(raw, cutoff=8.0, max_neighbors=8, strict=True), batch)
     aeaint = _edge_dict(select_neighbors(raw, max_neighbors=20, strict=True), batch)
     cases.append((f"{batch.num_structures} Cu(111) slabs, GemNet-OC graphs", main, [
-        ("triplets", lambda: gi.triplets(main, m), lambda: gr.triplets_ref(main, m)),
+        ("triplets", lambda: gi.triplets(main, m), lambda: gr.triplets_cuda(main, m)),
         ("mixed_triplets a2e", lambda: gi.mixed_triplets(aeaint, main, m, return_agg_idx=True),
-         lambda: gr.mixed_triplets_ref(aeaint, main, m, return_agg_idx=True)),
-        ("quadruplets", lambda: gi.quadruplets(main, qint, m), lambda: gr.quadruplets_ref(main, qint, m)),
+         lambda: gr.mixed_triplets_cuda(aeaint, main, m, return_agg_idx=True)),
+        ("quadruplets", lambda: gi.quadruplets(main, qint, m), lambda: gr.quadruplets_cuda(main, qint, m)),
     ]))
     # end to end: every graph and index set of one GemNet-OC-S forward pass (model.build_graphs),
-    # "before" with the reference index builders and select_neighbors' torch ranks swapped in
-    from fastcsi.graph import radius as radius_module
+    # "before" with the torch index builders and select_neighbors' torch ranks swapped in
     from fastcsi.model.gemnet_oc.configs import config, normalize_hparams
     from fastcsi.model.gemnet_oc.model import build_graphs
 
     hp = normalize_hparams(config("gemnet-oc-s"))
-    fast = (gi.triplets, gi.mixed_triplets, gi.quadruplets, radius_module._ranks)
-    reference = (gr.triplets_ref, gr.mixed_triplets_ref, gr.quadruplets_ref, radius_module._ranks_torch)
+    fast = (gi.triplets, gi.mixed_triplets, gi.quadruplets, nearest_module._ranks)
+    reference = (gr.triplets_cuda, gr.mixed_triplets_cuda, gr.quadruplets_cuda, nearest_module._ranks_torch)
 
     def build_with(functions):
         def call():
-            gi.triplets, gi.mixed_triplets, gi.quadruplets, radius_module._ranks = functions
+            gi.triplets, gi.mixed_triplets, gi.quadruplets, nearest_module._ranks = functions
             try:
                 return build_graphs(batch, hp)
             finally:
-                gi.triplets, gi.mixed_triplets, gi.quadruplets, radius_module._ranks = fast
+                gi.triplets, gi.mixed_triplets, gi.quadruplets, nearest_module._ranks = fast
         return call
 
     cases.append((f"{batch.num_structures} Cu(111) slabs, GemNet-OC graphs", main, [
@@ -269,7 +269,7 @@ def bench_gemnet_indices(repeats, notes, quick=False):
         edges = int(graph["edge_index"].shape[1])
         for op, after, before in ops:
             if not _identical(after(), before()):
-                raise SystemExit(f"correctness check failed: {op} differs from gemnet_indices_ref ({label})")
+                raise SystemExit(f"correctness check failed: {op} differs from the torch formulation ({label})")
             (t_before, cpu_before), (t_after, cpu_after) = [
                 t for _, t in alternating([("before", before), ("after", after)], repeats)]
             rows.append({"graph": label, "op": op, "edges": edges, "before_seconds": t_before,
@@ -277,7 +277,7 @@ def bench_gemnet_indices(repeats, notes, quick=False):
                          "before_ms_per_1000_edges": t_before / edges * 1e6,
                          "after_ms_per_1000_edges": t_after / edges * 1e6, "speedup": t_before / t_after,
                          "cpu_speedup": cpu_before / cpu_after if cpu_after > 0 else None})
-    notes.append("index construction: before = gemnet_indices_ref (torch), after = gemnet_indices (numba walks "
+    notes.append("index construction: before = gemnet_indices_cuda (torch), after = gemnet_indices (numba walks "
                  "on CPU tensors), outputs checked bit-for-bit equal, timed round-robin (median wall, mean CPU); "
                  f"torch threads = {torch.get_num_threads()} (on a loaded machine torch's thread pool inflates "
                  "the before rows: compare with --torch-threads 1)")
@@ -338,7 +338,7 @@ def run_triton(quick: bool, device: str) -> dict:
             {"impl": impl, "seconds": wall, "cpu_seconds": cpu, "mpairs_per_s": pairs / wall / 1e6,
              "speedup_vs_vesin": (baseline[0] / wall) if baseline else None, "cpu_speedup_vs_vesin": None}
             for impl, (wall, cpu) in rows]})
-    return {"benchmark": "neighbors", "quick": quick, "device": device, "cases": cases, "gemnet_indices": None,
+    return {"benchmark": "radius", "quick": quick, "device": device, "cases": cases, "gemnet_indices": None,
             "notes": notes, "versions": versions()}
 
 
@@ -347,7 +347,7 @@ def run(quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
     if str(device).startswith("cuda"):
         return run_triton(quick, device)
     if device != "cpu":
-        raise ValueError(f"bench/neighbors.py runs on cpu or cuda, not {device!r}")
+        raise ValueError(f"bench/radius.py runs on cpu or cuda, not {device!r}")
     repeats = 3 if quick else 11
     notes = [f"our kernel rows: {threads or 'default'} thread(s), plus 2 threads (the kernel keeps batches "
              "under ~1M candidate pair tests per thread on fewer threads); api = radius_graph "
@@ -377,7 +377,7 @@ def run(quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
             for impl, (wall, cpu) in case["rows"]
         ]
     indices = bench_gemnet_indices(repeats, notes, quick)
-    return {"benchmark": "neighbors", "quick": quick, "device": device, "cases": cases,
+    return {"benchmark": "radius", "quick": quick, "device": device, "cases": cases,
             "gemnet_indices": indices, "notes": notes, "versions": versions()}
 
 

@@ -2,7 +2,7 @@
 process and one run, on documented inputs across sizes, correctness checked before timing.
 
 Kernels (inputs, work measure, baselines; each is one adapter below):
-  neighbors   radius graph (fastcsi.graph.radius_graph, backend auto) on rattled fcc Cu supercells,
+  radius      radius graph (fastcsi.graph.radius_graph, backend auto) on rattled fcc Cu supercells,
               periodic, cutoff 6 Å, float64; vs vesin, matscipy and ase neighbour lists (full lists,
               i j S d). Check: edge count and sorted distances equal ase's (1e-9 Å).
   covariance  FeatureStats.update (backend cpu; triton and cuda on GPU) of N x 256 float32 features
@@ -30,7 +30,7 @@ Kernels (inputs, work measure, baselines; each is one adapter below):
 Quick mode (``--quick``) shrinks sizes and models (gemnet-oc-tiny) so that the whole suite takes
 well under a minute on a 2-core CPU; full mode uses the paper-scale settings.
 
-    python bench/suite.py [--quick] [--device cpu|cuda] [--only neighbors,frechet] [--out DIR]
+    python bench/suite.py [--quick] [--device cpu|cuda] [--only radius,frechet] [--out DIR]
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ from fastcsi._bench._suite_common import (finish_rows, machine_info, measure, me
                                           write_report)
 from fastcsi.backend import override
 
-KERNELS = ("neighbors", "covariance", "frechet", "activation", "gemnet", "train")
+KERNELS = ("radius", "covariance", "frechet", "activation", "gemnet", "train")
 
 
 @dataclass
@@ -95,11 +95,11 @@ def _sibling(name: str):
     return importlib.import_module(f"fastcsi._bench.{name}")
 
 
-# ------------------------------------------------------------------------------------- neighbors
+# ---------------------------------------------------------------------------------------- radius
 NEIGHBOR_CUTOFF = 6.0
 
 
-def neighbors_cases(quick: bool, device: str, sizes=None):
+def radius_cases(quick: bool, device: str, sizes=None):
     import torch
     from ase.build import bulk
     from ase.neighborlist import neighbor_list as ase_neighbor_list
@@ -145,7 +145,7 @@ def neighbors_cases(quick: bool, device: str, sizes=None):
             methods.append(Method("matscipy", "baseline", skip=matscipy_missing))
         methods.append(Method("ase", "baseline", lambda atoms=atoms: ase_neighbor_list("ijSd", atoms, cutoff),
                               lambda out: distances_error(out[3]), 1e-9, flops=8.0 * n_edges, bytes=nbytes))
-        yield Case("neighbors", f"Cu fcc {rep}x{rep}x{rep} cubic, {cutoff} Å", len(atoms), "atoms", n_edges, "edges",
+        yield Case("radius", f"Cu fcc {rep}x{rep}x{rep} cubic, {cutoff} Å", len(atoms), "atoms", n_edges, "edges",
                    methods, repeats=3 if quick else 5)
 
 
@@ -368,9 +368,9 @@ def train_cases(quick: bool, device: str, sizes=None):
                    methods, repeats=2 if quick else 5)
 
 
-ADAPTERS = {"neighbors": neighbors_cases, "covariance": covariance_cases, "frechet": frechet_cases,
+ADAPTERS = {"radius": radius_cases, "covariance": covariance_cases, "frechet": frechet_cases,
             "activation": activation_cases, "gemnet": gemnet_cases, "train": train_cases}
-TITLES = {"neighbors": "radius graph vs vesin / matscipy / ase", "covariance": "covariance of N x 256 features",
+TITLES = {"radius": "radius graph vs vesin / matscipy / ase", "covariance": "covariance of N x 256 features",
           "frechet": "Fréchet distance vs scipy sqrtm", "activation": "scaled SiLU vs torch",
           "gemnet": "GemNet-OC feature extraction",
           "train": "GemNet-OC training step"}

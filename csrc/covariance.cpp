@@ -489,7 +489,7 @@ std::string covariance_kernel_isa() { return cpu_has_avx2_fma() ? "avx2" : "port
 
 }  // namespace
 
-void register_syrk(py::module_& m) {
+void register_covariance(py::module_& m) {
     m.def("covariance_moments", &covariance_moments, py::arg("x"), py::arg("block_rows") = 1024,
           py::arg("num_threads") = 0, py::arg("kernel") = "auto", py::arg("depth") = kDefaultDepth,
           "Moments of the rows of x (n, d), float32 or float64, any strides: returns (count, mean (d,),\n"

@@ -6,15 +6,15 @@ namespace py = pybind11;
 
 namespace fastcsi {
 // Declared here, defined in their own files (one op family per file).
-void register_neighbors(py::module_& m);
-void register_syrk(py::module_& m);
+void register_radius(py::module_& m);
+void register_covariance(py::module_& m);
 void register_activation(py::module_& m);
 }  // namespace fastcsi
 
 PYBIND11_MODULE(_C, m) {
     m.doc() = "fastcsi CPU kernels (C++17, std::thread)";
     m.attr("abi_version") = 1;
-    fastcsi::register_neighbors(m);
-    fastcsi::register_syrk(m);
+    fastcsi::register_radius(m);
+    fastcsi::register_covariance(m);
     fastcsi::register_activation(m);
 }

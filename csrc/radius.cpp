@@ -525,7 +525,7 @@ struct Run {
     bool big;
 };
 
-py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::forcecast> pos_arr,
+py::tuple radius_batch(py::array_t<double, py::array::c_style | py::array::forcecast> pos_arr,
                           py::array_t<double, py::array::c_style | py::array::forcecast> cell_arr,
                           py::array_t<bool, py::array::c_style | py::array::forcecast> pbc_arr,
                           py::array_t<int64_t, py::array::c_style | py::array::forcecast> ptr_arr,
@@ -696,8 +696,8 @@ py::tuple neighbors_batch(py::array_t<double, py::array::c_style | py::array::fo
 
 }  // namespace
 
-void register_neighbors(py::module_& m) {
-    m.def("neighbors_batch", &neighbors_batch, py::arg("pos"), py::arg("cell"), py::arg("pbc"), py::arg("ptr"),
+void register_radius(py::module_& m) {
+    m.def("radius_batch", &radius_batch, py::arg("pos"), py::arg("cell"), py::arg("pbc"), py::arg("ptr"),
           py::arg("cutoff"), py::arg("num_threads") = 0, py::arg("single") = false,
           "Radius-graph pair search over a batch (float64 positions (N,3), completed cells (B,3,3), pbc (B,3),\n"
           "atom offsets ptr (B+1,)). Returns (edge_index (2,E) int64 [source; target], shifts (E,3) int64,\n"

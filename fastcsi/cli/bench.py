@@ -8,7 +8,7 @@ import click
 
 from fastcsi.errors import FastCSIError
 
-KERNELS = ("neighbors", "covariance", "frechet", "activation", "gemnet", "train")
+KERNELS = ("radius", "covariance", "frechet", "activation", "gemnet", "train")
 
 
 def load_suite():

@@ -1,5 +1,5 @@
 """numba rank of every edge within its target by (distance, edge position), for
-:func:`fastcsi.graph.radius.select_neighbors` on CPU tensors.
+:func:`fastcsi.graph.nearest.select_neighbors` on CPU tensors.
 
 Algorithm: a stable counting sort of the edges by target (O(E + N)), then a stable merge sort of each
 target's distances (O(sum deg log deg)). The same ranks as the torch formulation (a stable sort by

@@ -1,4 +1,4 @@
-"""CPU radius graph: the C++ cell-list kernel ``fastcsi._C.neighbors_batch`` (csrc/neighbors.cpp).
+"""CPU radius graph: the C++ cell-list kernel ``fastcsi._C.radius_batch`` (csrc/radius.cpp).
 
 Algorithm: per structure, all pairs for small structures and a fractional-coordinate cell list
 (O(n) per structure) otherwise, in two passes (count/search, then every edge written once straight
@@ -21,7 +21,7 @@ import torch
 
 from fastcsi._native import native
 from fastcsi.errors import FastCSIError
-from fastcsi.graph.radius import RadiusGraph, complete_cell, edge_geometry
+from fastcsi.graph.periodic import RadiusGraph, complete_cell, edge_geometry
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -31,7 +31,7 @@ def _numpy(tensor: torch.Tensor) -> np.ndarray:
 def kernel_inputs(batch):
     """float64 positions (N, 3), completed float64 cells (B, 3, 3), bool pbc (B, 3) and int64 atom
     offsets (B + 1,) as numpy arrays; the checks and cell completion of
-    :func:`fastcsi.graph.radius.structure_meta`, with an identity cell for non-periodic structures
+    :func:`fastcsi.graph.periodic.structure_meta`, with an identity cell for non-periodic structures
     (they are searched in Cartesian space)."""
     cell = _numpy(batch.cell).reshape(-1, 3, 3).astype(np.float64)  # always a fresh copy
     pbc = np.ascontiguousarray(_numpy(batch.pbc).reshape(-1, 3), dtype=bool)
@@ -55,7 +55,7 @@ def search_cpu(batch, cutoff: float, num_threads: int = 0, single: bool = False)
     ``num_threads`` 0 means ``torch.get_num_threads()``."""
     pos, cell, pbc, ptr = kernel_inputs(batch)
     threads = int(num_threads) if num_threads else torch.get_num_threads()
-    return native.neighbors_batch(pos, cell, pbc, ptr, float(cutoff), threads, bool(single))
+    return native.radius_batch(pos, cell, pbc, ptr, float(cutoff), threads, bool(single))
 
 
 def radius_graph_cpu(batch, cutoff: float, num_threads: int = 0) -> RadiusGraph:

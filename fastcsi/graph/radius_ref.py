@@ -7,11 +7,9 @@ targets in chunks. Meant for tests and small inputs, not speed.
 """
 from __future__ import annotations
 
-import itertools
-
 import torch
 
-from fastcsi.graph.radius import RadiusGraph, assemble, image_bounds, structure_meta, wrap_positions
+from fastcsi.graph.periodic import RadiusGraph, assemble, image_shifts, structure_meta, wrap_positions
 
 # number of (i, j, image) triples evaluated at once; bounds the reference's memory (~100 MB)
 _CHUNK_TRIPLES = 4_000_000
@@ -24,10 +22,7 @@ def structure_pairs_ref(pos: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor
     if n == 0:
         return empty
     wrapped, shift = wrap_positions(pos, cell, pbc)
-    bounds = image_bounds(cell, pbc, cutoff) if pbc.any() else [0, 0, 0]
-    images = torch.tensor(
-        list(itertools.product(*[range(-m, m + 1) for m in bounds])), dtype=torch.long
-    )  # lexicographic order, so (target, source, image) order falls out of nonzero()
+    images = image_shifts(cell, pbc, cutoff)  # lexicographic: (target, source, image) order falls out of nonzero()
     image_vec = images.to(torch.float64) @ cell if pbc.any() else torch.zeros((images.shape[0], 3), dtype=torch.float64)
     zero_image = int((images == 0).all(1).nonzero()[0, 0])
     cutoff_sq = cutoff * cutoff

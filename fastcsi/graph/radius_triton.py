@@ -21,12 +21,10 @@ development machine); they are written for CUDA devices.
 """
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from fastcsi.errors import FastCSIError
-from fastcsi.graph.radius import RadiusGraph, edge_geometry, image_bounds, structure_meta
+from fastcsi.graph.periodic import RadiusGraph, assemble, image_shifts, structure_meta
 from fastcsi.graph import radius_triton_cells as cells
 
 try:
@@ -99,11 +97,6 @@ if AVAILABLE:
                 tl.store(mask_ptr + row0 + rows * m_count + m, keep.to(tl.int8), mask=valid)
 
 
-def _images(cell, pbc, cutoff):
-    bounds = image_bounds(cell, pbc, cutoff) if bool(pbc.any()) else [0, 0, 0]
-    return torch.tensor(list(itertools.product(*[range(-m, m + 1) for m in bounds])), dtype=torch.long)
-
-
 @torch.no_grad()
 def search_triton(batch, cutoff: float, method: str = "auto"):
     """Kernel-level pair search: (source, target, shifts) int64 tensors on the batch's device.
@@ -147,7 +140,7 @@ def search_triton(batch, cutoff: float, method: str = "auto"):
 
     periodic = pbc.any(1).tolist()
     single_zero = torch.zeros((1, 3), dtype=torch.long)
-    image_lists = [_images(cell[b], pbc[b], cutoff) if periodic[b] else single_zero for b in range(num_structures)]
+    image_lists = [image_shifts(cell[b], pbc[b], cutoff) if periodic[b] else single_zero for b in range(num_structures)]
     nimages = [len(x) for x in image_lists]
     zero_index = [int((x == 0).all(1).nonzero()[0, 0]) for x in image_lists]
     images = torch.cat(image_lists) if image_lists else torch.zeros((0, 3), dtype=torch.long)
@@ -223,7 +216,4 @@ def radius_graph_triton(batch, cutoff: float, method: str = "auto") -> RadiusGra
     """Triton :func:`fastcsi.graph.radius_graph` (no ``max_neighbors``; the dispatcher applies it).
     ``method``: "auto", "cells" or "pairs" (see :func:`search_triton`)."""
     source, target, shifts = search_triton(batch, cutoff, method)
-    edge_index = torch.stack([source, target])
-    vectors, distances = edge_geometry(batch, edge_index, shifts)
-    num_neighbors = torch.bincount(target, minlength=batch.pos.shape[0])
-    return RadiusGraph(edge_index, shifts, distances, vectors, num_neighbors)
+    return assemble(batch, source, target, shifts)

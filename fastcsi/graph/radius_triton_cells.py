@@ -45,8 +45,8 @@ import os
 
 import torch
 
-from fastcsi.graph.gemnet_indices import ragged_range
-from fastcsi.graph.radius import image_bounds
+from fastcsi.graph.periodic import image_bounds
+from fastcsi.graph.ragged import ragged_range
 
 try:
     import triton
@@ -73,7 +73,7 @@ MARGIN = 1e-6
 # the all-pairs kernel is a single launch of at most ~10^7 float64 tests (microseconds on a GPU)
 # while the cell path adds about fifteen small launches, a sort and three host synchronisations; the
 # factor 4 pays for those and for the final sort. Both numbers are estimates, not GPU measurements
-# (no GPU on the development machine): `bench/neighbors.py --device cuda` is where to calibrate them.
+# (no GPU on the development machine): `bench/radius.py --device cuda` is where to calibrate them.
 CELL_MIN_ATOMS = 512
 CELL_ADVANTAGE = 4.0
 
@@ -219,7 +219,7 @@ def search_cells(wrapped, frac, wrap, batch_index, cell, pbc, ptr, cutoff: float
 
     ``wrapped``/``frac``: (N, 3) float64 wrapped positions and fractional coordinates on the device;
     ``wrap``: (N, 3) int64 wrap shifts (wrapped = pos + wrap @ cell); ``cell``/``pbc``/``ptr``: the
-    CPU tables of :func:`fastcsi.graph.radius.structure_meta` (cells completed, identity for
+    CPU tables of :func:`fastcsi.graph.periodic.structure_meta` (cells completed, identity for
     molecules); ``structures``: {structure index: geometry} from :func:`plan_cells`.
     """
     device = wrapped.device

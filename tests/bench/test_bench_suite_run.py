@@ -11,7 +11,7 @@ from fastcsi.cli import cli
 
 FAKE_PEAKS = {"device": "cpu", "bandwidth_Bps": 1e9, "flops_float32": 1e10, "flops_float64": 5e9,
               "method": {"bandwidth": "fake", "flops_float32": "fake", "flops_float64": "fake"}}
-SIZES = {"neighbors": (2,), "covariance": (512, 1024), "frechet": (16, 32), "activation": (64, 288), "gemnet": (1,)}
+SIZES = {"radius": (2,), "covariance": (512, 1024), "frechet": (16, 32), "activation": (64, 288), "gemnet": (1,)}
 
 
 @pytest.fixture(scope="module")

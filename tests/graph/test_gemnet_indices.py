@@ -1,17 +1,30 @@
-"""The numba walks of fastcsi.graph.gemnet_indices give BIT-FOR-BIT the outputs of the torch
-formulation kept in gemnet_indices_ref (same elements, same order, same dtype), on graphs with and
-without periodic images, self-image edges, empty and one-atom structures."""
+"""GemNet-OC index sets (fastcsi.graph.gemnet_indices).
+
+1. Every backend (the numba walks of ``cpu``, the vectorised torch of ``cuda``, run here on CPU
+   tensors) gives BIT-FOR-BIT the outputs of the oracle gemnet_indices_ref (same elements, same
+   order, same dtype), on graphs with and without periodic images, self-image edges, empty and
+   one-atom structures.
+2. The index sets of GemNet-OC's build_graphs against brute-force enumeration on real periodic
+   graphs (symmetrisation, triplets, mixed triplets, quadruplets, the tag convention, helpers).
+"""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk, fcc111, molecule
+from ase.build import add_adsorbate, bulk, fcc111, molecule
 
+from fastcsi.backend import FallbackWarning
 from fastcsi.data.batch import batch_from_atoms
+from fastcsi.errors import FastCSIError
 from fastcsi.graph import gemnet_indices as gi
+from fastcsi.graph import gemnet_indices_cuda as device_path
 from fastcsi.graph import gemnet_indices_ref as ref
+from fastcsi.graph import nearest as nearest_module
 from fastcsi.graph import radius_graph, select_neighbors
+from fastcsi.model.gemnet_oc.configs import config, normalize_hparams
+from fastcsi.model.gemnet_oc.model import build_graphs
 
 
 def _edges(graph, batch):
@@ -72,21 +85,31 @@ def test_walks_equal_the_torch_formulation(case):
         assert quad["out"].numel() > 0 and bool(main["cell_offset"].any())
 
 
-def test_other_devices_take_the_torch_formulation(monkeypatch):
-    # without the CPU walks (numba missing, or CUDA tensors) the same dicts come from the torch path
+def test_other_devices_take_the_torch_formulation():
+    # the ``cuda`` backend's vectorised torch (what CUDA tensors get), run on CPU tensors
     main, qint, _, num_atoms = _graphs(*CASES["mixed"])
-    monkeypatch.setattr(gi, "_use_numba", lambda index: False)
-    _assert_identical(gi.quadruplets(main, qint, num_atoms), ref.quadruplets_ref(main, qint, num_atoms))
+    _assert_identical(device_path.quadruplets_cuda(main, qint, num_atoms), ref.quadruplets_ref(main, qint, num_atoms))
     for case in CASES:  # the compaction-free torch triplets
         main, _, _, num_atoms = _graphs(*CASES[case])
-        _assert_identical(gi.triplets(main, num_atoms), ref.triplets_ref(main, num_atoms))
+        _assert_identical(device_path.triplets_cuda(main, num_atoms), ref.triplets_ref(main, num_atoms))
+
+
+def test_backend_argument(monkeypatch):
+    main, qint, _, num_atoms = _graphs(*CASES["molecules"])
+    _assert_identical(gi.quadruplets(main, qint, num_atoms, backend="ref"), gi.quadruplets(main, qint, num_atoms))
+    with pytest.raises(FastCSIError, match="not available"):
+        gi.triplets(main, num_atoms, backend="cuda")  # CPU tensors
+    with pytest.raises(FastCSIError, match="unknown backend"):
+        gi.triplets(main, num_atoms, backend="numba")
+    monkeypatch.setattr(gi, "_numba_available", lambda: False)
+    with pytest.warns(FallbackWarning):
+        fallback = gi.triplets(main, num_atoms)
+    _assert_identical(fallback, ref.triplets_ref(main, num_atoms))
 
 
 def test_select_neighbors_rank_walk_equals_the_torch_sorts(monkeypatch):
     """select_neighbors ranks edges per target by (distance, edge position) with a numba walk on CPU;
     it must give the two-stable-sorts ranks exactly, ties included (fcc shells are all ties)."""
-    from fastcsi.graph import radius as radius_module
-
     slab = _slab()
     batch = batch_from_atoms([bulk("Cu", "fcc", a=3.6), slab, Atoms(), molecule("CH3CH2OH")], dtype=torch.float32)
     graph = radius_graph(batch, 7.0, backend="ref")
@@ -95,9 +118,163 @@ def test_select_neighbors_rank_walk_equals_the_torch_sorts(monkeypatch):
     distances[::5] = float("inf")  # non-candidates
     shuffled = torch.randperm(graph.num_edges, generator=torch.Generator().manual_seed(0))
     for t, d in ((target, distances), (target[shuffled], distances[shuffled]), (target[:0], distances[:0])):
-        assert torch.equal(radius_module._ranks(t, d, n), radius_module._ranks_torch(t, d, n))
+        assert torch.equal(nearest_module._ranks(t, d, n), nearest_module._ranks_torch(t, d, n))
     fast = [select_neighbors(graph, max_neighbors=k, strict=s) for k in (1, 12, 13) for s in (False, True)]
-    monkeypatch.setattr(radius_module, "_ranks", radius_module._ranks_torch)
+    monkeypatch.setattr(nearest_module, "_ranks", nearest_module._ranks_torch)
     slow = [select_neighbors(graph, max_neighbors=k, strict=s) for k in (1, 12, 13) for s in (False, True)]
     for a, b in zip(fast, slow):
         assert torch.equal(a.edge_index, b.edge_index) and torch.equal(a.cell_offsets, b.cell_offsets)
+
+
+# ------------------------------------------------------------------ build_graphs vs brute force
+# (the structures of tests/model/conftest.py: a rattled molecule, a slab with adsorbate and OC20 tags,
+# a strained rocksalt crystal)
+def _rattled(atoms, seed, amount=0.05):
+    """Rattled positions and, for periodic cells, a small random strain (lattice vectors of equal
+    length make an atom's own images tie in distance, and a k-nearest cut among ties depends on
+    rounding)."""
+    atoms = atoms.copy()
+    if atoms.pbc.any():
+        strain = np.eye(3) + 0.04 * np.random.default_rng(seed).uniform(-1, 1, size=(3, 3))
+        atoms.set_cell(np.asarray(atoms.cell) @ strain, scale_atoms=True)
+    atoms.rattle(amount, seed=seed)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def structures():
+    ethanol = _rattled(molecule("CH3CH2OH"), 1)
+    slab = fcc111("Cu", (2, 2, 2), vacuum=5.0, periodic=True)
+    add_adsorbate(slab, "O", 1.4, "fcc")
+    slab = _rattled(slab, 2, 0.03)
+    # OC20 tags: adsorbate 2 (ase tags it 0), top layer 1 (ase tag 1), the rest 0
+    ase_tags = slab.get_tags()
+    slab.set_tags(np.where(ase_tags == 0, 2, np.where(ase_tags == 1, 1, 0)))
+    return {"molecule": ethanol, "slab": slab, "bulk": _rattled(bulk("NaCl", "rocksalt", a=5.64), 3, 0.05)}
+
+
+def batch_of(*atoms_list):
+    return batch_from_atoms(list(atoms_list), dtype=torch.float64)
+
+
+@pytest.fixture(scope="module", params=["mixed", "molecules"])
+def graphs(structures, request):
+    # "molecules" has no cell offsets at all, which takes the index builders' image-free path
+    hp = normalize_hparams({**config("gemnet-oc-tiny"), "cutoff": 4.0, "max_neighbors": 12})
+    if request.param == "mixed":
+        batch = batch_of(structures["molecule"], structures["slab"], structures["bulk"])
+    else:
+        batch = batch_of(structures["molecule"], structures["molecule"])
+    return build_graphs(batch, hp), batch
+
+
+def rows(g):
+    s, t = g["edge_index"].tolist()
+    return list(zip(s, t, [tuple(o) for o in g["cell_offset"].tolist()]))
+
+
+def check_inner(out, out_agg, size):
+    counts = torch.bincount(out, minlength=size)
+    for e in range(size):
+        assert sorted(out_agg[out == e].tolist()) == list(range(int(counts[e])))
+
+
+def test_symmetrize(graphs):
+    g, batch = graphs
+    main, swap = g["main"], g["id_swap"]
+    edges = rows(main)
+    assert len(set(edges)) == len(edges)
+    assert torch.equal(swap[swap], torch.arange(len(edges)))
+    for e, c in enumerate(swap.tolist()):
+        s, t, o = edges[e]
+        assert edges[c] == (t, s, tuple(-x for x in o))
+    torch.testing.assert_close(main["vector"][swap], -main["vector"])
+    torch.testing.assert_close(main["distance"][swap], main["distance"])
+    # edges of one structure stay contiguous
+    eb = batch.batch[main["edge_index"][1]]
+    assert bool((eb[1:] >= eb[:-1]).all())
+
+
+def test_triplets(graphs):
+    g, batch = graphs
+    main, trip = g["main"], g["trip_e2e"]
+    t = main["edge_index"][1].tolist()
+    brute = {(i, o) for o in range(len(t)) for i in range(len(t)) if t[i] == t[o] and i != o}
+    got = list(zip(trip["in"].tolist(), trip["out"].tolist()))
+    assert len(got) == len(set(got)) and set(got) == brute
+    check_inner(trip["out"], trip["out_agg"], len(t))
+
+
+@pytest.mark.parametrize("to_outedge", [False, True])
+def test_mixed_triplets(graphs, to_outedge):
+    g, batch = graphs
+    gin, gout = g["a2ee2a"], g["main"]
+    idx = gi.mixed_triplets(gin, gout, batch.num_atoms, to_outedge=to_outedge, return_agg_idx=True)
+    ein, eout = rows(gin), rows(gout)
+    brute = set()
+    for o, (so, to, oo) in enumerate(eout):
+        for i, (si, ti, oi) in enumerate(ein):
+            if to_outedge:
+                if ti == so and not (si == to and all(a + b == 0 for a, b in zip(oo, oi))):
+                    brute.add((i, o))
+            elif ti == to and not (si == so and all(a - b == 0 for a, b in zip(oo, oi))):
+                brute.add((i, o))
+    got = list(zip(idx["in"].tolist(), idx["out"].tolist()))
+    assert len(got) == len(set(got)) and set(got) == brute
+    check_inner(idx["out"], idx["out_agg"], len(eout))
+
+
+def test_quadruplets(graphs):
+    g, batch = graphs
+    main, qint, quad = g["main"], g["qint"], g["quad"]
+    em, eq = rows(main), rows(qint)
+    brute = set()
+    for ca, (c, a, o_ca) in enumerate(em):
+        for ba, (b, a2, o_ba) in enumerate(eq):
+            if a2 != a or (b == c and o_ba == o_ca):
+                continue
+            for db, (d, b2, o_db) in enumerate(em):
+                if b2 != b or (d == a and all(x + y == 0 for x, y in zip(o_db, o_ba))):
+                    continue
+                o_cd = [x + y - z for x, y, z in zip(o_db, o_ba, o_ca)]
+                if d == c and all(v == 0 for v in o_cd):
+                    continue
+                brute.add((ca, ba, db))
+    t_in, t_out = quad["triplet_in"], quad["triplet_out"]
+    got = list(zip(
+        quad["out"].tolist(),
+        t_out["in"][quad["trip_out_to_quad"]].tolist(),
+        t_in["in"][quad["trip_in_to_quad"]].tolist(),
+    ))
+    assert torch.equal(t_out["out"][quad["trip_out_to_quad"]], quad["out"])
+    assert torch.equal(t_in["out"][quad["trip_in_to_quad"]], t_out["in"][quad["trip_out_to_quad"]])
+    assert len(brute) > 0 and len(got) == len(set(got)) and set(got) == brute
+    check_inner(quad["out"], quad["out_agg"], len(em))
+
+
+def test_quadruplet_tag_convention(structures):
+    """Molecules/bulk (all tags 2) keep every quadruplet-graph edge; on the slab only edges touching
+    a surface (1) or adsorbate (2) atom survive."""
+    hp = normalize_hparams(config("gemnet-oc-tiny"))
+    for kind in ("molecule", "bulk"):
+        batch = batch_of(structures[kind])
+        assert (batch.tags == 2).all()  # collate's default for structures without tags
+        filtered = build_graphs(batch, hp)["qint"]["edge_index"]
+        unfiltered = build_graphs(batch, {**hp, "qint_tags": [0, 1, 2]})["qint"]["edge_index"]
+        assert filtered.shape[1] > 0 and torch.equal(filtered, unfiltered)
+    slab = batch_of(structures["slab"])
+    g = build_graphs(slab, hp)
+    tags = slab.tags
+    s, t = g["qint"]["edge_index"]
+    assert bool(((tags[s] >= 1) | (tags[t] >= 1)).all())
+    unfiltered = build_graphs(slab, {**hp, "qint_tags": [0, 1, 2]})["qint"]
+    us, ut = unfiltered["edge_index"]
+    assert int(((tags[us] == 0) & (tags[ut] == 0)).sum()) > 0  # subsurface-only edges exist and were dropped
+
+
+def test_helpers():
+    assert gi.ragged_range(torch.tensor([1, 0, 3, 2])).tolist() == [0, 0, 1, 2, 0, 1]
+    assert gi.inner_index(torch.tensor([0, 0, 2, 2, 2]), 3).tolist() == [0, 1, 0, 1, 2]
+    assert gi.ragged_range(torch.tensor([], dtype=torch.long)).numel() == 0
+    with pytest.raises(ValueError):
+        gi.inner_index(torch.tensor([1, 0]), 2)

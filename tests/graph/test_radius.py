@@ -22,7 +22,7 @@ from fastcsi.errors import FastCSIError
 from fastcsi.graph import radius_graph, select_neighbors
 
 TOL = {torch.float64: 1e-10, torch.float32: 2e-5}
-BACKENDS = ["ref"] + (["cpu"] if native_has("neighbors_batch") else [])
+BACKENDS = ["ref"] + (["cpu"] if native_has("radius_batch") else [])
 
 
 def canonical_ase(atoms, cutoff):

@@ -16,7 +16,7 @@ from fastcsi._native import has as native_has
 from fastcsi.data.batch import batch_from_atoms
 from fastcsi.graph.radius_cpu import search_cpu
 
-pytestmark = pytest.mark.skipif(not native_has("neighbors_batch"), reason="fastcsi._C not built")
+pytestmark = pytest.mark.skipif(not native_has("radius_batch"), reason="fastcsi._C not built")
 
 
 def rattled_fcc(repeats, seed):

@@ -197,9 +197,9 @@ def test_routing_rule():
 
 
 def test_bench_triton_rows_run_under_the_interpreter(monkeypatch):
-    """bench/neighbors.py's --device cuda rows, exercised on a tiny structure (correctness check
+    """bench/radius.py's --device cuda rows, exercised on a tiny structure (correctness check
     against the CPU kernel, then one timed call of each row)."""
-    from fastcsi._bench import neighbors as bench
+    from fastcsi._bench import radius as bench
 
     monkeypatch.setattr(cells, "CELL_MIN_ATOMS", 16)  # the auto row takes the cell list here too
     cu = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
