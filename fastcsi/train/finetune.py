@@ -97,6 +97,10 @@ def read_sets(settings: FinetuneSettings, recipe, seed: int):
 
     ds = open_dataset(settings.data)
     files = {part: path for part, path in (("val", settings.val_data), ("test", settings.test_data)) if path}
+    for part, path in files.items():
+        if Path(path).resolve() == Path(settings.data).resolve():
+            raise FastCSIError(f"{path}: the --{part} file is the training data itself; give a file of its own, "
+                               f"or drop --{part} to draw it by --split")
     spec = settings.split or split_for_files(recipe.default_split, files)
     try:
         drawn = split_indices(len(ds), spec, seed, from_files=files)

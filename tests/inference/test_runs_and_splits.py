@@ -94,6 +94,7 @@ def test_data_with_a_test_file_keeps_the_recipes_validation_size(rmd17, split_fi
     (["--data", "{train}", "--train", "{train}"], "not both"),
     (["--val", "{val}"], "needs --data PATH"),
     (["--data", "{train}", "--test", "{test}", "--split", "8,4,4"], "make that part 0"),
+    (["--train", "{train}", "--val", "{val}", "--test", "{train}"], "the --test file is the training data itself"),
     (["--train", "{train}", "--val", "{val}", "--test", "{missing}"], "not found"),
 ])
 def test_finetune_split_mistakes_are_one_line_exit_2(split_files, tmp_path, args, message):
