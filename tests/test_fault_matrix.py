@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from fastcsi.cli.app import cli
 
-from conftest import SHARED_DATA
+# beside the repository root (``from conftest import`` would find whichever test folder's conftest came first)
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 TINY = ["--quiet"]
 TRAIN_FAST = ["--model", "gemnet-oc-tiny", "--batch-size", "2", "--threads", "1", "--quiet"]

@@ -7,6 +7,8 @@ raises one FastCSIError naming the file; ``skip_unreadable`` reads the rest and 
 import json
 import warnings
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -16,7 +18,8 @@ from fastcsi.data import open_dataset
 from fastcsi.data.base import UnreadableSkipped
 from fastcsi.errors import FastCSIError
 
-from conftest import SHARED_DATA as SHARED
+# beside the repository root (``from conftest import`` would find whichever test folder's conftest came first)
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 ANI1X = SHARED / "ani1x" / "ani1x_n5.hdf5"
 T1X = SHARED / "generated" / "t1x" / "transition1x_sample.h5"
