@@ -57,6 +57,7 @@ def triton_usable(device) -> bool:
     return str(device).startswith("cuda")
 
 
+@functools.lru_cache(maxsize=None)  # dispatchers pass a handful of constant names, on hot paths
 def family_of(op: str) -> str | None:
     """The op family (an entry of :data:`OPS`) an op name belongs to: a dotted component equal to
     the family or starting with ``<family>_`` ("radius_graph" -> radius, "frechet_distance" ->
