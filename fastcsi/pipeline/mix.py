@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastcsi.data.sampling import draw_selection
 from fastcsi.errors import FastCSIError
 from fastcsi.utils import atomic_write, versions
 
@@ -294,52 +295,6 @@ def optimize_run(mix: MixSettings, sources, provider, settings) -> dict:
     payload["mix_s"] = time.perf_counter() - t0
     payload["versions"] = versions()
     return payload
-
-
-def draw_selection(datasets, plan, n: int, seed: int):
-    """Per-dataset sorted indices of an N-structure pretraining set, and the quota of each component.
-
-    ``plan``: components ``{"dataset": k, "classes": [keys] or None (the whole dataset),
-    "structure_share": q}``. Quotas: N apportioned by the shares (largest remainder), each capped by
-    the structures its component holds; inside a component the draw is class-balanced and seeded
-    (dataset level: exactly ``fastcsi.data.mixture_indices``, so fresh draws of a mix reproduce it)."""
-    from fastcsi.data import mixture_indices, sample_from_keys
-    from fastcsi.data.sampling import _apportion
-
-    shares = np.array([float(c["structure_share"]) for c in plan])
-    if not np.isfinite(shares).all() or (shares < 0).any() or shares.sum() <= 0:
-        raise FastCSIError("the mixture's structure shares must be finite, non-negative and not all zero")
-    whole = [c["classes"] is None for c in plan]
-    if all(whole) and sorted(c["dataset"] for c in plan) == list(range(len(datasets))):
-        # the pretraining sampler's own draw, so that `pretrain --mix csi:` with this seed gives this set
-        weights = np.zeros(len(datasets))
-        for c, q in zip(plan, shares):
-            weights[c["dataset"]] = q
-        pairs = mixture_indices(datasets, n, weights=weights, seed=seed, strategy="balanced")
-        chosen = [pairs[pairs[:, 0] == k, 1] for k in range(len(datasets))]
-        quotas = [len(chosen[c["dataset"]]) for c in plan]
-    else:
-        keys = [np.asarray(d.class_keys()).astype(str) for d in datasets]
-        members = []
-        for c in plan:
-            k = c["dataset"]
-            members.append(np.arange(len(keys[k])) if c["classes"] is None
-                           else np.flatnonzero(np.isin(keys[k], np.asarray(c["classes"], dtype=str))))
-        quotas = _apportion(n, shares, np.array([len(m) for m in members], dtype=np.int64))
-        parts = [[] for _ in datasets]
-        for j, (c, member, quota) in enumerate(zip(plan, members, quotas)):
-            if quota:
-                pick = sample_from_keys(keys[c["dataset"]][member], int(quota), "balanced", seed=[seed, j])
-                parts[c["dataset"]].append(member[pick])
-        chosen = [np.sort(np.concatenate(p)) if p else np.zeros(0, dtype=np.int64) for p in parts]
-        quotas = [int(q) for q in quotas]
-    got = sum(len(c) for c in chosen)
-    if got < n:
-        raise FastCSIError(
-            f"--budget {n}: the components the mixture uses hold only {got} structures; lower --budget or "
-            "spread the mixture with --floor / --diversity"
-        )
-    return chosen, quotas
 
 
 # ------------------------------------------------------------------------------------- outputs

@@ -244,7 +244,7 @@ def _draw_training_data(settings, plan, datasets, n_val: int, seed: int):
             train, val = draw_samples(datasets, settings.samples, n_val, weights, settings.sampling, seed)
             return train, val, weights
         # class level: the mix's class components, fresh seeded class-balanced draws inside each
-        from fastcsi.pipeline.mix import draw_selection
+        from fastcsi.data.sampling import draw_selection
 
         _check_room(datasets, settings.samples)
         index = {str(Path(p).resolve()): k for k, p in enumerate(settings.data)}

@@ -9,7 +9,8 @@ from fastcsi.cli import cli
 from fastcsi.data import open_dataset
 from fastcsi.pipeline import SelectSettings
 from fastcsi.pipeline.compute import StatsCache, dataset_stats
-from fastcsi.pipeline.mix import MixSettings, draw_selection
+from fastcsi.data.sampling import draw_selection
+from fastcsi.pipeline.mix import MixSettings
 from fastcsi.pipeline.select import run_select
 from fastcsi.pipeline.settings import SampleSpec
 from fastcsi.stats import FeatureStats
