@@ -38,6 +38,7 @@ from torch import nn
 from fastcsi.errors import FastCSIError
 from fastcsi.graph import radius_graph, select_neighbors
 from fastcsi.graph import gemnet_indices as gi
+from fastcsi.model.features import check_elements
 from fastcsi.model.gemnet_oc.bases import Bases
 from fastcsi.model.gemnet_oc.blocks import InteractionBlock
 from fastcsi.model.gemnet_oc.configs import normalize_hparams
@@ -207,8 +208,6 @@ class GemNetOC(nn.Module):
 
     def prepare(self, batch):
         """Validate ``batch`` and cast its floating tensors to the model's dtype and device."""
-        from fastcsi.model.features import check_elements
-
         device = self.embedding.weight.device
         if batch.num_atoms and not torch.isfinite(batch.pos).all():
             bad = int(batch.batch[~torch.isfinite(batch.pos).all(1)][0])
