@@ -119,3 +119,37 @@ def test_named_configs_build():
         build_model("gemnet-xl")
     with pytest.raises(FastCSIError, match="unknown hyperparameter"):
         build_model("gemnet-oc-tiny", emb_size_atoms=3)
+
+
+def test_graph_timer_wraps_graph_building_in_forward_and_extraction(model, batch):
+    """The model's timing hook (what the pipeline and the training loop profile the ``graph``
+    stage with): entered once per graph construction, around it, and unset after the block."""
+    import contextlib
+
+    from fastcsi.model.gemnet_oc import model as model_module
+
+    events = []
+    real_build = model_module.build_graphs
+
+    @contextlib.contextmanager
+    def timer():
+        events.append("enter")
+        yield
+        events.append("exit")
+
+    def recording_build(*args, **kwargs):
+        events.append("build")
+        return real_build(*args, **kwargs)
+
+    model_module.build_graphs = recording_build
+    try:
+        with model.timing_graphs(timer):
+            features = extract_features(model, batch)
+            model(batch)
+        assert events == ["enter", "build", "exit"] * 2
+        assert model.graph_timer is None
+        events.clear()
+        torch.testing.assert_close(extract_features(model, batch), features)  # the hook changes no value
+        assert events == ["build"]
+    finally:
+        model_module.build_graphs = real_build

@@ -303,6 +303,47 @@ def check_interaction_modules(model):
     assert len(modules) == 8  # 2 blocks x (triplet, quadruplet, atom-edge, edge-atom)
 
 
+def count_paths(monkeypatch):
+    """Calls per interaction path (every module of the model goes through these names)."""
+    from fastcsi.model.gemnet_oc import blocks, interaction, interaction_triton
+
+    counts = {}
+
+    def counted(module, name, label):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            counts[label] = counts.get(label, 0) + 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(interaction, "interaction_bilinear_ref", "ref")
+    counted(interaction, "interaction_bilinear_cpu", "cpu")
+    counted(blocks, "interaction_bilinear_precontracted", "cpu")
+    counted(interaction_triton, "interaction_bilinear_triton", "triton")
+    return counts
+
+
+def test_override_switches_every_interaction_of_the_model(monkeypatch):
+    """``override(interaction=...)`` reaches all 8 interactions of a forward pass (so the model
+    comparisons below really compare two paths); without it CPU tensors run the "cpu" paths."""
+    water, _ = small_structures()
+    model = make_model(direct_forces=True, max_neighbors=6)
+    check_interaction_modules(model)
+    batch = batch_of(water)
+    counts = count_paths(monkeypatch)
+    model(batch)
+    assert counts == {"cpu": 8}
+    counts.clear()
+    with override(interaction="ref"):
+        model(batch)
+    assert counts == {"ref": 8}
+    counts.clear()
+    with override(interaction="ref"):
+        interaction_bilinear(*make_case(torch.float64, num_edges=2, max_per_edge=2), backend="cpu")
+    assert counts == {"cpu": 1}  # an explicit backend argument wins over the override
+
+
 def small_structures():
     water = molecule("H2O")
     water.rattle(0.05, seed=1)
@@ -335,15 +376,17 @@ def test_tiny_model_fused_equals_reference():
             assert rel_err(got, want) < 1e-10, f"{key} (direct_forces={direct})"
 
 
-def test_tiny_model_fused_float32():
+def test_tiny_model_fused_float32(monkeypatch):
     water, _ = small_structures()
     model = make_model(direct_forces=True).float()
     batch = batch_from_atoms_f32([water])
     check_interaction_modules(model)
     with override(interaction="ref"):
         want = model(batch)
+    counts = count_paths(monkeypatch)
     with override(interaction="triton"):
         got = model(batch)
+    assert counts == {"triton": 8}
     for key in ("energy", "forces"):
         assert rel_err(got[key].detach(), want[key].detach()) < 1e-5
 
