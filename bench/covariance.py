@@ -7,7 +7,7 @@ same BLAS settings; correctness first (max |cov - np.cov| / max |np.cov|), one w
   chan-gemm-f64     plain chunked float64 Chan update with a full GEMM per chunk (our ``ref`` per chunk)
   gemm-f32          float32 GEMM per centred chunk, float64 accumulation (fast but ~1e-7 accurate)
   ours (native)     FeatureStats.update, backend "cpu" default: C++ one-triangle float64 SYRK with the
-                    upcast + centring fused into packing (csrc/syrk.cpp), Chan merge
+                    upcast + centring fused into packing (csrc/covariance.cpp), Chan merge
   ours (cpu, gemm)  the blocked BLAS path that was the default before: centred float64 dgemm per block
   ours (cpu, syrk)  the same blocked BLAS path with scipy's dsyrk
 Each row reports the median wall time and the median CPU time of the process (all threads): on a

@@ -4,7 +4,8 @@ Methods timed in the same run, same BLAS settings:
   sqrtm     scipy.linalg.sqrtm(S1 @ S2).real  (the named baseline: pytorch-fid's calculate_frechet_distance)
   2-eigh    our ``ref`` backend: eigh(S1) -> S1^1/2, eigvalsh(S1^1/2 S2 S1^1/2)
   ours      our ``cpu`` backend: potrf(S1), sygst(L^T S2 L), eigenvalues only (syevd)
-  torch     our ``torch`` backend (same reduction, torch LAPACK; on CUDA when --device cuda)
+  torch     our ``cuda`` backend's code (same reduction, torch.linalg; on CPU tensors, or on CUDA
+            through ``backend="cuda"`` when --device cuda)
 Correctness first: every method's FD vs the 2-eigh value (two exact formulations must agree to
 ~1e-12; the acceptance bound for ours is 1e-10 relative).
 
@@ -23,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _stats_common import blas_report, print_table, save_json, time_median  # noqa: E402
 
 from fastcsi.stats.frechet import frechet_distance  # noqa: E402
+from fastcsi.stats.frechet_cuda import frechet_distance_cuda  # noqa: E402
 
 
 def _covariances(d: int, seed: int = 0):
@@ -65,7 +67,10 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
 
             methods["torch-cuda"] = gpu
         else:
-            methods["torch"] = lambda: frechet_distance(mu1, s1, mu2, s2, backend="torch")
+            import torch
+
+            cpu_tensors = [torch.from_numpy(a) for a in (mu1, s1, mu2, s2)]
+            methods["torch"] = lambda: frechet_distance_cuda(*cpu_tensors)
         timings = {}
         for name, fn in methods.items():
             value = fn()  # correctness first (also the warm-up)

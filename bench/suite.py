@@ -204,6 +204,7 @@ def frechet_cases(quick: bool, device: str, sizes=None):
     import torch
 
     from fastcsi.stats.frechet import frechet_distance
+    from fastcsi.stats.frechet_cuda import frechet_distance_cuda
 
     for d in sizes or ((32, 64, 128) if quick else (256, 512, 1024, 2048)):
         rng = np.random.default_rng(d)
@@ -227,8 +228,9 @@ def frechet_cases(quick: bool, device: str, sizes=None):
                    Method("scipy sqrtm (pytorch-fid)", "baseline", sqrtm_fd, rel, 1e-6,
                           note="flop model of ours applied for comparison; sqrtm does ~10x more work"
                           if d in (32, 256) else None, **work),
-                   Method("fastcsi frechet (torch)", "control",
-                          lambda: frechet_distance(mu1, s1, mu2, s2, backend="torch"), rel, 1e-10, **work)]
+                   Method("fastcsi frechet (torch)", "control",  # the cuda backend's code on CPU tensors
+                          lambda cpu=[torch.from_numpy(a) for a in (mu1, s1, mu2, s2)]: frechet_distance_cuda(*cpu),
+                          rel, 1e-10, **work)]
         if str(device).startswith("cuda"):
             tensors = [torch.as_tensor(a, device=device) for a in (mu1, s1, mu2, s2)]
             methods.append(Method("fastcsi frechet (cuda)", "ours",

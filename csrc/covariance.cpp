@@ -32,8 +32,7 @@
 //
 // Why native: np.cov is an upcast float64 copy of x, a centring pass, then dot(X, X^T), which numpy
 // already hands to OpenBLAS dsyrk (half the flops). This kernel runs its triangle at about the rate
-// of that dsyrk (one Zen 3 core here: ~39 GFLOP/s counting the tile flops, packing included) and
-// fuses the upcast and centring into the packing, so the copy and its extra passes over memory are
+// of that dsyrk (bench/covariance.py measures both) and fuses the upcast and centring into the packing, so the copy and its extra passes over memory are
 // never paid.
 #include "cpu_features.h"
 

@@ -15,18 +15,25 @@ import numba
 import numpy as np
 import torch
 
-from fastcsi.graph.ragged import csr_by_target, has_images
+from fastcsi.graph.ragged import csr_by_target, has_images, quadruplet_triplets
 
 __all__ = ["triplets_cpu", "mixed_triplets_cpu", "quadruplets_cpu"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _visits(sizes, rows):
+    """sum_r sizes[rows[r]]: how many row entries a walk over the selected ``rows`` visits."""
+    total = 0
+    for r in range(rows.shape[0]):
+        total += sizes[rows[r]]
+    return total
 
 
 @numba.njit(cache=True, nogil=True)
 def _walk_triplets(order, rowptr, counts, idx_t):
     """For each edge r (ascending), every OTHER edge of row idx_t[r]: (in, out = r, out_agg)."""
     num_edges = idx_t.shape[0]
-    total = 0
-    for r in range(num_edges):
-        total += counts[idx_t[r]] - 1  # edge r is in its own row exactly once
+    total = _visits(counts, idx_t) - num_edges  # edge r is in its own row exactly once
     inn = np.empty(total, np.int64)
     out = np.empty(total, np.int64)
     agg = np.empty(total, np.int64)
@@ -49,15 +56,12 @@ def _walk_triplets(order, rowptr, counts, idx_t):
 def _walk_mixed_triplets(order, rowptr, counts, anchor, other, idx_in_s, offset_out, offset_in, sign, images):
     """For each output edge r, the input edges e of row anchor[r], except those whose source is the
     atom other[r] in the same image (offset_out[r] + sign * offset_in[e] == 0)."""
-    num_out = anchor.shape[0]
-    bound = 0
-    for r in range(num_out):
-        bound += counts[anchor[r]]
+    bound = _visits(counts, anchor)
     inn = np.empty(bound, np.int64)
     out = np.empty(bound, np.int64)
     agg = np.empty(bound, np.int64)
     k = 0
-    for r in range(num_out):
+    for r in range(anchor.shape[0]):
         row = anchor[r]
         atom = other[r]
         a = 0
@@ -82,10 +86,7 @@ def _walk_quadruplets(trip_out_in, trip_out_out, start, per_qint, trip_in_in, id
     """For each output triplet u (b->a, c->a; ascending, so c->a ascending), every input triplet p of
     its qint edge b->a (d->b), except d == c in the same image (main[d->b] + qint[b->a] - main[c->a]
     == 0). Returns (out = c->a, trip_out_to_quad = u, trip_in_to_quad = p, out_agg)."""
-    num_trip = trip_out_in.shape[0]
-    bound = 0
-    for u in range(num_trip):
-        bound += per_qint[trip_out_in[u]]
+    bound = _visits(per_qint, trip_out_in)
     out = np.empty(bound, np.int64)
     to_out = np.empty(bound, np.int64)
     to_in = np.empty(bound, np.int64)
@@ -93,7 +94,7 @@ def _walk_quadruplets(trip_out_in, trip_out_out, start, per_qint, trip_in_in, id
     k = 0
     previous = -1
     a = 0
-    for u in range(num_trip):
+    for u in range(trip_out_in.shape[0]):
         q = trip_out_in[u]
         c = trip_out_out[u]
         if c != previous:  # out is sorted: a new output edge restarts its running index
@@ -150,12 +151,7 @@ def mixed_triplets_cpu(graph_in: dict, graph_out: dict, num_atoms: int, to_outed
 def quadruplets_cpu(main_graph: dict, qint_graph: dict, num_atoms: int) -> dict:
     """See :func:`fastcsi.graph.gemnet_indices.quadruplets`."""
     idx_s = main_graph["edge_index"][0]
-    num_qint = qint_graph["edge_index"].shape[1]
-    trip_in = mixed_triplets_cpu(main_graph, qint_graph, num_atoms, to_outedge=True)
-    trip_out = mixed_triplets_cpu(qint_graph, main_graph, num_atoms, to_outedge=False)
-    # trip_in is grouped by its (sorted) output qint edge: a CSR over qint edges
-    per_qint = torch.bincount(trip_in["out"], minlength=num_qint)
-    start = torch.cumsum(per_qint, 0) - per_qint
+    trip_in, trip_out, start, per_qint = quadruplet_triplets(mixed_triplets_cpu, main_graph, qint_graph, num_atoms)
     out, to_out, to_in, agg = _walk_quadruplets(
         _np(trip_out["in"]), _np(trip_out["out"]), _np(start), _np(per_qint), _np(trip_in["in"]), _np(idx_s),
         _np(main_graph["cell_offset"]), _np(qint_graph["cell_offset"]), has_images(main_graph, qint_graph))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from fastcsi.graph.ragged import csr_by_target, has_images, inner_index, ragged_range
+from fastcsi.graph.ragged import csr_by_target, has_images, inner_index, quadruplet_triplets, ragged_range
 
 __all__ = ["triplets_cuda", "mixed_triplets_cuda", "quadruplets_cuda"]
 
@@ -67,13 +67,7 @@ def mixed_triplets_cuda(graph_in: dict, graph_out: dict, num_atoms: int, to_oute
 def quadruplets_cuda(main_graph: dict, qint_graph: dict, num_atoms: int) -> dict:
     """See :func:`fastcsi.graph.gemnet_indices.quadruplets`."""
     idx_s = main_graph["edge_index"][0]
-    num_qint = qint_graph["edge_index"].shape[1]
-    trip_in = mixed_triplets_cuda(main_graph, qint_graph, num_atoms, to_outedge=True)
-    trip_out = mixed_triplets_cuda(qint_graph, main_graph, num_atoms, to_outedge=False)
-
-    # trip_in is grouped by its (sorted) output qint edge: a CSR over qint edges.
-    per_qint = torch.bincount(trip_in["out"], minlength=num_qint)
-    start = torch.cumsum(per_qint, 0) - per_qint
+    trip_in, trip_out, start, per_qint = quadruplet_triplets(mixed_triplets_cuda, main_graph, qint_graph, num_atoms)
     per_trip_out = per_qint[trip_out["in"]]
     out = torch.repeat_interleave(trip_out["out"], per_trip_out)
     idx_inter = torch.repeat_interleave(trip_out["in"], per_trip_out)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ragged_range", "inner_index", "csr_by_target", "has_images"]
+__all__ = ["ragged_range", "inner_index", "csr_by_target", "has_images", "quadruplet_triplets"]
 
 
 def ragged_range(sizes: torch.Tensor) -> torch.Tensor:
@@ -43,3 +43,14 @@ def csr_by_target(targets: torch.Tensor, sources: torch.Tensor, num_atoms: int):
 def has_images(*graphs) -> bool:
     """Any non-zero cell offset? Without one (molecules) the same-image tests reduce to atom tests."""
     return any(bool(g["cell_offset"].any()) for g in graphs)
+
+
+def quadruplet_triplets(mixed_triplets, main_graph: dict, qint_graph: dict, num_atoms: int):
+    """The two triplet sets GemNet-OC's quadruplets d->b->a<-c are joined from, by one backend's
+    ``mixed_triplets``: ``trip_in`` (d->b meeting qint b->a at b) and ``trip_out`` (qint b->a meeting
+    c->a at a), and the CSR of ``trip_in`` over qint edges (it is grouped by its sorted output edge):
+    returns (trip_in, trip_out, start, size) with trip_in's entries of qint edge q at start[q]:+size[q]."""
+    trip_in = mixed_triplets(main_graph, qint_graph, num_atoms, to_outedge=True)
+    trip_out = mixed_triplets(qint_graph, main_graph, num_atoms, to_outedge=False)
+    per_qint = torch.bincount(trip_in["out"], minlength=qint_graph["edge_index"].shape[1])
+    return trip_in, trip_out, torch.cumsum(per_qint, 0) - per_qint, per_qint

@@ -7,7 +7,7 @@ Backends (all return float64 numpy arrays; see each file's header for algorithm 
              SYRK through the BLAS (``method="gemm"|"syrk"``); O(threads * d^2 + block * d) memory.
 - ``triton`` covariance_triton.py: fused centring + one-triangle float32 tile math, float64
              accumulation (error <~ 2e-6 relative, "ieee"); CUDA tensors, or CPU under the interpreter.
-- ``cuda``   covariance_triton.chunk_moments_torch_device: float64 cuBLAS GEMM on the device.
+- ``cuda``   covariance_cuda.py: float64 cuBLAS GEMM on centred blocks on the device.
 ``auto`` picks ``cpu`` for numpy arrays and CPU tensors, ``cuda`` (float64, exact) for CUDA tensors
 because the default path must meet the 1e-12 accuracy target; ask for ``triton`` explicitly for the
 faster float32-tile path.
@@ -51,8 +51,10 @@ def chunk_moments(x, backend: str = "auto", **kernel_options):
             if x.dtype.kind != "f":
                 x = x.astype(np.float64)
         return chunk_moments_cpu(x, **kernel_options)
-    from fastcsi.stats import covariance_triton
-
     if chosen == "triton":
-        return covariance_triton.chunk_moments_triton(x, **kernel_options)
-    return covariance_triton.chunk_moments_torch_device(x, **kernel_options)
+        from fastcsi.stats.covariance_triton import chunk_moments_triton
+
+        return chunk_moments_triton(x, **kernel_options)
+    from fastcsi.stats.covariance_cuda import chunk_moments_cuda
+
+    return chunk_moments_cuda(x, **kernel_options)

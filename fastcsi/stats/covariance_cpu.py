@@ -1,6 +1,6 @@
 """CPU kernel for the streaming covariance op: native one-triangle float64 SYRK, or blocked BLAS.
 
-``method="native"`` (default when ``fastcsi._C`` is built; csrc/syrk.cpp): one C++ call per chunk.
+``method="native"`` (default when ``fastcsi._C`` is built; csrc/covariance.cpp): one C++ call per chunk.
 The rows are cut into up to 8 pieces (their number set by the size alone) that threads take from a
 shared counter; per block of ``block_rows`` rows the float64 column sums give the block mean,
 the block is upcast and centred while being packed into 4-column float64 panels (no float64 copy of
@@ -16,10 +16,8 @@ scatter formed by one BLAS call (full dgemm, or dsyrk on the upper triangle), th
 Why native: ``np.cov`` is an upcast float64 copy, a centring pass and ``dot(X, X.T)``, which numpy
 hands to OpenBLAS dsyrk (half the flops; the old "gemm" path's ``centred.T @ centred`` is also
 turned into dsyrk by numpy). The native kernel runs its triangle at about that dsyrk's rate but
-fuses the upcast and centring into the packing, so nothing is paid for the copy. Measured here
-(bench/covariance.py --single-thread, 10^6 x 256 float32, one Zen 3 core each, CPU-time medians of
-one run, two runs): native 1.99 / 2.05 s, np.cov 6.21 / 6.35 s (3.1x), "gemm" path 3.04 / 2.98 s
-(1.5x); two-thread wall-time ratios in the README.
+fuses the upcast and centring into the packing, so nothing is paid for the copy
+(``bench/covariance.py`` measures it against np.cov and the "gemm" path in one run).
 
 Complexity: O(n d^2) flops (native n d (d + 12) / 2 multiply-adds; gemm 2 n d^2; syrk n d^2) plus
 O(n d) for sums and packing. Extra memory O(8 d^2 + threads * 128 d) native,

@@ -105,25 +105,3 @@ def chunk_moments_triton(x, tf32: bool = False, block_d: int = 32, block_k: int 
     upper = torch.triu(out)
     scatter = upper + torch.triu(upper, 1).T
     return n, mean.cpu().numpy(), scatter.cpu().numpy()
-
-
-def chunk_moments_torch_device(x, block_rows: int = 1 << 16):
-    """The ``cuda`` backend: float64 cuBLAS GEMM on centred blocks on the tensor's device (exact
-    float64 accuracy, ~64x slower math than float32 on consumer GPUs; fine on H100-class)."""
-    import torch
-
-    n, d = int(x.shape[0]), int(x.shape[1])
-    if n == 0:
-        return 0, np.zeros(d), np.zeros((d, d))
-    from fastcsi.stats.covariance_ref import merge_moments
-
-    count, mean, scatter = 0, np.zeros(d), np.zeros((d, d))
-    for start in range(0, n, block_rows):
-        block = x[start : start + block_rows].detach().to(torch.float64)
-        block_mean = block.mean(dim=0)
-        centred = block - block_mean
-        block_scatter = centred.T @ centred
-        count, mean, scatter = merge_moments(
-            count, mean, scatter, block.shape[0], block_mean.cpu().numpy(), block_scatter.cpu().numpy()
-        )
-    return count, mean, scatter
