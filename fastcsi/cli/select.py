@@ -27,7 +27,8 @@ def _limit_blas_threads(threads: int) -> None:
 
 def _settings(kw, samples, seeds, threads, **sampling):
     """A SelectSettings from the shared model options (select, demo and stats compute)."""
-    from fastcsi.pipeline import SelectSettings, parse_samples
+    from fastcsi.pipeline import SelectSettings
+    from fastcsi.pipeline.settings import parse_samples
 
     return SelectSettings(
         samples=parse_samples(samples),
@@ -135,7 +136,7 @@ def _mix_settings(kw):
 
 
 def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
-    from fastcsi.pipeline import DEMO_SAMPLES, DEMO_SEEDS, PAPER_SAMPLES, parse_seeds
+    from fastcsi.pipeline.settings import DEMO_SAMPLES, DEMO_SEEDS, PAPER_SAMPLES, parse_seeds
     from fastcsi.pipeline.settings import parse_threads
 
     threads = parse_threads(kw["threads"])

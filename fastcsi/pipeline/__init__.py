@@ -4,33 +4,17 @@ dataset -> sampled structures -> frozen backbone features -> streaming statistic
 mergeable across torch.distributed ranks) -> CSI per (downstream, upstream) pair -> ranking and
 reports. ``fastcsi select`` / ``fastcsi demo`` / ``fastcsi stats compute`` are thin layers over it.
 """
-from fastcsi.pipeline.settings import (
-    DEMO_SAMPLES,
-    DEMO_SEEDS,
-    PAPER_SAMPLES,
-    SampleSpec,
-    SelectSettings,
-    parse_samples,
-    parse_seeds,
-)
+from fastcsi.pipeline.ranking import Ranking, RankingEntry
+from fastcsi.pipeline.settings import SampleSpec, SelectSettings
 
-__all__ = [
-    "DEMO_SAMPLES",
-    "DEMO_SEEDS",
-    "PAPER_SAMPLES",
-    "SampleSpec",
-    "SelectSettings",
-    "compute_stats_file",
-    "parse_samples",
-    "parse_seeds",
-    "run_select",
-]
+# ``fastcsi.select`` (the function) lives in the submodule of the same name: fastcsi.pipeline.select.select
+__all__ = ["Ranking", "RankingEntry", "SampleSpec", "SelectSettings", "compute_stats_file", "run_select"]
 
 
 def __getattr__(name):
     # The heavy parts (torch, the model) load only when used.
     if name in ("run_select", "compute_stats_file"):
-        from fastcsi.pipeline import select
+        import importlib
 
-        return getattr(select, name)
+        return getattr(importlib.import_module("fastcsi.pipeline.select"), name)
     raise AttributeError(name)

@@ -223,3 +223,31 @@ def mean_std(values) -> tuple[float, float]:
     if arr.size == 0:
         return math.nan, math.nan
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def write_select_outputs(result: dict, outdir: Path, profiler, run_settings) -> dict:
+    """``csi.json``, ``csi.csv``, the plots and the profile of a select run, written into ``outdir``;
+    returns the profile summary (also stored in ``result["profile"]``)."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    summary = profiler.write(outdir, settings=run_settings, title="fastcsi select profile")
+    stages = {k: v["total_s"] for k, v in summary["stages"].items()}
+    backbone_s = stages.get("graph", 0.0) + stages.get("model", 0.0)
+    atoms = summary["counters"].get("atoms", 0)
+    profile = {
+        "wall_s": summary["wall_s"],
+        "stages_s": stages,
+        "throughput": summary["throughput"],
+        # the backbone's own rate (graph + forward), free of start-up, reading and plotting
+        "backbone_atoms_per_s": atoms / backbone_s if backbone_s > 0 else 0.0,
+        "memory": summary["memory"],
+    }
+    result["profile"] = profile
+    outputs = ["csi.json", "csi.csv", "csi.png"]
+    write_json(result, outdir / "csi.json")
+    write_csv(result, outdir / "csi.csv")
+    plot_ranking(result, outdir / "csi.png")
+    if run_settings.get("per_element", True) and run_settings.get("agg") == "flat":
+        plot_per_element(result, outdir / "csi_per_element.png")
+        outputs.append("csi_per_element.png")
+    profile["outputs"] = outputs + ["profile.md", "profile.json"]
+    return profile

@@ -20,14 +20,7 @@ import torch
 from fastcsi.errors import FastCSIError
 from fastcsi.pipeline.compute import StatsCache, dataset_stats, open_source
 from fastcsi.pipeline.distributed import init_distributed
-from fastcsi.pipeline.report import (
-    element_symbol,
-    mean_std,
-    plot_per_element,
-    plot_ranking,
-    write_csv,
-    write_json,
-)
+from fastcsi.pipeline.report import element_symbol, mean_std, write_select_outputs
 from fastcsi.pipeline.settings import ADEQUATE_SAMPLES_PER_DIM, SampleSpec, SelectSettings
 from fastcsi.utils import versions
 
@@ -149,7 +142,8 @@ def run_select(
     extractor=None,
     mix=None,
 ) -> dict:
-    """Compute the CSI of every upstream to ``downstream`` and write the outputs into ``outdir``.
+    """Compute the CSI of every upstream to ``downstream`` and write the outputs into ``outdir``
+    (nothing is written when ``outdir`` and ``cache_dir`` are None).
 
     ``mix`` (a :class:`fastcsi.pipeline.mix.MixSettings`): also the CSI-optimal mixture of the
     upstreams (``mix.json``, ``mix.png``, with a budget ``pretrain_set.json``); its summary is the
@@ -171,12 +165,13 @@ def run_select(
     t0 = time.perf_counter()
     threads_before = torch.get_num_threads()
     ctx = init_distributed(settings.device)
-    new_outdir = not Path(outdir).exists()
+    new_outdir = outdir is not None and not Path(outdir).exists()
     try:
         device = resolve_device(settings.device, ctx.local_rank if ctx.enabled else None)
         profiler = Profiler(device=device)
-        outdir = Path(outdir)
-        cache = StatsCache(Path(cache_dir) if cache_dir else outdir / "cache") if use_cache else StatsCache(None)
+        outdir = Path(outdir) if outdir is not None else None
+        cache_at = Path(cache_dir) if cache_dir else (outdir / "cache" if outdir is not None else None)
+        cache = StatsCache(cache_at if use_cache else None)
 
         sources = []
         try:
@@ -194,7 +189,8 @@ def run_select(
                     return extractor
                 return load_extractor(checkpoint, settings.layer, settings.kind, device, settings.dtype)
 
-            trace_cm = torch_trace(outdir / "trace", enabled=trace and ctx.is_main)
+            trace_cm = torch_trace(outdir / "trace" if outdir is not None else None,
+                                   enabled=trace and ctx.is_main and outdir is not None)
             with trace_cm as tracer:
                 provider = StatsProvider(settings, make_extractor, ctx, profiler, cache, progress, tracer)
                 if mix is not None and mix.level == "class":
@@ -234,8 +230,11 @@ def run_select(
         )
         if mix_payload is not None:
             result["mix"] = {k: mix_payload[k] for k in ("level", "weights", "structure_shares", "csi", "mix_s")}
-        if ctx.is_main:
-            result["profile"] = _write_outputs(result, outdir, profiler, run_settings)
+        if ctx.is_main and outdir is None:  # the Python API without an output directory: nothing written
+            result["profile"] = {"wall_s": wall, "stages_s": {k: v["total_s"] for k, v in
+                                                              profiler.summary(run_settings)["stages"].items()}}
+        elif ctx.is_main:
+            result["profile"] = write_select_outputs(result, outdir, profiler, run_settings)
             if mix_payload is not None:
                 from fastcsi.pipeline.mix import write_mix_outputs
 
@@ -250,6 +249,21 @@ def run_select(
     finally:
         torch.set_num_threads(threads_before)
         ctx.close()
+
+
+def select(downstream, upstreams, settings: SelectSettings | None = None, *, outdir=None, checkpoint=None,
+           cache_dir=None, progress: bool = False, mix=None, **options):
+    """Rank ``upstreams`` by their CSI to ``downstream`` (paths of datasets or stats files).
+
+    Returns a :class:`~fastcsi.pipeline.ranking.Ranking`, closest first. Files are written only
+    when asked: ``outdir`` (``csi.json``, plots, profile, and a stats cache in ``outdir/cache``)
+    and/or ``cache_dir`` (stats reused across runs). ``settings`` defaults to the paper's
+    (:class:`SelectSettings`); other keyword arguments are :func:`run_select`'s."""
+    from fastcsi.pipeline.ranking import Ranking
+
+    result = run_select(downstream, upstreams, settings, checkpoint=checkpoint, outdir=outdir, cache_dir=cache_dir,
+                        progress=progress, mix=mix, **options)
+    return Ranking.from_dict(result, outdir=outdir)
 
 
 def _precheck(sources, settings, provider):
@@ -273,87 +287,105 @@ def _precheck(sources, settings, provider):
 
 
 def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
+    """The ranking (closest first), the downstream's counts and the adequacy checks: the content
+    of ``csi.json`` before the run's settings and profile are added."""
     down_src, up_srcs = sources[0], sources[1:]
     _precheck(sources, settings, provider)
     seeds = list(settings.seeds)
     per_seed_down = {seed: provider.get(down_src, settings.downstream_sampling, seed) for seed in seeds}
-    warnings = []
-    dims = set()
-
-    rows = []
-    for up_src in up_srcs:
-        per_seed = []
-        per_element_values = {}
-        for seed in seeds:
-            down = per_seed_down[seed]
-            up = provider.get(up_src, settings.upstream_sampling, seed)
-            _check_settings_match(down, up, down_src.label, up_src.label)
-            want_groups = settings.per_element and bool(down.groups) and bool(up.groups)
-            with profiler.stage("distance"):
-                res = csi_fn(down, up, per_group=want_groups)
-            dims.add(int(down.mean.shape[0]))
-            n_s, n_a = _counts(up)
-            d_s, d_a = _counts(down)
-            per_seed.append(
-                {
-                    "seed": seed,
-                    "csi": float(res.csi),
-                    "mean_term": float(res.mean_term),
-                    "trace_term": float(res.trace_term),
-                    "n_structures": n_s,
-                    "n_atoms": n_a,
-                    "n_samples": int(up.count),
-                    "downstream_n_structures": d_s,
-                    "downstream_n_atoms": d_a,
-                    "downstream_n_samples": int(down.count),
-                    "upstream_seed": up.metadata.get("seed"),
-                    "downstream_seed": down.metadata.get("seed"),
-                }
-            )
-            if want_groups and res.per_group:
-                down_counts, up_counts = _element_counts(down), _element_counts(up)
-                for z, g in res.per_group.items():
-                    entry = per_element_values.setdefault(int(z), {"csi": [], "down": [], "up": []})
-                    entry["csi"].append(float(g.csi))
-                    entry["down"].append(down_counts.get(int(z), 0))
-                    entry["up"].append(up_counts.get(int(z), 0))
-        csi_mean, csi_std = mean_std([p["csi"] for p in per_seed])
-        per_element = {}
-        for z in sorted(per_element_values):
-            v = per_element_values[z]
-            m, s = mean_std(v["csi"])
-            per_element[element_symbol(z)] = {
-                "Z": z,
-                "csi": m,
-                "csi_std": s,
-                "n_atoms_upstream": int(round(np.mean(v["up"]))),
-                "n_atoms_downstream": int(round(np.mean(v["down"]))),
-            }
-        first_up = provider.get(up_src, settings.upstream_sampling, seeds[0])
-        rows.append(
-            {
-                "upstream": up_src.label,
-                "source": up_src.kind,
-                "csi": csi_mean,
-                "csi_std": csi_std,
-                "csi_rel_std": csi_std / csi_mean if csi_mean > 0 else 0.0,
-                "mean_term": mean_std([p["mean_term"] for p in per_seed])[0],
-                "trace_term": mean_std([p["trace_term"] for p in per_seed])[0],
-                "n_structures": int(round(np.mean([p["n_structures"] for p in per_seed]))),
-                "n_atoms": int(round(np.mean([p["n_atoms"] for p in per_seed]))),
-                "per_seed": per_seed,
-                "per_element": per_element,
-                "stats_settings": dict(sorted(first_up.metadata.items())),
-            }
-        )
-
+    dims = {int(per_seed_down[s].mean.shape[0]) for s in seeds}
+    rows = [_upstream_row(up_src, down_src, per_seed_down, settings, provider, profiler, csi_fn)
+            for up_src in up_srcs]
     rows.sort(key=lambda r: r["csi"])
     for i, r in enumerate(rows, 1):
         r["rank"] = i
+    downstream = _downstream_summary(down_src, per_seed_down, seeds)
+    warnings = []
+    adequacy = _adequacy(rows, downstream, settings, dims, warnings)
+    return {
+        "format": RESULT_FORMAT,
+        "downstream": downstream,
+        "ranking": rows,
+        "adequacy": adequacy,
+        "warnings": warnings,
+    }
 
-    down_first = per_seed_down[seeds[0]]
+
+def _pair_values(seed, down, up, res) -> dict:
+    """One seed's CSI of one (downstream, upstream) pair with the counts behind it."""
+    n_s, n_a = _counts(up)
+    d_s, d_a = _counts(down)
+    return {
+        "seed": seed,
+        "csi": float(res.csi),
+        "mean_term": float(res.mean_term),
+        "trace_term": float(res.trace_term),
+        "n_structures": n_s,
+        "n_atoms": n_a,
+        "n_samples": int(up.count),
+        "downstream_n_structures": d_s,
+        "downstream_n_atoms": d_a,
+        "downstream_n_samples": int(down.count),
+        "upstream_seed": up.metadata.get("seed"),
+        "downstream_seed": down.metadata.get("seed"),
+    }
+
+
+def _per_element_summary(values: dict) -> dict:
+    """``{Z: {"csi": [...], "down": [...], "up": [...]}}`` over seeds -> mean/std per element."""
+    out = {}
+    for z in sorted(values):
+        v = values[z]
+        m, s = mean_std(v["csi"])
+        out[element_symbol(z)] = {
+            "Z": z,
+            "csi": m,
+            "csi_std": s,
+            "n_atoms_upstream": int(round(np.mean(v["up"]))),
+            "n_atoms_downstream": int(round(np.mean(v["down"]))),
+        }
+    return out
+
+
+def _upstream_row(up_src, down_src, per_seed_down, settings, provider, profiler, csi_fn) -> dict:
+    """One upstream's ranking row: the CSI per seed, its mean and std, terms, counts, per element."""
+    per_seed = []
+    per_element_values = {}
+    for seed, down in per_seed_down.items():
+        up = provider.get(up_src, settings.upstream_sampling, seed)
+        _check_settings_match(down, up, down_src.label, up_src.label)
+        want_groups = settings.per_element and bool(down.groups) and bool(up.groups)
+        with profiler.stage("distance"):
+            res = csi_fn(down, up, per_group=want_groups)
+        per_seed.append(_pair_values(seed, down, up, res))
+        if want_groups and res.per_group:
+            down_counts, up_counts = _element_counts(down), _element_counts(up)
+            for z, g in res.per_group.items():
+                entry = per_element_values.setdefault(int(z), {"csi": [], "down": [], "up": []})
+                entry["csi"].append(float(g.csi))
+                entry["down"].append(down_counts.get(int(z), 0))
+                entry["up"].append(up_counts.get(int(z), 0))
+    csi_mean, csi_std = mean_std([p["csi"] for p in per_seed])
+    first_up = provider.get(up_src, settings.upstream_sampling, next(iter(per_seed_down)))
+    return {
+        "upstream": up_src.label,
+        "source": up_src.kind,
+        "csi": csi_mean,
+        "csi_std": csi_std,
+        "csi_rel_std": csi_std / csi_mean if csi_mean > 0 else 0.0,
+        "mean_term": mean_std([p["mean_term"] for p in per_seed])[0],
+        "trace_term": mean_std([p["trace_term"] for p in per_seed])[0],
+        "n_structures": int(round(np.mean([p["n_structures"] for p in per_seed]))),
+        "n_atoms": int(round(np.mean([p["n_atoms"] for p in per_seed]))),
+        "per_seed": per_seed,
+        "per_element": _per_element_summary(per_element_values),
+        "stats_settings": dict(sorted(first_up.metadata.items())),
+    }
+
+
+def _downstream_summary(down_src, per_seed_down, seeds) -> dict:
     d_counts = [_counts(per_seed_down[s]) for s in seeds]
-    downstream = {
+    return {
         "path": down_src.label,
         "source": down_src.kind,
         "n_structures": int(round(np.mean([c[0] for c in d_counts]))),
@@ -362,15 +394,7 @@ def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
             {"seed": s, "n_structures": c[0], "n_atoms": c[1], "n_samples": int(per_seed_down[s].count)}
             for s, c in zip(seeds, d_counts)
         ],
-        "stats_settings": dict(sorted(down_first.metadata.items())),
-    }
-    adequacy = _adequacy(rows, downstream, settings, dims, warnings)
-    return {
-        "format": RESULT_FORMAT,
-        "downstream": downstream,
-        "ranking": rows,
-        "adequacy": adequacy,
-        "warnings": warnings,
+        "stats_settings": dict(sorted(per_seed_down[seeds[0]].metadata.items())),
     }
 
 
@@ -412,32 +436,6 @@ def _adequacy(rows, downstream, settings, dims, warnings) -> dict:
         "max_rel_std": max((r["csi_rel_std"] for r in rows), default=0.0),
         "neighbours_within_1std": overlaps,
     }
-
-
-def _write_outputs(result: dict, outdir: Path, profiler, run_settings) -> dict:
-    outdir.mkdir(parents=True, exist_ok=True)
-    summary = profiler.write(outdir, settings=run_settings, title="fastcsi select profile")
-    stages = {k: v["total_s"] for k, v in summary["stages"].items()}
-    backbone_s = stages.get("graph", 0.0) + stages.get("model", 0.0)
-    atoms = summary["counters"].get("atoms", 0)
-    profile = {
-        "wall_s": summary["wall_s"],
-        "stages_s": stages,
-        "throughput": summary["throughput"],
-        # the backbone's own rate (graph + forward), free of start-up, reading and plotting
-        "backbone_atoms_per_s": atoms / backbone_s if backbone_s > 0 else 0.0,
-        "memory": summary["memory"],
-    }
-    result["profile"] = profile
-    outputs = ["csi.json", "csi.csv", "csi.png"]
-    write_json(result, outdir / "csi.json")
-    write_csv(result, outdir / "csi.csv")
-    plot_ranking(result, outdir / "csi.png")
-    if run_settings.get("per_element", True) and run_settings.get("agg") == "flat":
-        plot_per_element(result, outdir / "csi_per_element.png")
-        outputs.append("csi_per_element.png")
-    profile["outputs"] = outputs + ["profile.md", "profile.json"]
-    return profile
 
 
 def compute_stats_file(

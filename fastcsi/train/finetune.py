@@ -287,3 +287,24 @@ def plot_learning_curve(history, path, metric: str, title: str = ""):
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
+
+
+def finetune(pretrained, data, *, target: str = "energy,forces", rundir="runs/finetune", recipe: str | None = None,
+             resume: bool = False, log=print, **options) -> dict:
+    """Fine-tune ``pretrained`` (a pretrain run directory, a checkpoint, or ``"none"``) on ``data``
+    with fresh heads, as ``fastcsi finetune`` does; returns its summary (test MAE in ``results.json``).
+
+    ``options``: any :class:`FinetuneSettings` field (``split``, ``val_data``, ``test_data``,
+    ``model``, ``forces``, ``device``, ...) or :class:`~fastcsi.train.config.TrainConfig` field
+    (``epochs``, ``lr``, ``batch_size``, ...; defaults: the recipe's)."""
+    chosen = recipe_for(recipe, list(parse_targets(target)))
+    train_fields = set(chosen.train.to_dict())
+    train = chosen.train.replace(**{k: v for k, v in options.items() if k in train_fields})
+    rest = {k: v for k, v in options.items() if k not in train_fields}
+    try:
+        settings = FinetuneSettings(pretrained=str(pretrained), data=str(data), target=target, recipe=chosen.name,
+                                    rundir=str(rundir), train=train, **rest)
+    except TypeError as exc:
+        raise FastCSIError(f"finetune: {exc}") from None
+    return run_finetune(settings, resume=resume, log=log)
+

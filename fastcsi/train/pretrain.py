@@ -410,3 +410,25 @@ def describe_source(source: dict) -> str:
         return (f"data: fresh seeded draws with the {source['level']}-level CSI-optimal weights of "
                 f"{source['file']}{csi_text}")
     return f"data: {source['sampling']} draws within datasets, mixture {source['mix']}"
+
+
+def pretrain(data, samples: int, *, epochs: int = 2, rundir="runs/pretrain", resume: bool = False, log=print,
+             **options) -> dict:
+    """Pretrain GemNet-OC on energy and forces of ``samples`` structures of ``data`` (a path or a
+    list of paths) for ``epochs`` epochs, as ``fastcsi pretrain`` does; returns its summary.
+
+    ``options``: any :class:`PretrainSettings` field (``mix``, ``sampling``, ``model``, ``forces``,
+    ``model_overrides``, ``device``, ...) or :class:`~fastcsi.train.config.TrainConfig` field
+    (``lr``, ``batch_size``, ``seed``, ...; defaults: ``PRETRAIN_DEFAULTS``)."""
+    from fastcsi.train.config import PRETRAIN_DEFAULTS
+
+    train_fields = set(PRETRAIN_DEFAULTS.to_dict())
+    train = PRETRAIN_DEFAULTS.replace(epochs=epochs, **{k: v for k, v in options.items() if k in train_fields})
+    rest = {k: v for k, v in options.items() if k not in train_fields}
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    try:
+        settings = PretrainSettings(data=paths, samples=samples, epochs=epochs, rundir=str(rundir), train=train, **rest)
+    except TypeError as exc:
+        raise FastCSIError(f"pretrain: {exc}") from None
+    return run_pretrain(settings, resume=resume, log=log)
+

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fastcsi.data import Budget, balanced_quotas, mixture_indices, sample_from_keys, temperature_mix
+from fastcsi.data import Budget, mixture_indices, temperature_mix
+from fastcsi.data.sampling import balanced_quotas, sample_from_keys
 from fastcsi.errors import FastCSIError
 
 # A long tail: one class of 1000, a few mid-size, many tiny ones.
