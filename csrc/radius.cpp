@@ -43,8 +43,7 @@ namespace {
 
 constexpr int64_t kBruteForceAtoms = 48;
 // Each extra thread must get at least this many candidate pair tests (~1-2 ms of work): a thread
-// that waits for a core on a busy machine cost more wall time than a small batch takes on one core
-// (1,000 molecules: 2.2 ms on one thread, 9.8 ms wall on two, measured here under load).
+// that waits for a core on a busy machine costs more wall time than a small batch takes on one core.
 constexpr int64_t kWorkPerThread = int64_t(1) << 20;
 // Candidate tests per atom assumed for cell-list structures (27 bins of ~20 atoms for metals at 6 A).
 constexpr int64_t kCellWorkPerAtom = 512;
@@ -123,9 +122,8 @@ struct Prepared {
 // body(task) for every task in [0, tasks), handed out dynamically to `threads` threads (the caller
 // is one of them); which thread runs a task never changes the output. Plain std::thread, joined at
 // the end, rather than OpenMP: libgomp keeps idle workers spinning for milliseconds after every
-// region, and on a busy machine that spinning cost more CPU than a short search (+5-10 ms per call
-// for 1,000 molecules measured here); starting a thread (~20 us) is negligible beside the ms-scale
-// passes. Bodies must not throw.
+// region, and on a busy machine that spinning costs more CPU than a short search; starting a thread
+// (tens of microseconds) is negligible beside the millisecond-scale passes. Bodies must not throw.
 template <class Body>
 void parallel_for(int threads, int64_t tasks, Body&& body) {
     const int64_t workers = std::min<int64_t>(threads, tasks);

@@ -7,8 +7,8 @@ or over targets (one large structure). Edges come out in the canonical order. Th
 converts the batch to float64 numpy buffers and wraps the results in torch tensors (zero copy).
 
 Host-side preparation is plain numpy on purpose: on a busy machine each small torch CPU op can wake
-torch's intra-op thread pool and cost milliseconds (16 ms to convert 10k cells measured here), more
-than the search itself for a batch of molecules. Threads default to ``torch.get_num_threads()``.
+torch's intra-op thread pool and cost milliseconds, more than the search itself for a batch of
+molecules. Threads default to ``torch.get_num_threads()``.
 
 Without autograd the kernel's own float64 vectors (rounded to the batch dtype) are returned; when
 ``batch.pos`` or ``batch.cell`` requires grad, vectors/distances are recomputed in torch from the
