@@ -14,3 +14,20 @@ def test_ranking_flips_with_the_downstream(extractor, tmp_path):
     assert molecular["ranking"][0]["upstream"] == str(paths["upstream_organic"])
     assert catalysis["ranking"][0]["upstream"] == str(paths["upstream_slabs"])
     assert catalysis["cache"]["hits"] == 2  # the upstream stats of the first run were reused
+
+
+def test_the_demo_is_adequate_by_its_own_checks(tmp_path):
+    # a newcomer's first run: a clean ranking, none of the warnings meant for small real samples
+    import json
+
+    from click.testing import CliRunner
+
+    from fastcsi.cli.app import cli
+
+    result = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "demo"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    run = json.loads((tmp_path / "demo" / "csi.json").read_text())
+    assert run["warnings"] == [] and run["adequacy"]["ranking_stable_across_seeds"] is True
+    order = [row["upstream"].rsplit("/", 1)[-1] for row in run["ranking"]]
+    assert set(order[:2]) == {"upstream_organic.extxyz", "upstream_reactions.extxyz"}
