@@ -14,17 +14,29 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def _use_triton_interpreter_without_gpu():
-    # Triton reads TRITON_INTERPRET when a kernel is decorated, so this must run before any
-    # fastcsi kernel module is imported: conftest is imported first by pytest.
-    try:
-        import torch
+GPU_TESTS = os.environ.get("FASTCSI_TEST_GPU") == "1"
 
-        has_cuda = torch.cuda.is_available()
-    except Exception:
-        has_cuda = False
-    if not has_cuda:
+
+def _use_triton_interpreter():
+    # The suite runs Triton kernels on CPU tensors, which only the interpreter can do, on any machine
+    # (a CUDA machine too). FASTCSI_TEST_GPU=1 (with -m gpu) runs the GPU-marked tests on the device
+    # instead. Triton reads TRITON_INTERPRET when a kernel is decorated, so this must run before any
+    # fastcsi kernel module is imported: conftest is imported first by pytest.
+    if not GPU_TESTS:
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
-_use_triton_interpreter_without_gpu()
+_use_triton_interpreter()
+
+
+def pytest_collection_modifyitems(config, items):
+    if GPU_TESTS:
+        import torch
+
+        reason = None if torch.cuda.is_available() else "FASTCSI_TEST_GPU=1 but no CUDA device"
+    else:
+        reason = "GPU test: run FASTCSI_TEST_GPU=1 python -m pytest -m gpu on a CUDA machine"
+    if reason:
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))

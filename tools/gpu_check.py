@@ -870,6 +870,7 @@ def check_cell_list_vs_vesin(ctx: Context) -> dict:
       dry_quick_lists_only=True)
 def check_pytest_gpu(ctx: Context, deadline: float) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", INJECT_ENV)}
+    env["FASTCSI_TEST_GPU"] = "1"  # tests/conftest.py: real Triton on the device for the GPU-marked tests
     args = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"]
     if ctx.dry_run:
         args.insert(3, "--collect-only")
