@@ -64,39 +64,60 @@ def summarize(ds, progress: bool = False) -> dict:
     }
 
 
-def write_structures(structures, out: Path, meta: dict) -> int:
-    """Write structures to extxyz (``.xyz``/``.extxyz``) or an ASE db (``.db``), atomically."""
+def write_structures(items, out: Path, meta: dict, meta_in_frames: bool = True) -> int:
+    """Write structures to extxyz (``.xyz``/``.extxyz``) or an ASE db (``.db``), atomically; returns
+    how many. Each item is a :class:`Structure`, or ``(structure, scalars, arrays)`` to add values
+    of its own (predictions): scalars go to ``atoms.info`` / db key-value pairs, arrays of one row
+    per atom to per-atom extxyz columns / ``row.data`` (other arrays to ``info`` / ``row.data``).
+    ``meta`` goes into the db metadata and, with ``meta_in_frames``, into every extxyz frame."""
+    out = Path(out)
     suffix = out.suffix.lower()
+    if suffix not in (".xyz", ".extxyz", ".db"):
+        raise FastCSIError(f"{out}: output extension {suffix or '(none)'} not supported (use .extxyz, .xyz or .db)")
+
+    def unpack(item):
+        return (item, {}, {}) if not isinstance(item, tuple) else item
+
     count = 0
     if suffix in (".xyz", ".extxyz"):
         import ase.io
 
+        frame_meta = {f"fastcsi_{k}": v for k, v in meta.items() if isinstance(v, (str, int, float))}
         with atomic_write(out) as fh:
-            for s in structures:
+            for item in items:
+                s, scalars, arrays = unpack(item)
                 atoms = s.to_ase()
-                atoms.info.update({f"fastcsi_{k}": v for k, v in meta.items() if isinstance(v, (str, int, float))})
+                if meta_in_frames:
+                    atoms.info.update(frame_meta)
+                atoms.info.update(scalars)
+                for key, value in arrays.items():
+                    if getattr(value, "shape", None) == (len(atoms), 3):
+                        atoms.new_array(key, value)
+                    else:
+                        atoms.info[key] = value
                 ase.io.write(fh, atoms, format="extxyz")
                 count += 1
         return count
-    if suffix == ".db":
-        import ase.db
-        from ase.db.core import reserved_keys
+    import json
 
-        with atomic_path(out) as tmp:
-            tmp.unlink()
-            with ase.db.connect(str(tmp), type="db") as db:
-                for s in structures:
-                    atoms = s.to_ase()
-                    atoms.info.clear()  # targets and keys go to key-value pairs / data below
-                    values = _db_key_values(s)
-                    # Keys ASE db refuses as columns (reserved, not identifiers) travel in row.data.
-                    odd = {k: values.pop(k) for k in list(values) if not k.isidentifier() or k in reserved_keys}
-                    db.write(atoms, key_value_pairs=values, data={"structure_id": s.id, **odd})
-                    count += 1
-            db = ase.db.connect(str(tmp), type="db")
-            db.metadata = meta
-        return count
-    raise FastCSIError(f"{out}: output extension {suffix or '(none)'} not supported (use .extxyz, .xyz or .db)")
+    import ase.db
+    from ase.db.core import reserved_keys
+
+    with atomic_path(out) as tmp:
+        tmp.unlink()  # ASE db creates its own file
+        with ase.db.connect(str(tmp), type="db") as db:
+            for item in items:
+                s, scalars, arrays = unpack(item)
+                atoms = s.to_ase()
+                atoms.info.clear()  # targets and keys go to key-value pairs / data below
+                values = {**_db_key_values(s), **scalars}
+                # Keys ASE db refuses as columns (reserved, not identifiers) travel in row.data.
+                odd = {k: values.pop(k) for k in list(values) if not k.isidentifier() or k in reserved_keys}
+                db.write(atoms, key_value_pairs=values, data={"structure_id": s.id, **odd, **arrays})
+                count += 1
+        db = ase.db.connect(str(tmp), type="db")
+        db.metadata = json.loads(json.dumps(meta, default=str))
+    return count
 
 
 def _db_key_values(s) -> dict:

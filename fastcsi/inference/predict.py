@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from fastcsi.errors import FastCSIError
-from fastcsi.utils import atomic_path, atomic_write, versions
+from fastcsi.data.convert import write_structures
+from fastcsi.utils import atomic_write, versions
 
 PREFIX = "fastcsi_"
 FORMATS = {".extxyz": "extxyz", ".xyz": "extxyz", ".db": "db"}
@@ -57,12 +58,11 @@ def iter_predictions(model, dataset, properties=None, batch_size: int = 32, prog
             bar.close()
 
 
-def prediction_atoms(structure, prediction: dict):
-    """``structure`` as ``ase.Atoms`` (labels as read) plus ``fastcsi_*`` predictions; the arrays
-    (forces) are returned apart: extxyz stores them per atom, ASE db in ``row.data``."""
+def prediction_values(prediction: dict):
+    """``(scalars, arrays)`` of one structure's predictions under their ``fastcsi_*`` keys: arrays
+    (forces, Voigt stress) are stored per atom in extxyz and in ``row.data`` in an ASE db."""
     from ase.stress import full_3x3_to_voigt_6_stress
 
-    atoms = structure.to_ase()
     scalars, arrays = {}, {}
     for name, value in prediction.items():
         if value is None:  # stress of a structure that is not fully periodic
@@ -73,7 +73,7 @@ def prediction_atoms(structure, prediction: dict):
             arrays[PREFIX + name] = full_3x3_to_voigt_6_stress(value)
         else:
             scalars[PREFIX + name] = float(value)
-    return atoms, scalars, arrays
+    return scalars, arrays
 
 
 def predict_file(model, data, out, properties=None, batch_size: int = 32, progress: bool = True) -> dict:
@@ -82,7 +82,7 @@ def predict_file(model, data, out, properties=None, batch_size: int = 32, progre
     from fastcsi.data import open_dataset
 
     out = Path(out)
-    fmt = output_format(out)
+    output_format(out)
     if Path(data).exists() and out.exists() and out.resolve() == Path(data).resolve():
         raise FastCSIError(f"{out}: the output would overwrite the input; choose another -o")
     properties = model.check_properties(properties or model.properties)
@@ -95,7 +95,14 @@ def predict_file(model, data, out, properties=None, batch_size: int = 32, progre
               "units": {p: UNITS.get(p, "native") for p in properties},
               "settings": {"batch_size": batch_size, "properties": list(properties)}, "versions": versions()}
     written_keys: set = set()  # stress only where a structure is fully periodic
-    count = (_write_extxyz if fmt == "extxyz" else _write_db)(stream, out, record, written_keys)
+
+    def annotated():
+        for _, structure, prediction in stream:
+            scalars, arrays = prediction_values(prediction)
+            written_keys.update(scalars, arrays)
+            yield structure, scalars, arrays
+
+    count = write_structures(annotated(), out, record, meta_in_frames=False)
     record["written"] = count
     record["written_keys"] = [k for k in record["keys"].values() if k in written_keys]
     with atomic_write(Path(f"{out}.json")) as fh:
@@ -104,45 +111,3 @@ def predict_file(model, data, out, properties=None, batch_size: int = 32, progre
 
 
 UNITS = {"energy": "eV", "forces": "eV/Å", "stress": "eV/Å^3"}
-
-
-def _write_extxyz(stream, out: Path, record: dict, written_keys: set) -> int:
-    import ase.io
-
-    count = 0
-    with atomic_write(out) as fh:
-        for _, structure, prediction in stream:
-            atoms, scalars, arrays = prediction_atoms(structure, prediction)
-            written_keys.update(scalars, arrays)
-            atoms.info.update(scalars)
-            for key, value in arrays.items():
-                if value.shape == (len(atoms), 3):
-                    atoms.new_array(key, value)
-                else:
-                    atoms.info[key] = value
-            ase.io.write(fh, atoms, format="extxyz")
-            count += 1
-    return count
-
-
-def _write_db(stream, out: Path, record: dict, written_keys: set) -> int:
-    import ase.db
-    from ase.db.core import reserved_keys
-
-    count = 0
-    with atomic_path(out) as tmp:
-        tmp.unlink()  # ASE db creates its own file
-        with ase.db.connect(str(tmp), type="db") as db:
-            for _, structure, prediction in stream:
-                atoms, scalars, arrays = prediction_atoms(structure, prediction)
-                written_keys.update(scalars, arrays)
-                labels = {k: float(v) for k, v in structure.targets.items()}
-                atoms.info.clear()  # labels and predictions travel as key-value pairs / data below
-                # keys ASE db refuses as columns (reserved, not identifiers) travel in row.data
-                odd = {k: labels.pop(k) for k in list(labels) if not k.isidentifier() or k in reserved_keys}
-                db.write(atoms, key_value_pairs={**labels, **scalars},
-                         data={"structure_id": structure.id, **odd, **arrays})
-                count += 1
-        db = ase.db.connect(str(tmp), type="db")
-        db.metadata = json.loads(json.dumps(record, default=str))
-    return count
