@@ -98,6 +98,29 @@ def load_torch_file(path, what: str = "checkpoint"):
         raise FastCSIError(f"{path}: not a readable {what} (truncated or not a torch file; {detail})") from None
 
 
+def read_json(path, what: str, expected_format: str | None = None) -> dict:
+    """A JSON object written by fastcsi (``what`` names it in errors), with ``"format"`` equal to
+    ``expected_format`` when given; every failure as one :class:`~fastcsi.errors.FastCSIError` line."""
+    import json
+
+    from fastcsi.errors import FastCSIError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FastCSIError(f"{path}: no such {what}")
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise FastCSIError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); not a {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FastCSIError(f"{path}: not a readable {what} ({type(exc).__name__})") from None
+    if not isinstance(payload, dict):
+        raise FastCSIError(f"{path}: not a {what}: JSON {type(payload).__name__}, not an object")
+    if expected_format is not None and payload.get("format") != expected_format:
+        raise FastCSIError(f"{path}: not a {what} (format {payload.get('format')!r}, expected {expected_format})")
+    return payload
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _allocator_tuned: bool | None = None

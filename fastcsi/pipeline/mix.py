@@ -24,7 +24,7 @@ import numpy as np
 
 from fastcsi.data.sampling import draw_selection
 from fastcsi.errors import FastCSIError
-from fastcsi.utils import atomic_write, versions
+from fastcsi.utils import atomic_write, read_json, versions
 
 MIX_FORMAT = "fastcsi-mix/1"
 SELECTION_FORMAT = "fastcsi-pretrain-set/1"
@@ -362,26 +362,12 @@ def plot_mix(payload: dict, path, top: int = 25) -> None:
 # ------------------------------------------------------------------------------------- readers
 def read_mix(path) -> dict:
     """A ``mix.json`` written by ``fastcsi select --optimize-mix`` (FastCSIError if it is not one)."""
-    return _read_json(path, MIX_FORMAT, "mix file")
+    return read_json(path, "mix file", MIX_FORMAT)
 
 
 def read_selection(path) -> dict:
     """A ``pretrain_set.json`` written by ``fastcsi select --optimize-mix --budget N``."""
-    return _read_json(path, SELECTION_FORMAT, "pretraining-set file")
-
-
-def _read_json(path, expected: str, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FastCSIError(f"{path}: no such {what}")
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FastCSIError(f"{path}: not a readable {what} ({exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != expected:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise FastCSIError(f"{path}: not a {what} (format {found!r}, expected {expected})")
-    return payload
+    return read_json(path, "pretraining-set file", SELECTION_FORMAT)
 
 
 def format_mix(summary: dict) -> str:

@@ -28,7 +28,7 @@ from fastcsi.train.config import TrainConfig
 from fastcsi.train.distributed import init_distributed
 from fastcsi.train.loop import Trainer
 from fastcsi.train.normalization import NormalizedModel, Normalizer
-from fastcsi.utils import atomic_write, versions
+from fastcsi.utils import atomic_write, read_json, versions
 
 
 @dataclass
@@ -135,20 +135,6 @@ def held_out(datasets, train, n_val: int, seed: int):
     return rest[pick]
 
 
-def _read_json(path, expected: str, what: str) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FastCSIError(f"{path}: no such {what}")
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise FastCSIError(f"{path}: not a readable {what} ({exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != expected:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise FastCSIError(f"{path}: not a {what} (format {found!r}, expected {expected})")
-    return payload
-
-
 def _check_fingerprint(dataset, expected, path, source) -> None:
     if expected is not None and dataset.fingerprint != expected:
         raise FastCSIError(
@@ -185,7 +171,7 @@ def _resolve_data_source(settings: PretrainSettings):
 
     mix = (settings.mix or "").strip()
     if settings.selection:
-        selection = _read_json(settings.selection, "fastcsi-pretrain-set/1", "pretraining-set file")
+        selection = read_json(settings.selection, "pretraining-set file", "fastcsi-pretrain-set/1")
         entries = selection.get("datasets") or []
         recorded = [e["path"] for e in entries]
         data = _same_paths(settings.data, recorded, settings.selection)
@@ -200,7 +186,7 @@ def _resolve_data_source(settings: PretrainSettings):
         return replace(settings, data=data, samples=budget, mix="selection"), plan
     if mix.lower().startswith("csi:"):
         path = mix[4:]
-        payload = _read_json(path, "fastcsi-mix/1", "mix file")
+        payload = read_json(path, "mix file", "fastcsi-mix/1")
         recorded = [e["path"] for e in payload["datasets"]]
         data = _same_paths(settings.data, recorded, path)
         plan = {"kind": "csi", "file": str(Path(path).resolve()), "level": payload["level"],

@@ -13,21 +13,7 @@ import math
 from pathlib import Path
 
 from fastcsi.errors import FastCSIError
-from fastcsi.utils import atomic_path, atomic_write, versions
-
-
-def _load_json(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise FastCSIError(f"{path}: {what} not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise FastCSIError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except UnicodeDecodeError:
-        raise FastCSIError(f"{path}: not a {what}: binary, not JSON text") from None
-    if not isinstance(doc, dict):
-        raise FastCSIError(f"{path}: not a {what}: JSON {type(doc).__name__}, not an object")
-    return doc
+from fastcsi.utils import atomic_path, atomic_write, read_json, versions
 
 
 def _names(path: str) -> set:
@@ -38,7 +24,7 @@ def _names(path: str) -> set:
 def build_report(select_dir, finetune_dirs, metric: str | None = None) -> dict:
     select_dir = Path(select_dir)
     csi_path = select_dir / "csi.json" if select_dir.is_dir() else select_dir
-    csi = _load_json(csi_path, "select result (csi.json)")
+    csi = read_json(csi_path, "select result (csi.json)")
     ranking = csi.get("ranking")
     if not isinstance(ranking, list) or not ranking:
         raise FastCSIError(f"{csi_path}: has no 'ranking' list")
@@ -46,7 +32,7 @@ def build_report(select_dir, finetune_dirs, metric: str | None = None) -> dict:
     unmatched = []
     for run in finetune_dirs:
         run = Path(run)
-        res = _load_json(run / "results.json" if run.is_dir() else run, "fine-tuning result (results.json)")
+        res = read_json(run / "results.json" if run.is_dir() else run, "fine-tuning result (results.json)")
         pre = res.get("pretrained", {})
         data = pre.get("data") or []
         if len(data) != 1:
