@@ -121,6 +121,27 @@ def read_json(path, what: str, expected_format: str | None = None) -> dict:
     return payload
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only: no display is needed or opened)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Lay out ``fig``, write it as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
+    plt.close(fig)
+    return Path(path)
+
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _allocator_tuned: bool | None = None

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fastcsi.errors import FastCSIError
-from fastcsi.utils import atomic_path, atomic_write, versions
+from fastcsi.utils import atomic_write, pyplot, save_figure, versions
 
 
 def parse_eval_targets(spec, model) -> tuple:
@@ -112,10 +112,7 @@ PLOT_UNITS = {"energy": "eV", "forces": "eV/Å"}
 
 
 def _parity_plot(pred, ref, target: str, path: Path, metric: dict) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(ref, pred, s=4, alpha=0.5, linewidths=0)
@@ -125,8 +122,5 @@ def _parity_plot(pred, ref, target: str, path: Path, metric: dict) -> Path:
     ax.set_xlabel(f"reference {target} ({unit})")
     ax.set_ylabel(f"predicted {target} ({unit})")
     ax.set_title(f"{target}: MAE {metric['mae']:.4g} {metric['unit']}, RMSE {metric['rmse']:.4g}", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return path

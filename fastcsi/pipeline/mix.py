@@ -24,7 +24,7 @@ import numpy as np
 
 from fastcsi.data.sampling import draw_selection
 from fastcsi.errors import FastCSIError
-from fastcsi.utils import atomic_write, read_json, versions
+from fastcsi.utils import atomic_write, pyplot, read_json, save_figure, versions
 
 MIX_FORMAT = "fastcsi-mix/1"
 SELECTION_FORMAT = "fastcsi-pretrain-set/1"
@@ -318,12 +318,7 @@ def write_mix_outputs(payload: dict, outdir) -> list:
 
 def plot_mix(payload: dict, path, top: int = 25) -> None:
     """Left: the largest component shares; right: the analytic CSI of each way to mix."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from fastcsi.utils import atomic_path
+    plt = pyplot()
 
     used = [c for c in payload["components"] if c["weight"] >= 1e-4] or payload["components"]
     comps = sorted(used, key=lambda c: -c["weight"])[:top]
@@ -353,10 +348,7 @@ def plot_mix(payload: dict, path, top: int = 25) -> None:
         right.set_xlim(min(values) / 2, max(values) * 8)
     else:
         right.margins(x=0.25)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # ------------------------------------------------------------------------------------- readers

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcsi.utils import atomic_path, atomic_write
+from fastcsi.utils import atomic_write, pyplot, save_figure
 
 CSV_COLUMNS = (
     "rank",
@@ -98,10 +98,7 @@ def display_names(labels, width: int = 40) -> list:
 
 def plot_ranking(result: dict, path) -> None:
     """Horizontal bars, closest upstream on top; error bars = std over seeds."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["ranking"]
     labels = display_names([r["upstream"] for r in rows])
@@ -126,18 +123,12 @@ def plot_ranking(result: dict, path) -> None:
         ax.set_xlim(min(positive) / 2, max(v + e for v, e in zip(values, errors)) * 8)
     else:
         ax.margins(x=0.15)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def plot_per_element(result: dict, path) -> None:
     """Heatmap of per-element CSI: upstreams x elements present in both datasets (blank: absent)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = result["ranking"]
     elements = sorted({int(e["Z"]) for r in rows for e in r.get("per_element", {}).values()})
@@ -171,10 +162,7 @@ def plot_per_element(result: dict, path) -> None:
                             color="white" if grid[i, j] > mid else "black")
         fig.colorbar(image, ax=ax, label="CSI (lower = closer)")
         ax.set_title(f"Per-element CSI to {_short(result['downstream']['path'], 50)}", fontsize=10)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def format_table(result: dict) -> str:

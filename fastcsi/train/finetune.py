@@ -27,7 +27,7 @@ from fastcsi.train.loop import Trainer
 from fastcsi.train.normalization import NormalizedModel, Normalizer
 from fastcsi.train.pretrain import start_run
 from fastcsi.train.splits import split_for_files, split_indices
-from fastcsi.utils import atomic_write, load_torch_file, versions
+from fastcsi.utils import atomic_write, load_torch_file, pyplot, save_figure, versions
 
 
 @dataclass
@@ -262,12 +262,7 @@ def save_model(path, model: NormalizedModel, weights: dict, targets, elements, e
 
 def plot_learning_curve(history, path, metric: str, title: str = ""):
     """Training loss and validation MAE per epoch (log scale)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fastcsi.utils import atomic_path
+    plt = pyplot()
 
     epochs = [r["epoch"] for r in history]
     fig, ax1 = plt.subplots(figsize=(6, 4))
@@ -283,10 +278,7 @@ def plot_learning_curve(history, path, metric: str, title: str = ""):
         ax2.set_yscale("log")
         fig.legend(loc="upper right")
     ax1.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def finetune(pretrained, data, *, target: str = "energy,forces", rundir="runs/finetune", recipe: str | None = None,

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from fastcsi.errors import FastCSIError
-from fastcsi.utils import atomic_path, atomic_write, read_json, versions
+from fastcsi.utils import atomic_write, pyplot, read_json, save_figure, versions
 
 
 def _names(path: str) -> set:
@@ -91,10 +91,7 @@ def format_report(report: dict) -> str:
 
 
 def write_report(report: dict, outdir) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     outdir = Path(outdir)
     rows = report["rows"]
@@ -110,8 +107,5 @@ def write_report(report: dict, outdir) -> dict:
     sp = report["spearman"]
     if sp is not None:
         ax.set_title(f"Spearman rho = {sp['rho']:+.2f}")
-    fig.tight_layout()
-    with atomic_path(outdir / "csi_vs_mae.png") as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, outdir / "csi_vs_mae.png", dpi=100)
     return {"json": str(outdir / "report.json"), "plot": str(outdir / "csi_vs_mae.png")}
