@@ -401,17 +401,16 @@ def check_frechet(ctx: Context) -> dict:
     import numpy as np
     import torch
 
-    from fastcsi.stats.frechet import frechet_distance, frechet_distance_ref
+    from fastcsi.stats.frechet import frechet_distance
+    from fastcsi.stats.frechet_cuda import frechet_distance_cuda
+    from fastcsi.stats.frechet_ref import frechet_distance_ref
 
-    from fastcsi.errors import FastCSIError
+    # on the GPU through the dispatcher; in the dry run the same CUDA-path code on CPU tensors
+    backend = "cuda" if ctx.gpu else "cuda code on CPU tensors"
 
-    backend = "cuda" if ctx.gpu else "torch"
-    if not ctx.gpu:  # the CUDA code on CPU tensors where the dispatcher has that entry point
-        try:
-            frechet_distance(np.zeros(1), np.eye(1), np.zeros(1), np.eye(1), backend="torch")
-        except FastCSIError:
-            backend = "cpu"
-            ctx.note("frechet_distance has no 'torch' backend: the CPU kernel stands in for the CUDA path")
+    def run(*args):
+        return frechet_distance(*args, backend="cuda") if ctx.gpu else frechet_distance_cuda(*args)
+
     dims = [2, 32, 256, 1024] if ctx.gpu and not ctx.quick else [2, 32, 128]
     rng = np.random.default_rng(1)
     errors = {}
@@ -421,10 +420,10 @@ def check_frechet(ctx: Context) -> dict:
         mu1, mu2, s1, s2 = a.mean(0), b.mean(0) + 0.5, np.cov(a.T).reshape(d, d), np.cov(b.T).reshape(d, d)
         want = frechet_distance_ref(mu1, s1, mu2, s2)
         tensors = [torch.tensor(v, device=ctx.device) for v in (mu1, s1, mu2, s2)]
-        got = frechet_distance(*tensors, backend=backend)
+        got = run(*tensors)
         errors[d] = abs(got - want) / abs(want)
         expect(errors[d] <= 1e-10, f"d={d}: Fréchet {got!r} vs reference {want!r} (rel {errors[d]:.3g})")
-        same = frechet_distance(tensors[0], tensors[1], tensors[0], tensors[1], backend=backend)
+        same = run(tensors[0], tensors[1], tensors[0], tensors[1])
         expect(abs(same) <= 1e-10 * 2 * np.trace(s1), f"d={d}: FD of a Gaussian with itself is {same:.3g}")
     return {"backend": backend, "relative_error_per_dim": errors}
 
@@ -437,10 +436,7 @@ def interaction_case(dtype, device, counts, n_sph, d_interm, d_in, d_out, num_in
     per atom)."""
     import torch
 
-    try:
-        from fastcsi.graph.ragged import ragged_range
-    except ImportError:  # before the graph helpers moved
-        from fastcsi.graph.gemnet_indices import ragged_range
+    from fastcsi.graph.ragged import ragged_range
 
     gen = torch.Generator().manual_seed(seed)
     counts = torch.as_tensor(counts, dtype=torch.long)
@@ -475,7 +471,8 @@ def interaction_case(dtype, device, counts, n_sph, d_interm, d_in, d_out, num_in
 def check_interaction(ctx: Context) -> dict:
     import torch
 
-    from fastcsi.model.gemnet_oc.interaction import interaction_bilinear, interaction_bilinear_ref
+    from fastcsi.model.gemnet_oc.interaction import interaction_bilinear
+    from fastcsi.model.gemnet_oc.interaction_ref import interaction_bilinear_ref
     from fastcsi.model.gemnet_oc.interaction_triton import BLOCK_T
 
     tolerance = {torch.float64: 1e-12, torch.float32: 1e-5}
@@ -544,24 +541,15 @@ def check_interaction(ctx: Context) -> dict:
 @contextlib.contextmanager
 def _triton_paths(model, wanted: bool):
     """Inside: ``model`` runs its Triton radius graph and fused interaction (the dry run's device
-    stand-in, under the interpreter), through ``fastcsi.backend.override`` (or the older per-module
-    backend attributes); with ``wanted`` False (CUDA: auto picks them) nothing changes."""
+    stand-in, under the interpreter), through ``fastcsi.backend.override``; with ``wanted`` False
+    (CUDA: auto picks them) nothing changes."""
     if not wanted:
         yield
         return
-    import fastcsi.backend as backends
+    from fastcsi.backend import override
 
-    if hasattr(backends, "override"):
-        with backends.override(radius="triton", interaction="triton"):
-            yield
-        return
-    from fastcsi.model.gemnet_oc.blocks import EfficientInteractionBilinear
-
-    model.graph_backend = "triton"
-    for module in model.modules():
-        if isinstance(module, EfficientInteractionBilinear):
-            module.backend = "triton"
-    yield
+    with override(radius="triton", interaction="triton"):
+        yield
 
 
 @contextlib.contextmanager
