@@ -136,65 +136,84 @@ def dataset_stats(
     with ``FeatureStats.all_reduce``; rank 0 decides cache hits and alone writes the cache.
     Returns ``(stats, from_cache)``.
     """
-    from fastcsi.data import iter_batches, sample_indices
     from fastcsi.pipeline.distributed import DistContext
     from fastcsi.profiling import Profiler
-    from fastcsi.stats import FeatureStats
 
     ctx = ctx or DistContext()
     profiler = profiler or Profiler(enabled=False)
-    tracer = tracer or _NoTrace()
     fields = key_fields(dataset.fingerprint, spec, extractor, agg, per_element, per_class)
     key = stats_key(fields)
     cache = cache or StatsCache(None)
+    cached = _from_cache(cache, key, label, per_class, ctx)
+    if cached is not None:
+        return cached, True
 
+    with profiler.stage("read"):
+        indices = _sample(dataset, spec, ctx)
+    classes = _class_labels(dataset) if per_class else None
+    stats, class_stats, n_structures, n_atoms = _accumulate(
+        dataset, indices, label, extractor, agg=agg, track_groups=bool(per_element and agg == "flat"),
+        classes=classes, batch_size=batch_size, num_workers=num_workers, ctx=ctx, profiler=profiler,
+        bar=_progress_bar(label, spec, len(indices) * ctx.world_size) if progress and ctx.is_main else None,
+        tracer=tracer or _NoTrace())
+    _describe(stats, fields, key, dataset, label, extractor, n_structures, n_atoms)
+    if class_stats is not None:
+        _describe_classes(class_stats, stats, key, classes, indices, ctx)
+        stats.class_stats = class_stats
+    if ctx.is_main:
+        if class_stats is not None:  # the classes first: a main file without them is never a hit
+            cache.save(f"{key}-classes", Path(label).name, class_stats)
+        cache.save(key, Path(label).name, stats)
+    return stats, False
+
+
+def _from_cache(cache: StatsCache, key: str, label, per_class: bool, ctx):
+    """The cached stats (with their per-class part when asked) on every rank, or None."""
     cached = cache.load(key, Path(label).name) if ctx.is_main else None
     if cached is not None and per_class:
         cached.class_stats = cache.load(f"{key}-classes", Path(label).name)
         if cached.class_stats is None:  # half a cache entry is recomputed, never trusted
             cached = None
-    if ctx.broadcast(cached is not None):
-        if ctx.enabled:
-            cached = ctx.broadcast(cached)
-        return cached, True
+    if not ctx.broadcast(cached is not None):
+        return None
+    return ctx.broadcast(cached) if ctx.enabled else cached
 
-    with profiler.stage("read"):
-        if spec.strategy == "all":
-            indices = np.arange(len(dataset), dtype=np.int64)
-        else:
-            indices = np.asarray(sample_indices(dataset, spec.n, strategy=spec.strategy, seed=spec.seed), np.int64)
-    # Sorted order reads files sequentially; flat statistics do not depend on the order.
-    indices = ctx.shard(np.sort(indices))
 
-    track_groups = bool(per_element and agg == "flat")
+def _sample(dataset, spec: SampleSpec, ctx) -> np.ndarray:
+    """This rank's share of the sample's indices, sorted (files are read sequentially; flat
+    statistics do not depend on the order)."""
+    from fastcsi.data import sample_indices
+
+    if spec.strategy == "all":
+        indices = np.arange(len(dataset), dtype=np.int64)
+    else:
+        indices = np.asarray(sample_indices(dataset, spec.n, strategy=spec.strategy, seed=spec.seed), np.int64)
+    return ctx.shard(np.sort(indices))
+
+
+def _progress_bar(label, spec: SampleSpec, total: int):
+    from tqdm import tqdm
+
+    seed_text = "" if spec.seed is None else f" seed {spec.seed}"
+    return tqdm(total=total, desc=f"{Path(label).name}{seed_text}", unit="struct", leave=False, dynamic_ncols=True)
+
+
+def _accumulate(dataset, indices, label, extractor, *, agg, track_groups, classes, batch_size, num_workers, ctx,
+                profiler, bar, tracer):
+    """One streaming pass: features of ``indices`` through ``extractor`` into FeatureStats (and
+    per-class stats when ``classes`` = (names, class of each structure)), merged over ranks.
+    Returns ``(stats, class_stats or None, n_structures, n_atoms)``."""
+    from fastcsi.data import iter_batches
+    from fastcsi.stats import FeatureStats
+
     stats = FeatureStats(extractor.dim, metadata={}, track_groups=track_groups)
-    class_stats = FeatureStats(extractor.dim, metadata={}, track_groups=True) if per_class else None
-    if per_class:
-        class_names, class_of = _class_labels(dataset)
+    class_stats = FeatureStats(extractor.dim, metadata={}, track_groups=True) if classes is not None else None
     done = 0  # structures of ``indices`` already processed: batches follow their order
     n_structures = n_atoms = 0
     error = None
-    bar = None
-    if progress and ctx.is_main:
-        from tqdm import tqdm
-
-        seed_text = "" if spec.seed is None else f" seed {spec.seed}"
-        bar = tqdm(
-            total=len(indices) * ctx.world_size,
-            desc=f"{Path(label).name}{seed_text}",
-            unit="struct",
-            leave=False,
-            dynamic_ncols=True,
-        )
     try:
-        batches = iter(iter_batches(
-            dataset,
-            indices,
-            batch_size=batch_size,
-            dtype=extractor.dtype,
-            device=extractor.device,
-            num_workers=num_workers,
-        ))
+        batches = iter(iter_batches(dataset, indices, batch_size=batch_size, dtype=extractor.dtype,
+                                    device=extractor.device, num_workers=num_workers))
         while True:
             with profiler.stage("read"):
                 batch = next(batches, None)
@@ -206,10 +225,10 @@ def dataset_stats(
                 x, groups = aggregate(features, batch, agg)
                 stats.update(x, groups=groups if track_groups else None)
                 if class_stats is not None:
-                    classes = class_of[indices[done : done + batch.num_structures]]
+                    of_structure = classes[1][indices[done : done + batch.num_structures]]
                     if x.shape[0] != batch.num_structures:  # flat: every atom carries its structure's class
-                        classes = np.repeat(classes, batch.natoms.cpu().numpy())
-                    class_stats.update(x, groups=classes)
+                        of_structure = np.repeat(of_structure, batch.natoms.cpu().numpy())
+                    class_stats.update(x, groups=of_structure)
             done += batch.num_structures
             tracer.step()
             n_structures += batch.num_structures
@@ -235,6 +254,11 @@ def dataset_stats(
             f"{label}: {stats.count} feature sample(s) from {n_structures} structure(s); the CSI needs "
             "at least 2 (use more --samples or --agg flat)"
         )
+    return stats, class_stats, n_structures, n_atoms
+
+
+def _describe(stats, fields: dict, key: str, dataset, label, extractor, n_structures: int, n_atoms: int):
+    """What produced ``stats``: the cache-key fields, the dataset, the counts, the backbone."""
     stats.metadata.update(
         fields,
         stats_key=key,
@@ -246,23 +270,20 @@ def dataset_stats(
         backbone=extractor.description,
         feature_dim=extractor.dim,
     )
-    if class_stats is not None:
-        sampled = np.bincount(class_of[indices], minlength=len(class_names))
-        if ctx.enabled:
-            sampled = np.asarray(ctx.sum_ints(*sampled.tolist()), dtype=np.int64)
-        class_stats.metadata.update(
-            {k: v for k, v in stats.metadata.items() if k not in ("n_structures", "n_atoms")},
-            stats_key=f"{key}-classes",
-            class_names=class_names.tolist(),
-            class_structures={str(c): int(n) for c, n in enumerate(sampled) if n},
-            class_sizes=np.bincount(class_of, minlength=len(class_names)).tolist(),  # whole dataset
-        )
-        stats.class_stats = class_stats
-    if ctx.is_main:
-        if class_stats is not None:  # the classes first: a main file without them is never a hit
-            cache.save(f"{key}-classes", Path(label).name, class_stats)
-        cache.save(key, Path(label).name, stats)
-    return stats, False
+
+
+def _describe_classes(class_stats, stats, key: str, classes, indices, ctx):
+    class_names, class_of = classes
+    sampled = np.bincount(class_of[indices], minlength=len(class_names))
+    if ctx.enabled:
+        sampled = np.asarray(ctx.sum_ints(*sampled.tolist()), dtype=np.int64)
+    class_stats.metadata.update(
+        {k: v for k, v in stats.metadata.items() if k not in ("n_structures", "n_atoms")},
+        stats_key=f"{key}-classes",
+        class_names=class_names.tolist(),
+        class_structures={str(c): int(n) for c, n in enumerate(sampled) if n},
+        class_sizes=np.bincount(class_of, minlength=len(class_names)).tolist(),  # whole dataset
+    )
 
 
 def open_source(path, format=None, **options):
