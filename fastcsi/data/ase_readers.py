@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 
-from fastcsi.data.base import Dataset, chemical_symbols, formula_of
+from fastcsi.data.base import Dataset, HeaderIndexed, chemical_symbols, formula_of
 from fastcsi.data.structure import Structure
 from fastcsi.data.units import energy_factor
 from fastcsi.errors import FastCSIError
@@ -262,9 +262,6 @@ class AseDbDataset(_AseLabels, Dataset):
     def _handle_attributes(self):
         return ("_db",)
 
-    def _close_handles(self):
-        self._db = None
-
     def __len__(self):
         return len(self._ids)
 
@@ -285,7 +282,7 @@ class AseDbDataset(_AseLabels, Dataset):
         return s
 
 
-class TrajDataset(_AseLabels, Dataset):
+class TrajDataset(HeaderIndexed, _AseLabels, Dataset):
     """ASE trajectory (``.traj``). OC20 raw trajectories store no tags: tags stay None."""
 
     format = "traj"
@@ -294,7 +291,6 @@ class TrajDataset(_AseLabels, Dataset):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit, **options)
         self._setup_labels(energy_key, forces_key, energy_unit)
         self._traj = None
-        self._light = None
         self._length = len(self._trajectory())
 
     def _trajectory(self):
@@ -330,27 +326,19 @@ class TrajDataset(_AseLabels, Dataset):
     def _read(self, i):
         return self._structure(self._atoms(i), i)
 
-    def _light_index(self):
-        if self._light is None:
-            # ulm frames hold `numbers` only when they change; the backend reads them lazily.
-            backend = self._trajectory().backend
-            numbers = None
-            keys, natoms = [], []
-            for i in range(len(self)):
-                frame = backend[i]
-                if "numbers" in frame:
-                    numbers = np.asarray(frame.numbers)
-                info = frame.get("info", {}) if hasattr(frame, "get") else {}
-                keys.append(_class_from(dict(info or {}), numbers))
-                natoms.append(len(numbers))
-            self._light = (np.asarray(keys, dtype=str), np.asarray(natoms, dtype=np.int64))
-        return self._light
-
-    def class_keys(self):
-        return self._light_index()[0]
-
-    def n_atoms_per_structure(self):
-        return self._light_index()[1]
+    def _scan_headers(self):
+        # ulm frames hold `numbers` only when they change; the backend reads them lazily.
+        backend = self._trajectory().backend
+        numbers = None
+        keys, natoms = [], []
+        for i in range(len(self)):
+            frame = backend[i]
+            if "numbers" in frame:
+                numbers = np.asarray(frame.numbers)
+            info = frame.get("info", {}) if hasattr(frame, "get") else {}
+            keys.append(_class_from(dict(info or {}), numbers))
+            natoms.append(len(numbers))
+        return keys, natoms
 
 
 class AseIoDataset(_AseLabels, Dataset):

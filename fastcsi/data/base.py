@@ -127,7 +127,9 @@ class Dataset(abc.ABC):
             self._pid = os.getpid()
 
     def _close_handles(self):
-        pass
+        # let go of the handles (readers whose handles need an explicit close override this)
+        for name in self._handle_attributes():
+            setattr(self, name, None)
 
     def close(self):
         self._close_handles()
@@ -154,6 +156,26 @@ class Dataset(abc.ABC):
 
     def __repr__(self):
         return f"<{type(self).__name__} format={self.format} path={str(self.path)!r} n={len(self)}>"
+
+
+class HeaderIndexed:
+    """For readers whose class keys and atom counts come from one cheap pass over entry headers
+    (no positions): they implement ``_scan_headers() -> (class keys, atoms per structure)``, done
+    once on first use."""
+
+    _header_index = None
+
+    def _headers(self):
+        if self._header_index is None:
+            keys, natoms = self._scan_headers()
+            self._header_index = (np.asarray(keys, dtype=str), np.asarray(natoms, dtype=np.int64))
+        return self._header_index
+
+    def class_keys(self):
+        return self._headers()[0]
+
+    def n_atoms_per_structure(self):
+        return self._headers()[1]
 
 
 class ConcatDataset(Dataset):

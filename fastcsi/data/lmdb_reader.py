@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastcsi.data.base import Dataset
+from fastcsi.data.base import Dataset, HeaderIndexed
 from fastcsi.data.structure import Structure
 from fastcsi.errors import FastCSIError
 
@@ -186,7 +186,7 @@ def open_lmdb(path):
     return _ENVIRONMENTS[key]
 
 
-class LmdbDataset(Dataset):
+class LmdbDataset(HeaderIndexed, Dataset):
     """One fairchem S2EF LMDB file: keys ``b"0"``..``b"n-1"`` (plus ``b"length"``). Energy ``y``
     (eV, kept as stored), forces ``force`` (eV/Å), ``cell`` (1,3,3) Å with pbc on all axes,
     ``tags`` kept. Class = ``sid``."""
@@ -197,7 +197,6 @@ class LmdbDataset(Dataset):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, **options)
         self.energy_key, self.forces_key = energy_key, forces_key
         self._env = None
-        self._light = None
         env = self._environment()
         with env.begin() as txn:
             raw_length = txn.get(b"length")
@@ -220,11 +219,8 @@ class LmdbDataset(Dataset):
         return self._env
 
     def _handle_attributes(self):
+        # closing is letting go: the environment is shared by every dataset on this file in the process
         return ("_env",)
-
-    def _close_handles(self):
-        # The environment is shared by every dataset on this file in this process: just let go.
-        self._env = None
 
     def __len__(self):
         return self._length
@@ -278,22 +274,14 @@ class LmdbDataset(Dataset):
         value = _to_numpy(sid).reshape(-1)
         return str(value[0].item() if value.size == 1 else value.tolist())
 
-    def _light_index(self):
+    def _scan_headers(self):
         # One pass over the entries without decoding any tensor storage (positions stay bytes).
-        if self._light is None:
-            keys, natoms = [], []
-            for i in range(len(self)):
-                f = self._fields(i, lazy=True)
-                keys.append(self._class_of(f, i))
-                if f.get("natoms") is not None:
-                    natoms.append(int(_to_numpy(f["natoms"]).reshape(-1)[0]))
-                else:
-                    natoms.append(int(_to_numpy(f["atomic_numbers"]).shape[0]))
-            self._light = (np.asarray(keys, dtype=str), np.asarray(natoms, dtype=np.int64))
-        return self._light
-
-    def class_keys(self):
-        return self._light_index()[0]
-
-    def n_atoms_per_structure(self):
-        return self._light_index()[1]
+        keys, natoms = [], []
+        for i in range(len(self)):
+            f = self._fields(i, lazy=True)
+            keys.append(self._class_of(f, i))
+            if f.get("natoms") is not None:
+                natoms.append(int(_to_numpy(f["natoms"]).reshape(-1)[0]))
+            else:
+                natoms.append(int(_to_numpy(f["atomic_numbers"]).shape[0]))
+        return keys, natoms
