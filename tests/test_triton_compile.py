@@ -92,8 +92,10 @@ def kernel_variants(with_large: bool = False):
 
 
 def jit_kernels_in_package() -> set[str]:
-    """Qualified names of every @triton.jit function in the fastcsi package (imports each module
-    whose source mentions triton.jit)."""
+    """Qualified names of every @triton.jit kernel in the fastcsi package (imports each module
+    whose source mentions triton.jit). Kernels, the functions launched with ``kernel[grid](...)``,
+    are named ``*_kernel``; other jit functions are device helpers inlined into them, compiled
+    with the kernels that call them."""
     import importlib
 
     from triton.runtime.jit import JITFunction
@@ -103,7 +105,8 @@ def jit_kernels_in_package() -> set[str]:
         if "triton.jit" not in path.read_text():
             continue
         module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
-        found |= {f"{module.__name__}.{name}" for name, value in vars(module).items() if isinstance(value, JITFunction)}
+        found |= {f"{module.__name__}.{name}" for name, value in vars(module).items()
+                  if isinstance(value, JITFunction) and name.endswith("_kernel")}
     return found
 
 

@@ -51,6 +51,29 @@ def _block(n: int) -> int:
 
 
 @triton.jit
+def _mma(a, b, IEEE: tl.constexpr):
+    """a @ b on the tensor cores; IEEE: exact float32 products (no TF32)."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _edge_range(row_ptr, row, HAS_AGG2: tl.constexpr):
+    """The edges an output row sums over: its CSR segment (edge -> atom), else the row itself."""
+    if HAS_AGG2:
+        return tl.load(row_ptr + row), tl.load(row_ptr + row + 1)
+    return row, row + 1
+
+
+@triton.jit
+def _edge_at(edge_ids_ptr, pos, HAS_AGG2: tl.constexpr):
+    if HAS_AGG2:
+        return tl.load(edge_ids_ptr + pos).to(tl.int64)
+    return pos
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, sph_ptr, rad_ptr, out_ptr,
     gather_ptr, inner_ptr, trip_ptr, row_ptr, edge_ids_ptr,
@@ -68,17 +91,9 @@ def _forward_kernel(
     mask_s = offs_s < N_SPH
     mask_i = offs_i < D_INTERM
     acc = tl.zeros((B_INTERM, B_IN), dtype=out_ptr.dtype.element_ty)
-    if HAS_AGG2:
-        e_start = tl.load(row_ptr + row)
-        e_end = tl.load(row_ptr + row + 1)
-    else:
-        e_start = row
-        e_end = row + 1
+    e_start, e_end = _edge_range(row_ptr, row, HAS_AGG2)
     for pos in range(e_start, e_end):
-        if HAS_AGG2:
-            edge = tl.load(edge_ids_ptr + pos).to(tl.int64)
-        else:
-            edge = pos
+        edge = _edge_at(edge_ids_ptr, pos, HAS_AGG2)
         t_start = tl.load(trip_ptr + edge)
         t_end = tl.load(trip_ptr + edge + 1)
         s_acc = tl.zeros((B_SPH, B_IN), dtype=out_ptr.dtype.element_ty)
@@ -91,16 +106,10 @@ def _forward_kernel(
                          mask=mask_t[:, None] & mask_j[None, :], other=0.0)
             sp = tl.load(sph_ptr + edge * stride_se + offs_s[:, None] * stride_ss + k[None, :] * stride_sk,
                          mask=mask_s[:, None] & mask_t[None, :], other=0.0)
-            if IEEE:
-                s_acc += tl.dot(sp, xg, input_precision="ieee")
-            else:
-                s_acc += tl.dot(sp, xg)
+            s_acc += _mma(sp, xg, IEEE)
         rad = tl.load(rad_ptr + edge * stride_re + offs_i[:, None] * stride_ri + offs_s[None, :] * stride_rs,
                       mask=mask_i[:, None] & mask_s[None, :], other=0.0)
-        if IEEE:
-            acc += tl.dot(rad, s_acc, input_precision="ieee")
-        else:
-            acc += tl.dot(rad, s_acc)
+        acc += _mma(rad, s_acc, IEEE)
     out_offs = row * D_INTERM * D_IN + offs_i[:, None] * D_IN + offs_j[None, :]
     tl.store(out_ptr + out_offs, acc, mask=mask_i[:, None] & mask_j[None, :])
 
@@ -128,23 +137,12 @@ def _backward_kernel(
     mask_is = mask_i[:, None] & mask_s[None, :]
     g_r = tl.load(grad_r_ptr + row * D_INTERM * D_IN + offs_i[:, None] * D_IN + offs_j[None, :],
                   mask=mask_ij, other=0.0)
-    if HAS_AGG2:
-        e_start = tl.load(row_ptr + row)
-        e_end = tl.load(row_ptr + row + 1)
-    else:
-        e_start = row
-        e_end = row + 1
+    e_start, e_end = _edge_range(row_ptr, row, HAS_AGG2)
     for pos in range(e_start, e_end):
-        if HAS_AGG2:
-            edge = tl.load(edge_ids_ptr + pos).to(tl.int64)
-        else:
-            edge = pos
+        edge = _edge_at(edge_ids_ptr, pos, HAS_AGG2)
         rad = tl.load(rad_ptr + edge * stride_re + offs_i[:, None] * stride_ri + offs_s[None, :] * stride_rs,
                       mask=mask_is, other=0.0)
-        if IEEE:
-            g_s = tl.dot(tl.trans(rad), g_r, input_precision="ieee")  # (B_SPH, B_IN)
-        else:
-            g_s = tl.dot(tl.trans(rad), g_r)
+        g_s = _mma(tl.trans(rad), g_r, IEEE)  # (B_SPH, B_IN)
         t_start = tl.load(trip_ptr + edge)
         t_end = tl.load(trip_ptr + edge + 1)
         s_acc = tl.zeros((B_SPH, B_IN), dtype=g_r.dtype)
@@ -158,21 +156,13 @@ def _backward_kernel(
             xg = tl.load(x_ptr + src[:, None] * stride_x + offs_j[None, :], mask=mask_tj, other=0.0)
             sp = tl.load(sph_ptr + edge * stride_se + offs_s[:, None] * stride_ss + k[None, :] * stride_sk,
                          mask=mask_st, other=0.0)
-            if IEEE:
-                s_acc += tl.dot(sp, xg, input_precision="ieee")
-                g_sp = tl.dot(g_s, tl.trans(xg), input_precision="ieee")  # (B_SPH, BLOCK_T)
-                g_xg = tl.dot(tl.trans(sp), g_s, input_precision="ieee")  # (BLOCK_T, B_IN)
-            else:
-                s_acc += tl.dot(sp, xg)
-                g_sp = tl.dot(g_s, tl.trans(xg))
-                g_xg = tl.dot(tl.trans(sp), g_s)
+            s_acc += _mma(sp, xg, IEEE)
+            g_sp = _mma(g_s, tl.trans(xg), IEEE)  # (B_SPH, BLOCK_T)
+            g_xg = _mma(tl.trans(sp), g_s, IEEE)  # (BLOCK_T, B_IN)
             tl.store(grad_sph_ptr + edge * stride_gse + offs_s[:, None] * stride_gss + k[None, :] * stride_gsk,
                      g_sp, mask=mask_st)
             tl.atomic_add(grad_x_ptr + src[:, None] * D_IN + offs_j[None, :], g_xg, mask=mask_tj)
-        if IEEE:
-            g_rad = tl.dot(g_r, tl.trans(s_acc), input_precision="ieee")  # (B_INTERM, B_SPH)
-        else:
-            g_rad = tl.dot(g_r, tl.trans(s_acc))
+        g_rad = _mma(g_r, tl.trans(s_acc), IEEE)  # (B_INTERM, B_SPH)
         tl.store(grad_rad_ptr + edge * D_INTERM * N_SPH + offs_i[:, None] * N_SPH + offs_s[None, :], g_rad,
                  mask=mask_is)
 
