@@ -74,6 +74,17 @@ def _edge_at(edge_ids_ptr, pos, HAS_AGG2: tl.constexpr):
 
 
 @triton.jit
+def _tile(D_IN, N_SPH, D_INTERM, BLOCK_T: tl.constexpr, B_IN: tl.constexpr, B_SPH: tl.constexpr,
+          B_INTERM: tl.constexpr):
+    """Offsets of one program's tiles (input width, angular basis, intermediate width, triplet
+    block) and the masks of the padded parts."""
+    offs_j = tl.arange(0, B_IN)
+    offs_s = tl.arange(0, B_SPH)
+    offs_i = tl.arange(0, B_INTERM)
+    return offs_j, offs_s, offs_i, tl.arange(0, BLOCK_T), offs_j < D_IN, offs_s < N_SPH, offs_i < D_INTERM
+
+
+@triton.jit
 def _forward_kernel(
     x_ptr, sph_ptr, rad_ptr, out_ptr,
     gather_ptr, inner_ptr, trip_ptr, row_ptr, edge_ids_ptr,
@@ -83,13 +94,8 @@ def _forward_kernel(
     BLOCK_T: tl.constexpr, B_IN: tl.constexpr, B_SPH: tl.constexpr, B_INTERM: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    offs_j = tl.arange(0, B_IN)
-    offs_s = tl.arange(0, B_SPH)
-    offs_i = tl.arange(0, B_INTERM)
-    offs_t = tl.arange(0, BLOCK_T)
-    mask_j = offs_j < D_IN
-    mask_s = offs_s < N_SPH
-    mask_i = offs_i < D_INTERM
+    offs_j, offs_s, offs_i, offs_t, mask_j, mask_s, mask_i = _tile(D_IN, N_SPH, D_INTERM, BLOCK_T, B_IN, B_SPH,
+                                                                   B_INTERM)
     acc = tl.zeros((B_INTERM, B_IN), dtype=out_ptr.dtype.element_ty)
     e_start, e_end = _edge_range(row_ptr, row, HAS_AGG2)
     for pos in range(e_start, e_end):
@@ -126,13 +132,8 @@ def _backward_kernel(
     BLOCK_T: tl.constexpr, B_IN: tl.constexpr, B_SPH: tl.constexpr, B_INTERM: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    offs_j = tl.arange(0, B_IN)
-    offs_s = tl.arange(0, B_SPH)
-    offs_i = tl.arange(0, B_INTERM)
-    offs_t = tl.arange(0, BLOCK_T)
-    mask_j = offs_j < D_IN
-    mask_s = offs_s < N_SPH
-    mask_i = offs_i < D_INTERM
+    offs_j, offs_s, offs_i, offs_t, mask_j, mask_s, mask_i = _tile(D_IN, N_SPH, D_INTERM, BLOCK_T, B_IN, B_SPH,
+                                                                   B_INTERM)
     mask_ij = mask_i[:, None] & mask_j[None, :]
     mask_is = mask_i[:, None] & mask_s[None, :]
     g_r = tl.load(grad_r_ptr + row * D_INTERM * D_IN + offs_i[:, None] * D_IN + offs_j[None, :],
