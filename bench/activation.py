@@ -1,113 +1,74 @@
 """Benchmark: GemNet-OC's scaled SiLU, ours (csrc/activation.cpp) vs torch's CPU SiLU (the baseline).
 
-Methods timed in the same run, round-robin (one call of each per round, so load drifts hit all alike),
-on the tensor shapes GemNet-OC-S produces for 32 ethanol molecules (288 atoms x 256, 2304 edges x 512)
-and a larger edge batch, float32, torch's thread count:
-  forward   torch.nn.functional.silu(x) * s   vs  silu(x, s) (native)        out of place (training)
-  inplace   torch silu_(x).mul_(s)            vs  silu(x, s, inplace=True)   (inference)
-  backward  aten.silu_backward(g, x) * s      vs  the native backward
-Correctness first: ours vs float64 (max ulps of the forward, max error of the backward relative to
-max |grad|); a result past the test tolerances (4 ulps, 1e-6) fails the run.
+Cases: float32 (rows, width) tensors of the shapes GemNet-OC-S produces (atom rows x 256, edge rows
+x 512; --quick: smaller, width 256), three ops each:
+  forward   silu(x, s) (native, out of place: training)    vs  torch.nn.functional.silu(x) * s
+  inplace   silu(x, s, inplace=True) (inference)            vs  torch silu_(x).mul_(s)
+  backward  the native backward                             vs  aten.silu_backward(g, x) * s
+Reference: activation_ref.silu_ref in float64 (and float64 autograd for the backward); error = max
+|y - y_ref| / max |y_ref|, stated tolerance 1e-6 (float32 rounding of one SiLU). Methods timed
+round-robin by the harness (bench/harness.py); the in-place rows restore their input, untimed,
+before every call.
 
     python bench/activation.py [--quick] [--threads N] [--out bench_out/activation.json]
 """
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
-import torch
+from fastcsi._bench.harness import Case, Method, relative_error, script_main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stats_common import print_table, save_json  # noqa: E402
-
-from fastcsi import _native  # noqa: E402
-from fastcsi.model.gemnet_oc.activation import silu  # noqa: E402
-from fastcsi.model.gemnet_oc.activation_cpu import silu_backward_native  # noqa: E402
-from fastcsi.utils import versions  # noqa: E402
-
+KERNEL = "activation"
 SCALE = 1.0 / 0.6
-SHAPES = {"atoms 288x256": (288, 256), "edges 2304x512": (2304, 512), "edges 18432x512": (18432, 512)}
+TOLERANCE = 1e-6
 
 
-def _check(x: torch.Tensor, g: torch.Tensor) -> dict:
-    y = silu(x, SCALE, backend="cpu")
-    x64 = x.double().requires_grad_()
-    ref = SCALE * torch.nn.functional.silu(x64)
-    big = ref.abs() >= 1e-30
-    spacing = torch.from_numpy(np.spacing(np.abs(ref.detach().float().numpy()))).double()
-    ulps = float(((y.double() - ref.detach()).abs() / spacing)[big].max())
-    (ref * g.double()).sum().backward()
-    a = x.clone().requires_grad_()
-    (silu(a, SCALE, backend="cpu") * g).sum().backward()
-    grad_err = float((a.grad.double() - x64.grad).abs().max() / x64.grad.abs().max())
-    return {"forward_max_ulps": ulps, "backward_max_err": grad_err}
+def cases(quick: bool = True, device: str = "cpu", sizes=None):
+    import torch
 
+    from fastcsi import _native
+    from fastcsi.model.gemnet_oc.activation import silu
+    from fastcsi.model.gemnet_oc.activation_cpu import silu_backward_native
+    from fastcsi.model.gemnet_oc.activation_ref import silu_ref
 
-def run(quick: bool = False, threads: int | None = None) -> dict:
-    if not _native.has("silu_forward"):
-        raise SystemExit(f"the native extension is not built: {_native.NATIVE_ERROR}")
-    if threads:
-        torch.set_num_threads(threads)
-    shapes = dict(list(SHAPES.items())[:2]) if quick else SHAPES
-    rounds = 10 if quick else 50
-    rows, checks = [], {}
-    for label, shape in shapes.items():
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(shape, generator=gen) * 3
-        g = torch.randn(shape, generator=gen)
-        checks[label] = _check(x, g)
-        work = x.clone()
-        pairs = {
-            "forward": (lambda: torch.nn.functional.silu(x).mul_(SCALE), lambda: silu(x, SCALE, backend="cpu")),
-            "inplace": (lambda: torch.nn.functional.silu(work, inplace=True).mul_(SCALE),
-                        lambda: silu(work, SCALE, inplace=True, backend="cpu")),
-            "backward": (lambda: torch.ops.aten.silu_backward(g, x).mul_(SCALE),
-                         lambda: silu_backward_native(g, x, SCALE)),
+    width = 256 if quick else 512
+    skip = None if _native.has("silu_forward") else f"native extension not built: {_native.NATIVE_ERROR}"
+    for rows in sizes or ((288, 2304) if quick else (2304, 18432)):
+        def inputs(rows=rows):
+            gen = torch.Generator().manual_seed(rows)
+            x = torch.randn((rows, width), generator=gen) * 3
+            return {"x": x, "g": torch.randn((rows, width), generator=gen), "work": x.clone()}
+
+        def forward_ref(inp):
+            return silu_ref(inp["x"].double(), SCALE)
+
+        def backward_ref(inp):
+            x64 = inp["x"].double().requires_grad_()
+            (silu_ref(x64, SCALE) * inp["g"].double()).sum().backward()
+            return x64.grad
+
+        def restore(inp):
+            inp["work"].copy_(inp["x"])  # same input every call (SiLU of SiLU would drift)
+
+        ops = {
+            "forward": (forward_ref, None,
+                        lambda inp: silu(inp["x"], SCALE, backend="cpu"),
+                        lambda inp: torch.nn.functional.silu(inp["x"]).mul_(SCALE)),
+            "inplace": (forward_ref, restore,
+                        lambda inp: silu(inp["work"], SCALE, inplace=True, backend="cpu"),
+                        lambda inp: torch.nn.functional.silu(inp["work"], inplace=True).mul_(SCALE)),
+            "backward": (backward_ref, None,
+                         lambda inp: silu_backward_native(inp["g"], inp["x"], SCALE),
+                         lambda inp: torch.ops.aten.silu_backward(inp["g"], inp["x"]).mul_(SCALE)),
         }
-        for op, (baseline, ours) in pairs.items():
-            for fn in (baseline, ours):  # warm-up
-                fn()
-            times = {"torch": [], "ours": []}
-            for _ in range(rounds):
-                for name, fn in (("torch", baseline), ("ours", ours)):
-                    if op == "inplace":
-                        work.copy_(x)  # same inputs every call (SiLU of SiLU would drift)
-                    start = time.perf_counter()
-                    fn()
-                    times[name].append(time.perf_counter() - start)
-            t_torch, t_ours = statistics.median(times["torch"]), statistics.median(times["ours"])
-            rows.append({"shape": label, "op": op, "torch_ms": t_torch * 1e3, "ours_ms": t_ours * 1e3,
-                         "speedup": t_torch / t_ours, "ours_Gelem_s": x.numel() / t_ours / 1e9})
-    return {"bench": "activation", "quick": quick, "threads": torch.get_num_threads(),
-            "isa": _native.native.silu_kernel_isa(), "rounds": rounds, "checks": checks, "rows": rows,
-            "versions": versions()}
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two shapes, 10 rounds (seconds)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=None, help="write results as JSON")
-    args = parser.parse_args(argv)
-    result = run(args.quick, args.threads)
-    print(f"threads {result['threads']}, kernel {result['isa']}, medians of {result['rounds']} round-robin calls")
-    for label, c in result["checks"].items():
-        print(f"check {label}: forward {c['forward_max_ulps']:.2f} ulps, backward {c['backward_max_err']:.1e}")
-    print_table(result["rows"], ["shape", "op", "torch_ms", "ours_ms", "speedup", "ours_Gelem_s"])
-    if args.out:
-        save_json(result, args.out)
-        print(f"saved {args.out}")
-    bad = [k for k, c in result["checks"].items() if c["forward_max_ulps"] > 4 or c["backward_max_err"] > 1e-6]
-    if bad:
-        print(f"FAILED: outside the test tolerances on {', '.join(bad)}", file=sys.stderr)
-        return 1
-    return 0
+        elements = rows * width
+        for op, (reference, reset, ours, baseline) in ops.items():
+            traffic = (3 if op == "backward" else 2) * 4.0 * elements  # float32 in (+ grad) and out
+            yield Case(KERNEL, f"scaled SiLU {op}, rows x {width} float32", rows, "rows", elements, "elements",
+                       inputs, reference, relative_error, bytes=traffic, repeats=10 if quick else 50, methods=[
+                           Method("fastcsi silu (native)", "ours", ours, "float32", TOLERANCE, reset=reset, skip=skip),
+                           Method("torch silu", "baseline", baseline, "float32", TOLERANCE, reset=reset)])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(KERNEL, cases, __doc__))

@@ -1,116 +1,73 @@
-"""Benchmark: Fréchet distance trace term, ours vs scipy.linalg.sqrtm(S1 @ S2) (pytorch-fid / the paper).
+"""Benchmark: Fréchet distance of two Gaussians, ours vs scipy.linalg.sqrtm(S1 @ S2) (pytorch-fid / the paper).
 
-Methods timed in the same run, same BLAS settings:
-  sqrtm     scipy.linalg.sqrtm(S1 @ S2).real  (the named baseline: pytorch-fid's calculate_frechet_distance)
-  2-eigh    our ``ref`` backend: eigh(S1) -> S1^1/2, eigvalsh(S1^1/2 S2 S1^1/2)
-  ours      our ``cpu`` backend: potrf(S1), sygst(L^T S2 L), eigenvalues only (syevd)
-  torch     our ``cuda`` backend's code (same reduction, torch.linalg; on CPU tensors, or on CUDA
-            through ``backend="cuda"`` when --device cuda)
-Correctness first: every method's FD vs the 2-eigh value (two exact formulations must agree to
-~1e-12; the acceptance bound for ours is 1e-10 relative).
+Inputs: means and two Wishart-like d x d sample covariances of 2d samples (well conditioned,
+different). Reference: frechet_ref (eigh(S1) -> S1^1/2, eigenvalues of S1^1/2 S2 S1^1/2); error =
+|FD - FD_ref| / |FD_ref|, tolerance 1e-10 (two exact formulations differ by rounding only), 1e-6
+stated for sqrtm (its Schur-based square root of a non-symmetric product loses digits).
+Methods (timed round-robin by bench/harness.py, same BLAS settings):
+  fastcsi frechet (cpu)      ours: potrf(S1), sygst(L^T S2 L), eigenvalues only (syevd)
+  scipy sqrtm (pytorch-fid)  baseline: scipy.linalg.sqrtm(S1 @ S2).real, pytorch-fid's formula
+  fastcsi frechet (ref)      control: the 2-eigh oracle itself
+  fastcsi frechet (torch)    control: the "cuda" backend's code (torch.linalg) on CPU tensors
+GPU (--device cuda): the "cuda" backend on device tensors. Work model (nominal): 8/3 d^3 flops
+(potrf + sygst + eigenvalues), 2 d^2 8 bytes.
 
     python bench/frechet.py [--quick] [--device cpu|cuda] [--out bench_out/frechet.json]
 """
 from __future__ import annotations
 
-import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _stats_common import blas_report, print_table, save_json, time_median  # noqa: E402
+from fastcsi._bench.harness import Case, Method, relative_error, script_main
 
-from fastcsi.stats.frechet import frechet_distance  # noqa: E402
-from fastcsi.stats.frechet_cuda import frechet_distance_cuda  # noqa: E402
+KERNEL = "frechet"
 
 
-def _covariances(d: int, seed: int = 0):
-    """Two well-conditioned, different sample covariances of 2d samples (Wishart-like)."""
+def covariances(d: int, seed: int):
+    """Means and two well-conditioned, different sample covariances of 2d samples (Wishart-like)."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2 * d, d))
     y = rng.standard_normal((2 * d, d)) * np.linspace(0.5, 2.0, d) + 0.1 * x
-    mu1, mu2 = x.mean(0), y.mean(0) + 0.05
-    return mu1, np.cov(x, rowvar=False), mu2, np.cov(y, rowvar=False)
+    return x.mean(0), np.cov(x, rowvar=False), y.mean(0) + 0.05, np.cov(y, rowvar=False)
 
 
-def _sqrtm_fd(mu1, s1, mu2, s2):
+def sqrtm_fd(mu1, s1, mu2, s2) -> float:
+    import scipy.linalg
+
     root = scipy.linalg.sqrtm(s1 @ s2).real
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(root))
 
 
-def run(quick: bool = False, device: str = "cpu") -> dict:
-    sizes = (256, 512) if quick else (256, 1024, 2048)
-    rows = []
-    for d in sizes:
-        mu1, s1, mu2, s2 = _covariances(d)
-        exact = frechet_distance(mu1, s1, mu2, s2, backend="ref")
-        repeats = 3 if d <= 1024 else 2
-        methods = {
-            "sqrtm": lambda: _sqrtm_fd(mu1, s1, mu2, s2),
-            "2-eigh": lambda: frechet_distance(mu1, s1, mu2, s2, backend="ref"),
-            "ours": lambda: frechet_distance(mu1, s1, mu2, s2, backend="cpu"),
-        }
-        if device.startswith("cuda"):
-            import torch
+def cases(quick: bool = True, device: str = "cpu", sizes=None):
+    import torch
 
-            t1, t2 = torch.tensor(s1, device=device), torch.tensor(s2, device=device)
-            m1, m2 = torch.tensor(mu1, device=device), torch.tensor(mu2, device=device)
+    from fastcsi.stats.frechet import frechet_distance
+    from fastcsi.stats.frechet_cuda import frechet_distance_cuda
+    from fastcsi.stats.frechet_ref import frechet_distance_ref
 
-            def gpu():
-                value = frechet_distance(m1, t1, m2, t2, backend="cuda")
-                torch.cuda.synchronize()
-                return value
+    cuda = str(device).startswith("cuda")
+    for d in sizes or ((32, 64, 128) if quick else (256, 512, 1024, 2048)):
+        def inputs(d=d):
+            arrays = covariances(d, seed=d)
+            return {"np": arrays, "cpu": [torch.from_numpy(a) for a in arrays],
+                    "gpu": [torch.as_tensor(a, device=device) for a in arrays] if cuda else None}
 
-            methods["torch-cuda"] = gpu
-        else:
-            import torch
-
-            cpu_tensors = [torch.from_numpy(a) for a in (mu1, s1, mu2, s2)]
-            methods["torch"] = lambda: frechet_distance_cuda(*cpu_tensors)
-        timings = {}
-        for name, fn in methods.items():
-            value = fn()  # correctness first (also the warm-up)
-            median, _ = time_median(fn, repeats=repeats, warmup=0)
-            timings[name] = median
-            rows.append(
-                {"d": d, "method": name, "seconds": median, "rel_err_vs_2eigh": abs(value - exact) / abs(exact), "fd": value}
-            )
-        for row in rows[-len(methods):]:
-            row["speedup_vs_sqrtm"] = timings["sqrtm"] / row["seconds"]
-    ours = [r for r in rows if r["method"] == "ours"]
-    result = {
-        "bench": "frechet",
-        "quick": quick,
-        "device": device,
-        "blas": blas_report(),
-        "rows": rows,
-        "summary": {f"speedup_d{r['d']}": r["speedup_vs_sqrtm"] for r in ours},
-        "max_rel_err_ours": max(r["rel_err_vs_2eigh"] for r in ours),
-    }
-    return result
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="d = 256, 512 only (seconds)")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=None, help="write results as JSON")
-    args = parser.parse_args(argv)
-    result = run(quick=args.quick, device=args.device)
-    print(f"BLAS: {result['blas']}")
-    print_table(result["rows"], ["d", "method", "seconds", "speedup_vs_sqrtm", "rel_err_vs_2eigh"])
-    if args.out:
-        save_json(result, args.out)
-        print(f"saved {args.out}")
-    if result["max_rel_err_ours"] > 1e-10:
-        print("FAILED: ours differs from the 2-eigh formulation by more than 1e-10", file=sys.stderr)
-        return 1
-    return 0
+        methods = [Method("fastcsi frechet (cpu)", "ours", lambda inp: frechet_distance(*inp["np"], backend="cpu")),
+                   Method("scipy sqrtm (pytorch-fid)", "baseline", lambda inp: sqrtm_fd(*inp["np"]), tolerance=1e-6,
+                          note="the flop model of ours applied for comparison; sqrtm does several times more work"
+                          if d == (32 if quick else 256) else None),
+                   Method("fastcsi frechet (ref)", "control", lambda inp: frechet_distance(*inp["np"], backend="ref")),
+                   Method("fastcsi frechet (torch)", "control", lambda inp: frechet_distance_cuda(*inp["cpu"]))]
+        if cuda:
+            methods.append(Method("fastcsi frechet (cuda)", "ours",
+                                  lambda inp: frechet_distance(*inp["gpu"], backend="cuda")))
+        yield Case(KERNEL, "two Wishart-like d x d covariances", d, "d", 1, "distances", inputs,
+                   lambda inp: frechet_distance_ref(*inp["np"]), relative_error, methods,
+                   flops=8 / 3 * d**3, bytes=2.0 * d * d * 8, repeats=3 if quick else 5)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(script_main(KERNEL, cases, __doc__))

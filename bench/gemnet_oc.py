@@ -1,39 +1,38 @@
-"""Benchmark: GemNet-OC per-atom feature extraction (the CSI hot path) on a batch of molecules.
+"""Benchmark: GemNet-OC per-atom feature extraction (the CSI hot path) against a full model forward,
+on a batch of mixed small molecules.
 
-Timed in the same run (medians over repeats, after warm-up):
-  baseline  full model forward (energy + direct forces through the heads) under no_grad: what an
-            extractor that just calls the model would run
-  features  fastcsi.model.extract_features(layer="final", kind="node"): inference_mode, no force
-            branch, no heads
-  graphs    radius graph + symmetrisation + triplet/quadruplet index sets alone (part of both)
-  block1    extract_features(layer="block1"): stops after the first interaction block
-Correctness first: batched features must equal per-structure features (max abs difference reported,
-float32), and the final node features fed through the energy head must reproduce the model energy.
+Inputs: n rattled molecules cycling through ethanol, benzene, water, methane, ammonia, acetic acid,
+ethylene and acetaldehyde (--quick: 32, otherwise 128), float32, gemnet-oc-tiny by default.
+Reference: the same model with every op on its plain reference path (bench.harness.REFERENCE_PATH):
+final and first-block node features, energy and forces; error = max |x - x_ref| / max |x_ref| over
+what a method returns, tolerance 1e-4 (float32, stated). Methods (timed round-robin by
+bench/harness.py):
+  extract_features (final)   ours: fastcsi.model.extract_features(layer="final", kind="node"):
+                             inference_mode, no force branch, no heads
+  full forward (no_grad)     baseline: energy + direct forces through the heads, what an extractor
+                             that just calls the model would run
+  extract_features (block1)  control: stops after the first interaction block
+  one structure per call     control: the final features of every structure extracted alone (its
+                             check is the batched-equals-single check)
 
     python bench/gemnet_oc.py [--quick] [--device cpu|cuda] [--config gemnet-oc-tiny] [--out x.json]
 """
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
-import time
-from pathlib import Path
+import sys
 
-import numpy as np
-import torch
+from fastcsi._bench.harness import REFERENCE_PATH, Case, Method, relative_error, script_main
 
-from fastcsi.data.batch import batch_from_atoms
-from fastcsi.model import build_model, extract_features
-from fastcsi.model.gemnet_oc.layers import scatter_sum
-from fastcsi.model.gemnet_oc.model import build_graphs
-from fastcsi.utils import atomic_write, versions
-
+KERNEL = "gemnet_oc"
+TOLERANCE = 1e-4
 MOLECULES = ["CH3CH2OH", "C6H6", "H2O", "CH4", "NH3", "CH3COOH", "C2H4", "CH3CHO"]
 
 
 def make_batch(n: int, device: str):
+    import numpy as np
     from ase.build import molecule
+
+    from fastcsi.data.batch import batch_from_atoms
 
     rng = np.random.default_rng(0)
     atoms = []
@@ -41,101 +40,52 @@ def make_batch(n: int, device: str):
         a = molecule(MOLECULES[i % len(MOLECULES)])
         a.rattle(0.05, seed=int(rng.integers(1 << 30)))
         atoms.append(a)
-    return batch_from_atoms(atoms).to(device)
+    return batch_from_atoms(atoms).to(device), atoms
 
 
-def median_time(fn, repeats: int, device: str) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def cases(quick: bool = True, device: str = "cpu", sizes=None, config: str = "gemnet-oc-tiny"):
+    import torch
 
+    from fastcsi.backend import override
+    from fastcsi.data.batch import batch_from_atoms
+    from fastcsi.model import build_model, extract_features
 
-def run(quick: bool = True, device: str = "cpu", config: str = "gemnet-oc-tiny") -> dict:
     torch.manual_seed(0)
     model = build_model(config).to(device).eval()
-    n_structures = 32 if quick else 128
-    repeats = 3 if quick else 10
-    batch = make_batch(n_structures, device)
 
-    feats = extract_features(model, batch)
-    # the first four structures of ``batch`` alone must give the same features
-    ptr = batch.ptr.tolist()
-    single_feats = [extract_features(model, _slice(batch, i)) for i in range(4)]
-    diff_batch = max(float((feats[ptr[i]:ptr[i + 1]] - f).abs().max()) for i, f in enumerate(single_feats))
-    with torch.no_grad():
-        energy_from_feats = scatter_sum(model.out_energy(feats.clone())[:, 0], batch.batch, batch.num_structures)
-        energy = model(batch)["energy"]
-    diff_energy = float((energy_from_feats - energy).abs().max())
-    if diff_batch > 1e-4 or diff_energy > 1e-4:
-        raise SystemExit(f"correctness check failed: batched vs single {diff_batch}, energy {diff_energy}")
+    def outputs(batch, paths=None):
+        with override(**(paths or {})):
+            with torch.no_grad():
+                out = model(batch)
+            return {"features": extract_features(model, batch),
+                    "block1": extract_features(model, batch, layer="block1"),
+                    "energy": out["energy"], "forces": out["forces"]}
 
-    def baseline():
+    def forward(batch):
         with torch.no_grad():
-            model(batch)
+            out = model(batch)
+        return {"energy": out["energy"], "forces": out["forces"]}
 
-    timings = {
-        "baseline_full_forward_s": median_time(baseline, repeats, device),
-        "features_final_node_s": median_time(lambda: extract_features(model, batch), repeats, device),
-        "features_block1_node_s": median_time(lambda: extract_features(model, batch, layer="block1"), repeats, device),
-        "graphs_and_indices_s": median_time(lambda: build_graphs(model.prepare(batch), model.hparams), repeats, device),
-    }
-    result = {
-        "config": config,
-        "device": device,
-        "threads": torch.get_num_threads(),
-        "structures": n_structures,
-        "atoms": batch.num_atoms,
-        "max_abs_diff_batched_vs_single": diff_batch,
-        "max_abs_diff_energy_from_features": diff_energy,
-        **timings,
-        "speedup_features_vs_baseline": timings["baseline_full_forward_s"] / timings["features_final_node_s"],
-        "atoms_per_s_features": batch.num_atoms / timings["features_final_node_s"],
-        "versions": {k: (None if v is None else str(v)) for k, v in versions().items()},
-    }
-    return result
+    for n in sizes or ((32,) if quick else (128,)):
+        batch, atoms = make_batch(n, device)
+        singles = [batch_from_atoms([a]).to(device) for a in atoms]
+        methods = [
+            Method("extract_features (final)", "ours", lambda b: {"features": extract_features(model, b)},
+                   "float32", TOLERANCE),
+            Method("full forward (no_grad)", "baseline", forward, "float32", TOLERANCE),
+            Method("extract_features (block1)", "control",
+                   lambda b: {"block1": extract_features(model, b, layer="block1")}, "float32", TOLERANCE),
+            Method("one structure per call", "control", lambda b, singles=singles: {
+                "features": torch.cat([extract_features(model, s) for s in singles])}, "float32", TOLERANCE)]
+        yield Case(KERNEL, f"{config}, {n} mixed molecules, float32", n, "structures", batch.num_atoms, "atoms",
+                   lambda batch=batch: batch, lambda b: outputs(b, REFERENCE_PATH), relative_error, methods,
+                   repeats=3 if quick else 10)
 
 
-def _slice(batch, i):
-    """Structure i of ``batch`` as a batch of one."""
-    from dataclasses import replace
-
-    lo, hi = batch.ptr[i].item(), batch.ptr[i + 1].item()
-    return replace(
-        batch,
-        atomic_numbers=batch.atomic_numbers[lo:hi], pos=batch.pos[lo:hi],
-        batch=torch.zeros(hi - lo, dtype=torch.long, device=batch.pos.device),
-        natoms=batch.natoms[i:i + 1], cell=batch.cell[i:i + 1], pbc=batch.pbc[i:i + 1], tags=batch.tags[lo:hi],
-        energy=None, forces=None, targets={}, ids=[],
-    )
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu")
+def _arguments(parser):
     parser.add_argument("--config", default="gemnet-oc-tiny")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    result = run(quick=args.quick, device=args.device, config=args.config)
-    print(f"{'quantity':40s} value")
-    for key, value in result.items():
-        if key != "versions":
-            print(f"{key:40s} {value:.4g}" if isinstance(value, float) else f"{key:40s} {value}")
-    if args.out:
-        with atomic_write(args.out) as handle:
-            json.dump({"settings": vars(args) | {"out": str(args.out)}, "result": result}, handle, indent=2)
+    return ["config"]
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(script_main(KERNEL, cases, __doc__, add_arguments=_arguments))

@@ -1,425 +1,196 @@
 """Benchmark: radius graph (full neighbour list with periodic shifts) against vesin, matscipy and ase.
 
 Cases (same run, same machine; only same-run ratios mean anything on a shared machine):
-  bulk10k    Cu fcc rattled, 10,192 atoms, cutoff 6 Å, PBC, full list
-  bulk100k   the same with ~100k atoms (skipped in --quick)
-  molecules  10,000 small molecules (3-20 atoms), cutoff 12 Å (1,000 in --quick): vesin once per
-             molecule, vesin on all molecules packed far apart in one big non-periodic box, ours in
-             ONE call with the batch index
-vesin and our rows are timed round-robin (one call of each per round), so load drift on a shared
-machine hits all of them alike; compare ratios from the same run only.
-For ours, two numbers: ``kernel`` = the C++ search alone returning numpy arrays (indices, shifts,
-vectors, distances, degrees), ``api`` = ``radius_graph(batch, cutoff, backend="cpu")`` including the
-float64 conversion, validation and torch tensors. Every baseline is asked for the same quantities
-(i, j, S, D, d). Correctness is checked first (same pair set as vesin).
+  Cu fcc     rattled cubic Cu supercells (rep^3 x 4 atoms), periodic, cutoff 6 Å, float64
+  molecules  small random molecules (3-20 atoms), cutoff 12 Å: ours in ONE call with the batch
+             index; vesin once per molecule, and on all molecules packed far apart in one big box
+Reference: radius_ref.radius_graph_ref (every (i, j, image) triple tested). Every method returns the
+pair set (i, j, S) and the distances d; error = inf when its pair set differs from the reference's,
+else max |d - d_ref| in Å, tolerance 1e-9 (stated: float64 distances, rounding only).
+Methods (timed round-robin by bench/harness.py):
+  fastcsi radius_graph (cpu)   ours: radius_graph(batch, cutoff, backend="cpu") (validation,
+                               tensors, float64 geometry: the API users call)
+  fastcsi kernel (1 thread)    control: the C++ search alone returning numpy arrays
+  vesin, matscipy, ase         baselines (full lists, quantities i j S d); matscipy and ase only on
+                               the Cu cases
+--device cuda: the Triton backend on rattled Cu fcc (float32 positions: the pair set is compared
+with the reference, distances within 1e-4 Å): the cell list (method="cells"), the dispatcher
+(backend="triton"), the all-pairs kernel, and vesin-torch on the same GPU when installed.
 
-The last table times the GemNet-OC index construction (fastcsi.graph.gemnet_indices) per 1,000 main
-edges, BEFORE (the torch formulation, gemnet_indices_cuda run on CPU tensors) and AFTER (the numba
-walks) in the same run, after checking their outputs are bit-for-bit equal: the full 6 Å graph of Cu fcc 4x4x4 (triplets),
-and GemNet-OC's default graphs (main 12 Å / 30 neighbours, symmetrised; quadruplet graph 8 Å / 8;
-atom-edge graph 12 Å / 20) on four Cu(111) slabs.
-
-``--device cuda`` instead times the Triton backend (``radius_graph(backend="triton")``: cell list for
-large structures, all pairs for small ones) on rattled Cu fcc: the cell list against the all-pairs
-kernel at ~500 and ~2,000 atoms (where the auto threshold sits), the cell list at 10k and ~100k
-atoms against vesin-torch on the same GPU (skipped with a note when vesin-torch is not installed);
-pair set checked against the C++ CPU kernel first, CUDA synchronised around every call.
-
-Usage: python bench/radius.py [--quick] [--device cpu|cuda] [--out FILE.json] [--threads N]
-       [--torch-threads N]
+    python bench/radius.py [--quick] [--device cpu|cuda] [--threads N] [--out FILE.json]
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import statistics
+import math
 import sys
-import time
 
 import numpy as np
-import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from fastcsi._bench.harness import Case, Method, optional, script_main
 
-from fastcsi.data.batch import batch_from_atoms  # noqa: E402
-from fastcsi.data.structure import Structure  # noqa: E402
-from fastcsi.data.batch import collate  # noqa: E402
-from fastcsi.graph import radius_graph  # noqa: E402
-from fastcsi.graph.radius_cpu import search_cpu  # noqa: E402
-from fastcsi.utils import atomic_write, versions  # noqa: E402
+KERNEL = "radius"
+CUTOFF = 6.0
+MOLECULE_CUTOFF = 12.0
 
 
-def alternating(named, repeats: int) -> list:
-    """[(name, (median wall, mean CPU seconds))] for callables timed round-robin: one call of each
-    per round, so every implementation sees the same load drift of a shared machine. CPU time is
-    summed over threads and comes in scheduler ticks (4 ms here): its mean over rounds, not its
-    median, estimates it."""
-    for _, fn in named:  # warm-up
-        fn()
-    walls = {name: [] for name, _ in named}
-    cpus = {name: [] for name, _ in named}
-    for _ in range(repeats):
-        for name, fn in named:
-            start, cpu = time.perf_counter(), time.process_time()
-            fn()
-            cpus[name].append(time.process_time() - cpu)
-            walls[name].append(time.perf_counter() - start)
-    return [(name, (statistics.median(walls[name]), statistics.fmean(cpus[name]))) for name, _ in named]
-
-
-def timed(fn, repeats: int, warmup: int = 1) -> tuple[float, float]:
-    """Median (wall, process CPU) seconds. On a shared, overloaded machine the wall time is mostly
-    waiting for a core; the CPU time (all threads summed) is the steadier number to compare."""
-    for _ in range(warmup):
-        fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        start, cpu = time.perf_counter(), time.process_time()
-        fn()
-        cpus.append(time.process_time() - cpu)
-        walls.append(time.perf_counter() - start)
-    return statistics.median(walls), statistics.median(cpus)
-
-
-def timed_device(fn, repeats: int, device: str, warmup: int = 1) -> tuple[float, float]:
-    """:func:`timed` with the device synchronised before and after every call (CUDA kernels are
-    asynchronous: without it the clock would stop at the launch)."""
-    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
-
-    def call():
-        sync()
-        fn()
-        sync()
-
-    return timed(call, repeats, warmup)
-
-
-def fcc_bulk(repeats, seed=0):
+def fcc_bulk(rep: int, seed: int = 0):
     from ase.build import bulk
 
-    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * repeats
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((rep, rep, rep))
     atoms.rattle(0.05, seed=seed)
     return atoms
 
 
-def random_molecules(count: int, seed: int = 0):
+def random_molecules(count: int, seed: int = 0) -> list[np.ndarray]:
     """Molecule-like clusters: 3-20 atoms, nearest distances ~1-1.5 Å, radius a few Å."""
     rng = np.random.default_rng(seed)
-    molecules = []
-    for _ in range(count):
-        n = int(rng.integers(3, 21))
-        positions = rng.normal(size=(n, 3)) * (0.6 * n ** (1 / 3))
-        molecules.append(positions)
-    return molecules
+    return [rng.normal(size=(n, 3)) * (0.6 * n ** (1 / 3)) for n in rng.integers(3, 21, size=count)]
 
 
-def pair_set_equal(ours_edge_index, ours_shifts, i, j, shifts) -> bool:
-    ours = np.column_stack([ours_edge_index[1], ours_edge_index[0], ours_shifts])
-    theirs = np.column_stack([i, j, shifts])
-    theirs = theirs[np.lexsort(theirs.T[::-1])]
-    return ours.shape == theirs.shape and bool((ours == theirs).all())
+def pairs(i, j, shifts, d):
+    """(keys sorted by (i, j, S), distances in that order) as numpy."""
+    i, j, d = (np.asarray(a.detach().cpu() if hasattr(a, "detach") else a) for a in (i, j, d))
+    shifts = np.asarray(shifts.detach().cpu() if hasattr(shifts, "detach") else shifts).reshape(len(i), 3)
+    keys = np.column_stack([i, j, shifts]).astype(np.int64)
+    order = np.lexsort(keys.T[::-1])
+    return keys[order], d.astype(np.float64)[order]
 
 
-def bench_bulk(atoms, cutoff, repeats, threads, with_slow_baselines, notes):
-    rows = []
-    batch = batch_from_atoms([atoms], dtype=torch.float32)
-    kernel = search_cpu(batch, cutoff, threads, single=True)
-    pairs = kernel[0].shape[1]
-    positions, box = atoms.positions, atoms.cell.array
-    try:
-        import vesin
-
-        nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
-        i, j, shifts = nl.compute(points=positions, box=box, periodic=True, quantities="ijS")
-        if not pair_set_equal(kernel[0], kernel[1], i, j, shifts):
-            raise SystemExit(f"correctness check failed: our pairs differ from vesin's ({len(i)} vs {pairs})")
-        fast = [("vesin", lambda: nl.compute(points=positions, box=box, periodic=True, quantities="ijSDd"))]
-    except ImportError:
-        fast = []
-        notes.append("vesin not installed: skipped")
-    if with_slow_baselines:
-        try:
-            from matscipy.neighbours import neighbour_list as matscipy_list
-
-            rows.append(("matscipy", timed(lambda: matscipy_list("ijSDd", atoms, cutoff), max(1, repeats // 2))))
-        except ImportError:
-            notes.append("matscipy not installed: skipped")
-        from ase.neighborlist import neighbor_list as ase_list
-
-        rows.append(("ase", timed(lambda: ase_list("ijSDd", atoms, cutoff), 1, warmup=0)))
-    rows += alternating(fast + ours(batch, cutoff, threads), repeats)
-    return pairs, rows
+def graph_pairs(graph):
+    """A RadiusGraph's pairs (i = target = edge_index[1], j = source)."""
+    return pairs(graph.edge_index[1], graph.edge_index[0], graph.cell_offsets, graph.distances)
 
 
-def ours(batch, cutoff, threads):
-    """Our callables: the kernel alone (numpy out) and the full API users call (torch out)."""
-    named = [(f"fastcsi kernel {threads}t", lambda: search_cpu(batch, cutoff, threads, single=True))]
-    if threads == 1:  # the multi-threaded kernel too, for reference (vesin is single-threaded)
-        named.append(("fastcsi kernel 2t", lambda: search_cpu(batch, cutoff, 2, single=True)))
-    named.append(("fastcsi api", lambda: radius_graph(batch, cutoff, backend="cpu")))
-    return named
+def pair_error(output, expected) -> float:
+    keys, d = output
+    want_keys, want_d = expected
+    if keys.shape != want_keys.shape or not np.array_equal(keys, want_keys):
+        return math.inf
+    return float(np.abs(d - want_d).max(initial=0.0))
 
 
-def bench_molecules(count, cutoff, repeats, threads, notes):
-    molecules = random_molecules(count)
-    structures = [Structure(atomic_numbers=np.ones(len(p), np.int64), positions=p) for p in molecules]
-    batch = collate(structures, dtype=torch.float32)
-    kernel = search_cpu(batch, cutoff, threads, single=True)
-    pairs = kernel[0].shape[1]
-    rows = []
-    try:
-        import vesin
+def cases(quick: bool = True, device: str = "cpu", sizes=None):
+    if str(device).startswith("cuda"):
+        yield from triton_cases(quick, device, sizes)
+        return
+    import torch
+    from ase.neighborlist import neighbor_list as ase_neighbor_list
 
-        nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
+    from fastcsi.data.batch import batch_from_atoms
+    from fastcsi.graph import radius_graph
+    from fastcsi.graph.radius_cpu import search_cpu
+    from fastcsi.graph.radius_ref import radius_graph_ref
+
+    vesin, vesin_missing = optional("vesin")
+    matscipy_nl, matscipy_missing = optional("matscipy.neighbours")
+
+    def ours_api(inp):
+        return graph_pairs(radius_graph(inp["batch"], inp["cutoff"], backend="cpu"))
+
+    def ours_kernel(inp):
+        index, shifts, _, d, _ = search_cpu(inp["batch"], inp["cutoff"], 1)
+        return pairs(index[1], index[0], shifts, d)
+
+    def reference(inp):
+        return graph_pairs(radius_graph_ref(inp["batch"], inp["cutoff"]))
+
+    def methods(extra):
+        return [Method("fastcsi radius_graph (cpu)", "ours", ours_api),
+                Method("fastcsi kernel (1 thread)", "control", ours_kernel), *extra]
+
+    def baseline(name, fn, missing=None):
+        return Method(name, "baseline", fn if missing is None else None, skip=missing)
+
+    for rep in sizes or ((2, 3) if quick else (3, 5, 8, 11)):
+        def inputs(rep=rep):
+            atoms = fcc_bulk(rep, seed=rep)
+            return {"atoms": atoms, "cutoff": CUTOFF, "batch": batch_from_atoms([atoms], dtype=torch.float64),
+                    "nl": vesin.NeighborList(cutoff=CUTOFF, full_list=True) if vesin else None}
+
+        def vesin_fn(inp):
+            atoms = inp["atoms"]
+            return pairs(*inp["nl"].compute(atoms.positions, atoms.cell.array, True, quantities="ijSd"))
+
+        atoms = 4 * rep**3
+        edges = 78 * atoms  # fcc Cu within 6 Å: 12 + 6 + 24 + 12 + 24 neighbours (work measure, nominal)
+        # lower bound of traffic: positions in, (i, j, S, d, vector) out
+        nbytes = atoms * 3 * 8 + edges * (2 * 8 + 3 * 8 + 8 + 3 * 8)
+        yield Case(KERNEL, f"Cu fcc {rep}x{rep}x{rep} cubic, {CUTOFF} Å", atoms, "atoms", edges, "edges", inputs,
+                   reference, pair_error, methods([
+                       baseline("vesin", vesin_fn, vesin_missing),
+                       baseline("matscipy", lambda inp: pairs(*matscipy_nl.neighbour_list("ijSd", inp["atoms"], CUTOFF)),
+                                matscipy_missing),
+                       baseline("ase", lambda inp: pairs(*ase_neighbor_list("ijSd", inp["atoms"], CUTOFF)))]),
+                   flops=8.0 * edges, bytes=nbytes, repeats=3 if quick else 5)
+
+    count = 100 if quick else 1000
+    if sizes is None:
+        def molecule_inputs():
+            from fastcsi.data.batch import collate
+            from fastcsi.data.structure import Structure
+
+            molecules = random_molecules(count)
+            structures = [Structure(atomic_numbers=np.ones(len(p), np.int64), positions=p) for p in molecules]
+            # packed: molecules on a grid spaced wider than the cutoff plus their size, one call
+            side = int(np.ceil(count ** (1 / 3)))
+            spacing = MOLECULE_CUTOFF + 2 * max(float(np.abs(p).max()) for p in molecules) + 1.0
+            grid = np.array([(a, b, c) for a in range(side) for b in range(side) for c in range(side)])[:count]
+            return {"molecules": molecules, "cutoff": MOLECULE_CUTOFF, "batch": collate(structures, dtype=torch.float64),
+                    "packed": np.concatenate([p + g * spacing for p, g in zip(molecules, grid)]),
+                    "offsets": np.cumsum([0] + [len(p) for p in molecules])[:-1],
+                    "nl": vesin.NeighborList(cutoff=MOLECULE_CUTOFF, full_list=True) if vesin else None}
+
         zero = np.zeros((3, 3))
 
-        def per_molecule():
-            for p in molecules:
-                nl.compute(points=p, box=zero, periodic=False, quantities="ijSDd")
+        def vesin_per_molecule(inp):
+            parts = [inp["nl"].compute(points=p, box=zero, periodic=False, quantities="ijSd") for p in inp["molecules"]]
+            return pairs(np.concatenate([i + o for (i, _, _, _), o in zip(parts, inp["offsets"])]),
+                         np.concatenate([j + o for (_, j, _, _), o in zip(parts, inp["offsets"])]),
+                         np.concatenate([s for _, _, s, _ in parts]), np.concatenate([d for *_, d in parts]))
 
-        # packed: molecules on a grid spaced wider than the cutoff plus their size, one call
-        side = int(np.ceil(len(molecules) ** (1 / 3)))
-        spacing = cutoff + 2 * max(float(np.abs(p).max()) for p in molecules) + 1.0
-        grid = np.array([(a, b, c) for a in range(side) for b in range(side) for c in range(side)])[: len(molecules)]
-        packed = np.concatenate([p + g * spacing for p, g in zip(molecules, grid)])
-        i, j = nl.compute(points=packed, box=zero, periodic=False, quantities="ij")
-        if len(i) != pairs:
-            raise SystemExit(f"correctness check failed: {len(i)} vesin pairs vs {pairs} ours")
-        loop_repeats = max(1, repeats // 3)
-        rows.append(("vesin per molecule", timed(per_molecule, loop_repeats)))
-        fast = [("vesin packed box", lambda: nl.compute(points=packed, box=zero, periodic=False, quantities="ijSDd"))]
-    except ImportError:
-        fast = []
-        notes.append("vesin not installed: molecule baselines skipped")
-    rows += alternating(fast + ours(batch, cutoff, threads), repeats)
-    return pairs, rows
+        def vesin_packed(inp):
+            return pairs(*inp["nl"].compute(points=inp["packed"], box=zero, periodic=False, quantities="ijSd"))
+
+        yield Case(KERNEL, f"{count} molecules (3-20 atoms), {MOLECULE_CUTOFF} Å", count, "molecules", count,
+                   "molecules", molecule_inputs, reference, pair_error, methods([
+                       baseline("vesin per molecule", vesin_per_molecule, vesin_missing),
+                       baseline("vesin packed box", vesin_packed, vesin_missing)]), repeats=3 if quick else 5)
 
 
-def _edge_dict(graph, batch):
-    """The edge-set dict gemnet_indices takes (as GemNet-OC's build_graphs makes it)."""
-    edge_batch = batch.batch[graph.edge_index[1]]
-    return {"edge_index": graph.edge_index, "cell_offset": graph.cell_offsets, "distance": graph.distances,
-            "vector": -graph.vectors / graph.distances[:, None].clamp_min(1e-12), "edge_batch": edge_batch,
-            "num_neighbors": torch.bincount(edge_batch, minlength=batch.num_structures)}
+def triton_cases(quick: bool, device: str, sizes=None, tolerance: float = 1e-4):
+    """The Triton backend on one Cu structure per case (see the module docstring)."""
+    import torch
 
-
-def _identical(new, old) -> bool:
-    if isinstance(old, dict):
-        return new.keys() == old.keys() and all(_identical(new[k], old[k]) for k in old)
-    if not isinstance(old, torch.Tensor):
-        return new == old
-    return isinstance(new, torch.Tensor) and new.dtype == old.dtype and torch.equal(new, old)
-
-
-def bench_gemnet_indices(repeats, notes, quick=False):
-    """Index construction before (torch formulation) / after (numba walks), same run, same graphs."""
-    from ase.build import fcc111
-
-    from fastcsi.graph import gemnet_indices as gi
-    from fastcsi.graph import gemnet_indices_cuda as gr
-    from fastcsi.graph import nearest as nearest_module
-    from fastcsi.graph import select_neighbors
-
-    cases = []
-    # the full 6 Å graph of bulk Cu (the graph the earlier ~2.8 ms / 1000 edges was measured on)
-    bulk_batch = batch_from_atoms([fcc_bulk((4, 4, 4))], dtype=torch.float32)
-    bulk_main, _ = gi.symmetrize_edges(_edge_dict(radius_graph(bulk_batch, 6.0, backend="cpu"), bulk_batch),
-                                       bulk_batch.num_atoms)
-    n = bulk_batch.num_atoms
-    cases.append(("Cu fcc 4x4x4, 6 Å full graph", bulk_main, [
-        ("triplets", lambda: gi.triplets(bulk_main, n), lambda: gr.triplets_cuda(bulk_main, n))]))
-    # GemNet-OC's default graphs on slabs (main 12 Å / 30, qint 8 Å / 8, atom-edge 12 Å / 20)
-    slab = fcc111("Cu", size=(4, 4, 4), vacuum=8.0)
-    slab.rattle(0.05, seed=0)
-    batch = batch_from_atoms([slab] * (2 if quick else 4), dtype=torch.float32)
-    raw = radius_graph(batch, 12.0, max_neighbors=30, strict=True, backend="cpu")
-    m = batch.num_atoms
-    main, _ = gi.symmetrize_edges(_edge_dict(raw, batch), m)
-    qint = _edge_dict(select_neighbors(raw, cutoff=8.0, max_neighbors=8, strict=True), batch)
-    aeaint = _edge_dict(select_neighbors(raw, max_neighbors=20, strict=True), batch)
-    cases.append((f"{batch.num_structures} Cu(111) slabs, GemNet-OC graphs", main, [
-        ("triplets", lambda: gi.triplets(main, m), lambda: gr.triplets_cuda(main, m)),
-        ("mixed_triplets a2e", lambda: gi.mixed_triplets(aeaint, main, m, return_agg_idx=True),
-         lambda: gr.mixed_triplets_cuda(aeaint, main, m, return_agg_idx=True)),
-        ("quadruplets", lambda: gi.quadruplets(main, qint, m), lambda: gr.quadruplets_cuda(main, qint, m)),
-    ]))
-    # end to end: every graph and index set of one GemNet-OC-S forward pass (model.build_graphs),
-    # "before" with the torch index builders and select_neighbors' torch ranks swapped in
-    from fastcsi.model.gemnet_oc.configs import config, normalize_hparams
-    from fastcsi.model.gemnet_oc.model import build_graphs
-
-    hp = normalize_hparams(config("gemnet-oc-s"))
-    fast = (gi.triplets, gi.mixed_triplets, gi.quadruplets, nearest_module._ranks)
-    reference = (gr.triplets_cuda, gr.mixed_triplets_cuda, gr.quadruplets_cuda, nearest_module._ranks_torch)
-
-    def build_with(functions):
-        def call():
-            gi.triplets, gi.mixed_triplets, gi.quadruplets, nearest_module._ranks = functions
-            try:
-                return build_graphs(batch, hp)
-            finally:
-                gi.triplets, gi.mixed_triplets, gi.quadruplets, nearest_module._ranks = fast
-        return call
-
-    cases.append((f"{batch.num_structures} Cu(111) slabs, GemNet-OC graphs", main, [
-        ("build_graphs (all)", build_with(fast), build_with(reference))]))
-    rows = []
-    for label, graph, ops in cases:
-        edges = int(graph["edge_index"].shape[1])
-        for op, after, before in ops:
-            if not _identical(after(), before()):
-                raise SystemExit(f"correctness check failed: {op} differs from the torch formulation ({label})")
-            (t_before, cpu_before), (t_after, cpu_after) = [
-                t for _, t in alternating([("before", before), ("after", after)], repeats)]
-            rows.append({"graph": label, "op": op, "edges": edges, "before_seconds": t_before,
-                         "after_seconds": t_after, "before_cpu_seconds": cpu_before, "after_cpu_seconds": cpu_after,
-                         "before_ms_per_1000_edges": t_before / edges * 1e6,
-                         "after_ms_per_1000_edges": t_after / edges * 1e6, "speedup": t_before / t_after,
-                         "cpu_speedup": cpu_before / cpu_after if cpu_after > 0 else None})
-    notes.append("index construction: before = gemnet_indices_cuda (torch), after = gemnet_indices (numba walks "
-                 "on CPU tensors), outputs checked bit-for-bit equal, timed round-robin (median wall, mean CPU); "
-                 f"torch threads = {torch.get_num_threads()} (on a loaded machine torch's thread pool inflates "
-                 "the before rows: compare with --torch-threads 1)")
-    return {"rows": rows}
-
-
-def bench_triton(atoms, cutoff, repeats, device, notes, with_pairs=False, with_vesin=True):
-    """Triton backend on one structure: the cell list (and, optionally, the all-pairs kernel) against
-    vesin-torch on the same device. Pair set checked against the C++ kernel (or the reference) first."""
+    from fastcsi.data.batch import batch_from_atoms
+    from fastcsi.graph import radius_graph
+    from fastcsi.graph.radius_ref import radius_graph_ref
     from fastcsi.graph.radius_triton import radius_graph_triton
 
-    batch = batch_from_atoms([atoms], dtype=torch.float32, device=device)
-    graph = radius_graph_triton(batch, cutoff, method="cells")
-    cpu_batch = batch.to("cpu")
-    try:
-        expected = search_cpu(cpu_batch, cutoff, 0, single=True)
-        expected_index, expected_shifts = expected[0], expected[1]
-    except Exception:  # the compiled extension is absent: the reference
-        ref = radius_graph(cpu_batch, cutoff, backend="ref")
-        expected_index, expected_shifts = ref.edge_index.numpy(), ref.cell_offsets.numpy()
-    if not (np.array_equal(graph.edge_index.cpu().numpy(), expected_index)
-            and np.array_equal(graph.cell_offsets.cpu().numpy(), expected_shifts)):
-        raise SystemExit("correctness check failed: the Triton cell list differs from the CPU kernel")
-    named = [("triton cells", lambda: radius_graph_triton(batch, cutoff, method="cells")),
-             ("triton auto (api)", lambda: radius_graph(batch, cutoff, backend="triton"))]
-    if with_pairs:
-        named.append(("triton all-pairs", lambda: radius_graph_triton(batch, cutoff, method="pairs")))
-    if with_vesin:
-        try:
-            from vesin.torch import NeighborList as TorchNeighborList
+    vesin_torch, vesin_missing = optional("vesin.torch")
 
-            nl = TorchNeighborList(cutoff=cutoff, full_list=True)
-            points = batch.pos.to(torch.float64)
-            box = batch.cell[0].to(torch.float64)
-            named.insert(0, ("vesin-torch", lambda: nl.compute(points=points, box=box, periodic=True,
-                                                                quantities="ijSDd")))
-        except ImportError:
-            notes.append("vesin-torch not installed: the Triton rows have no same-device baseline")
-    rows = [(name, timed_device(fn, repeats, device)) for name, fn in named]
-    return graph.num_edges, rows
+    def vesin_fn(inp):
+        i, j, s, d = inp["nl"].compute(points=inp["points"], box=inp["box"], periodic=True, quantities="ijSd")
+        return pairs(i, j, s, d)
 
+    for rep in sizes or ((5, 8) if quick else (5, 8, 11)):
+        def inputs(rep=rep):
+            batch = batch_from_atoms([fcc_bulk(rep, seed=rep)], dtype=torch.float32, device=device)
+            return {"batch": batch, "cutoff": CUTOFF, "points": batch.pos.double(), "box": batch.cell[0].double(),
+                    "nl": vesin_torch.NeighborList(cutoff=CUTOFF, full_list=True) if vesin_torch else None}
 
-def run_triton(quick: bool, device: str) -> dict:
-    """The Triton backend on a CUDA device (see the module docstring)."""
-    repeats = 3 if quick else 11
-    notes = ["Triton rows: CUDA synchronised around every call; median wall over repeats",
-             "triton cells = radius_graph_triton(method='cells'); triton auto = radius_graph(backend='triton')"]
-    specs = [("bulk500", (5, 5, 5), True), ("bulk2k", (8, 8, 8), True), ("bulk10k", (13, 14, 14), False)]
-    if not quick:
-        specs.append(("bulk100k", (29, 29, 30), False))
-    cases = []
-    for name, repeats_xyz, with_pairs in specs:
-        atoms = fcc_bulk(repeats_xyz)
-        pairs, rows = bench_triton(atoms, 6.0, repeats, device, notes, with_pairs=with_pairs)
-        named = dict(rows)
-        baseline = named.get("vesin-torch")
-        cases.append({"case": name, "atoms": len(atoms), "cutoff": 6.0, "pairs": pairs, "rows": [
-            {"impl": impl, "seconds": wall, "cpu_seconds": cpu, "mpairs_per_s": pairs / wall / 1e6,
-             "speedup_vs_vesin": (baseline[0] / wall) if baseline else None, "cpu_speedup_vs_vesin": None}
-            for impl, (wall, cpu) in rows]})
-    return {"benchmark": "radius", "quick": quick, "device": device, "cases": cases, "gemnet_indices": None,
-            "notes": notes, "versions": versions()}
-
-
-def run(quick: bool = False, device: str = "cpu", threads: int = 1) -> dict:
-    """Run the benchmark; returns a JSON-able dict (used by the suite and by ``main``)."""
-    if str(device).startswith("cuda"):
-        return run_triton(quick, device)
-    if device != "cpu":
-        raise ValueError(f"bench/radius.py runs on cpu or cuda, not {device!r}")
-    repeats = 3 if quick else 11
-    notes = [f"our kernel rows: {threads or 'default'} thread(s), plus 2 threads (the kernel keeps batches "
-             "under ~1M candidate pair tests per thread on fewer threads); api = radius_graph "
-             f"(threads = torch.get_num_threads() = {torch.get_num_threads()})",
-             "vesin and ours timed round-robin (alternating calls); wall = median, cpu = mean over rounds",
-             f"load average at start: {os.getloadavg()}"]
-    cases = []
-    specs = [("bulk10k", lambda: fcc_bulk((13, 14, 14)), 6.0, not quick)]
-    if not quick:
-        specs.append(("bulk100k", lambda: fcc_bulk((29, 29, 30)), 6.0, False))
-    for name, make, cutoff, slow in specs:
-        atoms = make()
-        pairs, rows = bench_bulk(atoms, cutoff, repeats if name == "bulk10k" else 5, threads, slow, notes)
-        cases.append({"case": name, "atoms": len(atoms), "cutoff": cutoff, "pairs": pairs, "rows": rows})
-    count = 1000 if quick else 10000
-    pairs, rows = bench_molecules(count, 12.0, repeats, threads, notes)
-    cases.append({"case": f"molecules{count}", "atoms": None, "molecules": count, "cutoff": 12.0, "pairs": pairs,
-                  "rows": rows})
-    for case in cases:
-        named = dict(case["rows"])
-        baseline = named.get("vesin") or named.get("vesin packed box")
-        case["rows"] = [
-            {"impl": impl, "seconds": wall, "cpu_seconds": cpu, "mpairs_per_s": case["pairs"] / wall / 1e6,
-             "speedup_vs_vesin": (baseline[0] / wall) if baseline else None,
-             "cpu_speedup_vs_vesin": (baseline[1] / cpu) if baseline and cpu > 0 else None,
-             **({"us_per_molecule": wall / case["molecules"] * 1e6} if case.get("molecules") else {})}
-            for impl, (wall, cpu) in case["rows"]
-        ]
-    indices = bench_gemnet_indices(repeats, notes, quick)
-    return {"benchmark": "radius", "quick": quick, "device": device, "cases": cases,
-            "gemnet_indices": indices, "notes": notes, "versions": versions()}
-
-
-def print_table(result: dict) -> None:
-    for case in result["cases"]:
-        print(f"\n{case['case']}: {case.get('atoms') or case.get('molecules')} "
-              f"{'atoms' if case.get('atoms') else 'molecules'}, cutoff {case['cutoff']} Å, {case['pairs']:,} pairs")
-        print(f"  {'implementation':<20}{'wall':>11}{'cpu':>11}{'Mpairs/s':>10}{'x vesin':>9}{'x (cpu)':>9}{'us/mol':>9}")
-        for row in case["rows"]:
-            ratio = f"{row['speedup_vs_vesin']:.2f}" if row["speedup_vs_vesin"] else "-"
-            cpu_ratio = f"{row['cpu_speedup_vs_vesin']:.2f}" if row["cpu_speedup_vs_vesin"] else "-"
-            per_mol = f"{row['us_per_molecule']:.2f}" if "us_per_molecule" in row else ""
-            print(f"  {row['impl']:<20}{row['seconds'] * 1e3:>9.1f}ms{row['cpu_seconds'] * 1e3:>9.1f}ms"
-                  f"{row['mpairs_per_s']:>10.1f}{ratio:>9}{cpu_ratio:>9}{per_mol:>9}")
-    if result["gemnet_indices"]:
-        print("\nGemNet-OC index construction, ms per 1000 main edges (before = torch, after = numba walks)")
-        print(f"  {'graph':<38}{'op':<20}{'edges':>8}{'before':>9}{'after':>9}{'speedup':>9}{'cpu x':>8}")
-        for row in result["gemnet_indices"]["rows"]:
-            cpu = f"{row['cpu_speedup']:.1f}x" if row.get("cpu_speedup") else "-"
-            print(f"  {row['graph']:<38}{row['op']:<20}{row['edges']:>8}{row['before_ms_per_1000_edges']:>9.3f}"
-                  f"{row['after_ms_per_1000_edges']:>9.3f}{row['speedup']:>8.1f}x{cpu:>8}")
-    for note in result["notes"]:
-        print(f"note: {note}")
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small cases, finishes in seconds")
-    parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--threads", type=int, default=1, help="OpenMP threads for our kernel rows (0 = default)")
-    parser.add_argument("--device", default="cpu", help="cpu (C++ kernel, index construction) or cuda (Triton)")
-    parser.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
-    args = parser.parse_args(argv)
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    result = run(quick=args.quick, device=args.device, threads=args.threads)
-    print_table(result)
-    if args.out:
-        with atomic_write(args.out) as handle:
-            handle.write(json.dumps(result, indent=2, default=str))
-    return 0
+        atoms = 4 * rep**3
+        methods = [Method("triton cells", "ours", lambda inp: graph_pairs(
+                       radius_graph_triton(inp["batch"], inp["cutoff"], method="cells")), "float32", tolerance),
+                   Method("triton auto (api)", "ours", lambda inp: graph_pairs(
+                       radius_graph(inp["batch"], inp["cutoff"], backend="triton")), "float32", tolerance),
+                   Method("triton all-pairs", "control", lambda inp: graph_pairs(
+                       radius_graph_triton(inp["batch"], inp["cutoff"], method="pairs")), "float32", tolerance),
+                   Method("vesin-torch", "baseline", vesin_fn if vesin_torch else None, "float32", tolerance,
+                          skip=vesin_missing)]
+        yield Case(KERNEL, f"Cu fcc {rep}x{rep}x{rep} cubic, {CUTOFF} Å, float32 ({device})", atoms, "atoms",
+                   78 * atoms, "edges", inputs, lambda inp: graph_pairs(radius_graph_ref(inp["batch"], inp["cutoff"])),
+                   pair_error, methods, repeats=3 if quick else 11)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(script_main(KERNEL, cases, __doc__))

@@ -1,47 +1,49 @@
 """Benchmark: fastcsi's GemNet-OC-S against JMP's own GemNet-OC-S code, same inputs, same run.
 
-Two workloads, each timed on the identical batch, alternating JMP and ours every repeat (medians of
-wall and process-CPU seconds, and the ratio of the two sides' fastest runs; the machine is shared,
-so only same-run ratios mean anything):
+Two workloads, each timed on the identical batch by bench/harness.py, JMP and ours round-robin (one
+call of each per round; the machine is shared, so only same-run ratios mean anything):
   extract  per-atom features: graph construction + backbone forward, inference (ours:
            ``extract_features(layer="final")``; JMP: ``generate_graphs`` per structure, collate,
            embedding + backbone under no_grad)
   train    one AdamW step with direct forces: graphs + forward + (energy L1 + force L2) loss +
            backward + AdamW (ours: GemNetOC in train mode; JMP: its MD22 fine-tuning module)
 Cases: 32 rattled ethanol molecules (non-periodic, 12 Å) and 8 rattled Cu(111) 3x3x9 slabs
-(81 atoms, periodic). JMP runs in its own environment (``/tmp/gemnet_ref``, see
-tools/make_gemnet_reference.py for its stand-ins) as a worker subprocess; it builds the model with
-seeded weights and random non-zero scale factors, and ours loads that very state_dict
-(``load_backbone``), so correctness comes first: our final node features must equal JMP's
-(float32 tolerance) before anything is timed. Without the JMP environment (CI) the JMP column is
-skipped with a note and ours is still timed.
+(81 atoms, periodic); --quick: 4 molecules and 1 slab. JMP runs in its own environment
+(``/tmp/gemnet_ref``, see tools/make_gemnet_reference.py for its stand-ins) as a worker subprocess;
+it builds the model with seeded weights and random non-zero scale factors, and ours loads that very
+state_dict (``load_backbone``). Reference: ours with every op on its plain reference path
+(bench.harness.REFERENCE_PATH), same weights: extract compares final node features, train the
+loss of the first step (every method's check call is its first step, from the same weights);
+tolerance 1e-3 relative (float32, model.py's float32 row). JMP's features are fetched from the
+worker after its call, outside the timing. On a lattice the float32 max-neighbour cut can differ
+by an edge between the two codes: a JMP row that then fails its check is reported FAILED, not
+timed. Without the JMP environment (CI) the JMP rows are skipped with a note and ours is still timed.
 
 Ours runs as the CLI runs it, with fastcsi.utils.tune_allocator() (--no-malloc-tuning: plain glibc).
 
-    python bench/vs_jmp.py [--quick] [--threads 2] [--repeats 3] [--cases ethanol32,cu_slab8] [--no-malloc-tuning] [--out x.json]
+    python bench/vs_jmp.py [--quick] [--threads 2] [--cases ethanol32,cu_slab8] [--ops extract,train]
+                           [--no-malloc-tuning] [--out x.json]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fastcsi._bench.harness import REFERENCE_PATH, Case, Method, relative_error, script_main
+
+KERNEL = "vs_jmp"
 REPO = Path(__file__).resolve().parent.parent
 JMP_ROOT = Path(os.environ.get("FASTCSI_JMP_REF", "/tmp/gemnet_ref"))
 CUTOFF = 12.0
 FEATURE_RTOL = 1e-3  # float32, relative to the largest feature magnitude (model.py's float32 row)
-ANCHORS = {  # JMP on this machine when idle, 2 threads (issue 6/8): context only, never the ratio
-    "extract.ethanol32": 0.92, "extract.cu_slab8": 15.9, "train.ethanol32": 2.74,
-}
 
 
 # --------------------------------------------------------------------------------------
@@ -148,15 +150,16 @@ def _jmp_worker(args) -> None:
         cmd = json.loads(line)
         if cmd["op"] == "quit":
             break
-        wall, cpu = time.perf_counter(), time.process_time()
+        if cmd["op"] == "fetch":  # the last features, for the check (outside the timed calls)
+            torch.save(feats, cmd["save"])
+            reply.write(json.dumps({"saved": cmd["save"]}) + "\n")
+            continue
+        loss = None
         if cmd["op"] == "extract":
             feats = features(cmd["case"])
         else:
-            train(cmd["case"])
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        if cmd.get("save"):
-            torch.save(feats, cmd["save"])
-        reply.write(json.dumps({"wall": wall, "cpu": cpu}) + "\n")
+            loss = train(cmd["case"])
+        reply.write(json.dumps({"loss": loss}) + "\n")
 
 
 class JMPWorker:
@@ -177,7 +180,7 @@ class JMPWorker:
             raise RuntimeError("JMP worker exited (run it by hand with --jmp-worker to see why)")
         return json.loads(line)
 
-    def call(self, op: str, case: str, save: str | None = None) -> dict:
+    def call(self, op: str, case: str = "", save: str | None = None) -> dict:
         self.proc.stdin.write(json.dumps({"op": op, "case": case, "save": save}) + "\n")
         self.proc.stdin.flush()
         return self._read()
@@ -231,126 +234,104 @@ class Ours:
         return float(loss.detach())
 
 
-def timed(fn) -> dict:
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return {"wall": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+class JMPFeatures:
+    """JMP's features of its last extract call, fetched from the worker only when the check reads
+    them (``np.asarray``), so the timed call is the worker's call alone."""
+
+    def __init__(self, worker: "JMPWorker", path: str):
+        self.worker, self.path = worker, path
+
+    def __array__(self, dtype=None, copy=None):
+        self.worker.call("fetch", save=self.path)
+        return torch.load(self.path).double().numpy().astype(dtype or np.float64)
 
 
-def run(quick: bool = False, device: str = "cpu", threads: int = 2, repeats: int | None = None,
-        cases: tuple[str, ...] = ("ethanol32", "cu_slab8"), ops: tuple[str, ...] = ("extract", "train"),
-        malloc_tuning: bool = True) -> dict:
-    from fastcsi.utils import tune_allocator, versions
+def jmp_available() -> bool:
+    return (JMP_ROOT / "venv" / "bin" / "python").exists() and (JMP_ROOT / "jmp" / "src" / "jmp").is_dir()
 
-    # ours as the CLI runs it (fastcsi.utils.tune_allocator); JMP's worker is a separate process
-    tuned = tune_allocator() if malloc_tuning else False
+
+def cases(quick: bool = False, device: str = "cpu", sizes=None, names=("ethanol32", "cu_slab8"),
+          ops=("extract", "train"), malloc_tuning: bool = True):
+    """The cases; the JMP worker lives as long as this generator (closed when it is exhausted)."""
+    from fastcsi.utils import tune_allocator
 
     if device != "cpu":
         raise SystemExit("vs_jmp compares CPU code paths; use --device cpu")
-    repeats = repeats or (1 if quick else 3)
-    torch.set_num_threads(threads)
-    load = os.getloadavg()[0]
-    data = {name: make_case(name, quick) for name in cases}
-    have_jmp = (JMP_ROOT / "venv" / "bin" / "python").exists() and (JMP_ROOT / "jmp" / "src" / "jmp").is_dir()
-    note = None if have_jmp else f"JMP reference environment {JMP_ROOT} absent: JMP not timed"
-    rows, checks = [], {}
+    if malloc_tuning:
+        tune_allocator()  # ours as the CLI runs it; JMP's worker is a separate process
+    names = tuple(names.split(",")) if isinstance(names, str) else tuple(names)
+    ops = tuple(ops.split(",")) if isinstance(ops, str) else tuple(ops)
+    threads = torch.get_num_threads()
+    data = {name: make_case(name, quick) for name in names}
+    skip = None if jmp_available() else f"JMP reference environment {JMP_ROOT} absent: JMP not timed"
     with tempfile.TemporaryDirectory() as tmp:
         cases_path, state_path = f"{tmp}/cases.pt", f"{tmp}/jmp_state.pt"
         torch.save(data, cases_path)
-        jmp = JMPWorker(cases_path, state_path, threads) if have_jmp else None
+        jmp = JMPWorker(cases_path, state_path, threads) if skip is None else None
         try:
-            ours = Ours(state_path if jmp else None)
-            batches = {name: our_batch(s) for name, s in data.items()}
-            if jmp:  # correctness first: identical weights must give identical features
-                for name in cases:
-                    jmp.call("extract", name, save=f"{tmp}/f_{name}.pt")
-                    theirs = torch.load(f"{tmp}/f_{name}.pt")
-                    mine = ours.features(batches[name])
-                    err = float((mine - theirs).abs().max() / theirs.abs().max().clamp(min=1e-30))
-                    checks[f"features_max_rel_err.{name}"] = err
-                    # the ethanol graph is tie-free; a lattice's float32 cut can still differ by an edge
-                    if name == "ethanol32" and not err < FEATURE_RTOL:
-                        raise SystemExit(f"features differ from JMP's on {name}: max rel err {err:.2e}")
+            state = state_path if jmp else None
             for op in ops:
-                for name in cases:
-                    fn = {"extract": lambda: ours.features(batches[name]),
-                          "train": lambda: ours.train(batches[name])}[op]
-                    fn()  # warm-up
-                    if jmp:
-                        jmp.call(op, name)
-                    t_ours, t_jmp = [], []
-                    for _ in range(repeats):  # alternate so load changes hit both sides alike
-                        if jmp:
-                            t_jmp.append(jmp.call(op, name))
-                        t_ours.append(timed(fn))
-                    med = lambda ts, k: statistics.median(t[k] for t in ts) if ts else None  # noqa: E731
+                for name in names:
+                    # fresh models per case: every method's first (check) call starts from the same weights
+                    ours, oracle = Ours(state), Ours(state)
+
+                    def inputs(name=name):
+                        return our_batch(data[name])
+
+                    if op == "extract":
+                        def reference(batch, oracle=oracle):
+                            with torch.no_grad(), override_all():
+                                return oracle.features(batch)
+
+                        mine = Method("fastcsi", "ours", lambda b, ours=ours: ours.features(b), "float32", FEATURE_RTOL)
+                        theirs = Method("JMP", "baseline", (lambda b, name=name: (
+                            jmp.call("extract", name), JMPFeatures(jmp, f"{tmp}/f_{name}.pt"))[1]) if jmp else None,
+                            "float32", FEATURE_RTOL, skip=skip)
+                    else:
+                        def reference(batch, oracle=oracle):
+                            with override_all():
+                                return oracle.train(batch)
+
+                        mine = Method("fastcsi", "ours", lambda b, ours=ours: ours.train(b), "float32", FEATURE_RTOL)
+                        theirs = Method("JMP", "baseline", (lambda b, name=name: jmp.call("train", name)["loss"])
+                                        if jmp else None, "float32", FEATURE_RTOL, skip=skip)
                     atoms = int(sum(len(s["numbers"]) for s in data[name]))
-                    row = {"op": op, "case": name, "atoms": atoms, "structures": len(data[name]),
-                           "ours_wall_s": med(t_ours, "wall"), "ours_cpu_s": med(t_ours, "cpu"),
-                           "jmp_wall_s": med(t_jmp, "wall"), "jmp_cpu_s": med(t_jmp, "cpu"),
-                           "anchor_jmp_idle_s": None if quick else ANCHORS.get(f"{op}.{name}")}
-                    # minima too: on a shared machine the fastest run of each side is the least disturbed
-                    row["ours_wall_min_s"] = min(t["wall"] for t in t_ours)
-                    row["jmp_wall_min_s"] = min(t["wall"] for t in t_jmp) if t_jmp else None
-                    if jmp:
-                        row["speedup_wall"] = row["jmp_wall_s"] / row["ours_wall_s"]
-                        row["speedup_cpu"] = row["jmp_cpu_s"] / row["ours_cpu_s"]
-                        row["speedup_wall_min"] = row["jmp_wall_min_s"] / row["ours_wall_min_s"]
-                    rows.append(row)
+                    yield Case(KERNEL, f"{op} {name}, GemNet-OC-S float32, 12 Å, {threads} threads", len(data[name]),
+                               "structures", atoms, "atoms", inputs, reference, relative_error, [mine, theirs],
+                               repeats=1 if quick else 5)
         finally:
             if jmp:
                 jmp.close()
-    return {"benchmark": "vs_jmp", "model": "gemnet-oc-s float32 direct forces, 12 A", "threads": threads,
-            "repeats": repeats, "quick": quick, "loadavg_1min_start": load, "loadavg_1min_end": os.getloadavg()[0],
-            "ncpu": os.cpu_count(), "malloc_tuning": tuned, "jmp_available": bool(have_jmp), "note": note, "checks": checks,
-            "rows": rows, "versions": versions()}
 
 
-def print_table(result: dict) -> None:
-    print(f"GemNet-OC-S vs JMP, {result['threads']} threads, medians of {result['repeats']} alternating runs, "
-          f"load avg {result['loadavg_1min_start']:.1f} -> {result['loadavg_1min_end']:.1f} on {result['ncpu']} cpus, "
-          f"our allocator tuning {'on' if result['malloc_tuning'] else 'off'}")
-    if result["note"]:
-        print("note:", result["note"])
-    for k, v in result["checks"].items():
-        print(f"check {k}: {v:.2e}")
-    fmt = "{:<8} {:<10} {:>6} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10}"
-    print(fmt.format("op", "case", "atoms", "ours wall", "ours cpu", "JMP wall", "JMP cpu", "x wall", "x cpu",
-                     "x min wall"))
-    f = lambda v, p=3: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
-    for r in result["rows"]:
-        print(fmt.format(r["op"], r["case"], r["atoms"], f(r["ours_wall_s"]), f(r["ours_cpu_s"]),
-                         f(r["jmp_wall_s"]), f(r["jmp_cpu_s"]), f(r.get("speedup_wall"), 2),
-                         f(r.get("speedup_cpu"), 2), f(r.get("speedup_wall_min"), 2)))
+def override_all():
+    from fastcsi.backend import override
+
+    return override(**REFERENCE_PATH)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--cases", default="ethanol32,cu_slab8")
+def _arguments(parser):
+    parser.add_argument("--cases", dest="names", default="ethanol32,cu_slab8")
     parser.add_argument("--ops", default="extract,train")
-    parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--no-malloc-tuning", action="store_true",
+    parser.add_argument("--no-malloc-tuning", dest="malloc_tuning", action="store_false",
                         help="leave glibc malloc as it is in our process (the CLI tunes it: fastcsi.utils.tune_allocator)")
-    parser.add_argument("--jmp-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--jmp-src", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--state-out", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.jmp_worker:
-        return _jmp_worker(args)
-    result = run(args.quick, args.device, args.threads, args.repeats, tuple(args.cases.split(",")),
-                 tuple(args.ops.split(",")), malloc_tuning=not args.no_malloc_tuning)
-    print_table(result)
-    if args.out:
-        from fastcsi.utils import atomic_write
+    return ["names", "ops", "malloc_tuning"]
 
-        with atomic_write(args.out) as f:
-            json.dump(result, f, indent=1)
-    return result
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--jmp-worker" in argv:
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--jmp-worker", action="store_true")
+        parser.add_argument("--jmp-src", type=Path)
+        parser.add_argument("--cases")
+        parser.add_argument("--state-out")
+        parser.add_argument("--threads", type=int, default=2)
+        return _jmp_worker(parser.parse_args(argv)) or 0
+    if "--threads" not in argv:
+        argv += ["--threads", "2"]
+    return script_main(KERNEL, cases, __doc__, argv, _arguments)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -196,7 +196,7 @@ def check_machine(ctx: Context) -> dict:
     import torch
     import torch.distributed
 
-    from fastcsi._bench._suite_common import machine_info, package_versions
+    from fastcsi._bench.harness import machine_info, package_versions
 
     out = {"machine": machine_info(ctx.device), "versions": package_versions()}
     out["versions"]["vesin_torch"] = _module_present("vesin.torch")
@@ -792,7 +792,7 @@ def check_train(ctx: Context, deadline: float) -> dict:
 def check_cell_list_vs_vesin(ctx: Context) -> dict:
     import torch
 
-    from fastcsi._bench._suite_common import measure
+    from fastcsi._bench.harness import measure
     from fastcsi.data.batch import batch_from_atoms
     from fastcsi.graph import radius_graph
 

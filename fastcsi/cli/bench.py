@@ -8,7 +8,8 @@ import click
 
 from fastcsi.errors import FastCSIError
 
-KERNELS = ("radius", "covariance", "frechet", "activation", "gemnet", "train")
+# the suite's kernels (bench/suite.py MODULES): one per op family, then the model-level rows
+KERNELS = ("radius", "gemnet_indices", "covariance", "frechet", "activation", "interaction", "gemnet", "train")
 
 
 def load_suite():
@@ -59,7 +60,7 @@ def bench(device, only, quick, outdir):
         click.echo(message, err=err)
 
     report = suite.run_suite(device, kernels, quick, log=log)
-    from fastcsi._bench._suite_common import write_report
+    from fastcsi._bench.harness import write_report
 
     files = write_report(report, outdir)
     click.echo(f"wrote {', '.join(str(outdir / name) for name in files.values())} in {report['total_seconds']:.1f} s")
