@@ -18,8 +18,8 @@ from fastcsi.errors import FastCSIError
 
 DEFAULT_MODEL_NAME = "gemnet-oc-tiny"
 # Below this many parameters a backbone's ops are too small to amortise intra-op thread
-# synchronisation: gemnet-oc-tiny on 16 molecules took 0.13 s CPU with 1 thread and 0.97 s with 2
-# on the 2-core dev machine (and ~10x the wall time when other processes compete for the cores).
+# synchronisation: more threads cost more CPU than they save, and far more wall time when other
+# processes compete for the cores (docs/performance.md has the measurement).
 SMALL_BACKBONE_PARAMETERS = 1_000_000
 DEFAULT_INIT_SEED = 0
 

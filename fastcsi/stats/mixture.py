@@ -224,8 +224,8 @@ class _Objective:
         import torch
 
         # The many small eigenproblems go through torch's LAPACK, which keeps to torch's thread
-        # budget: numpy's OpenBLAS back-transformation spins threads and took ~20 ms for d = 32 on
-        # a loaded 2-core machine, against ~0.2 ms here.
+        # budget: numpy's OpenBLAS back-transformation spins up its own threads for each small call,
+        # which on a loaded machine costs far more than the eigenproblem.
         self._eigvalsh = lambda m: torch.linalg.eigvalsh(torch.from_numpy(m)).numpy()
         self._eigh = lambda m: tuple(t.numpy() for t in torch.linalg.eigh(torch.from_numpy(m)))
         try:  # Cholesky S_t = L L^T; M(w) = L^T S(w) L has the spectrum of S_t^1/2 S(w) S_t^1/2

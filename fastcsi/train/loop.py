@@ -40,8 +40,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def make_adamw(groups, **kwargs) -> torch.optim.AdamW:
-    """AdamW with the fused kernel (one pass per tensor, CPU since torch 2.4: ~4x faster than the
-    default per-parameter loop for GemNet-OC-S's 40M parameters); the default where unsupported."""
+    """AdamW with the fused kernel (one pass over each tensor, on CPU since torch 2.4, instead of
+    the default per-parameter loop of small ops); the default where unsupported."""
     try:
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):
