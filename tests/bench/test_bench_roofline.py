@@ -1,11 +1,13 @@
-"""Units of the benchmark suite: roofline arithmetic, ratios, the correctness gate, peaks, packaging."""
+"""Units of the benchmark harness and suite: roofline arithmetic, ratios, the correctness gate,
+timing, peaks, packaging."""
 import math
 from pathlib import Path
 
 import pytest
 
-from fastcsi._bench import _suite_common as common
+from fastcsi._bench import harness as common
 from fastcsi._bench import suite
+from fastcsi._bench.harness import Case, Method
 
 FAKE_PEAKS = {"device": "fake", "bandwidth_Bps": 100.0, "flops_float32": 1000.0, "flops_float64": 500.0,
               "method": {"bandwidth": "fake", "flops_float32": "fake", "flops_float64": "fake"}}
@@ -63,25 +65,31 @@ def test_ratios_only_against_baselines_of_the_same_case_and_size():
     assert rows[4]["ratios"] == {} and rows[4]["roofline"] is None
 
 
+def _case(methods, repeats=2):
+    """A case whose reference output is 0.0 and whose error is |output - 0| (nan stays nan)."""
+    return Case("k", "c", 1, "n", 1, "x", lambda: {"inputs": True}, lambda inp: 0.0,
+                lambda out, expected: abs(out - expected), methods, repeats=repeats)
+
+
 def test_failed_check_is_not_timed_and_errors_are_reported():
     calls = []
 
-    def wrong():
+    def wrong(inp):
         calls.append(1)
         return 1.0
 
-    def boom():
+    def boom(inp):
         raise ValueError("kernel exploded")
 
-    case = suite.Case("k", "c", 1, "n", 1, "x", [
-        suite.Method("wrong", "ours", wrong, lambda out: out, 1e-12),
-        suite.Method("nan", "ours", lambda: float("nan"), lambda out: out, 1e-12),
-        suite.Method("boom", "ours", boom, lambda out: 0.0, 1e-12),
-        suite.Method("absent", "baseline", skip="absent is not installed"),
-        suite.Method("fine", "baseline", lambda: 0.0, lambda out: out, 1e-12),
-    ], repeats=2)
+    case = _case([
+        Method("wrong", "ours", wrong, tolerance=1e-12),
+        Method("nan", "ours", lambda inp: float("nan"), tolerance=1e-12),
+        Method("boom", "ours", boom, tolerance=1e-12),
+        Method("absent", "baseline", skip="absent is not installed"),
+        Method("fine", "baseline", lambda inp: 0.0, tolerance=1e-12),
+    ])
     messages = []
-    rows = {r["method"]: r for r in suite.run_case(case, "cpu", log=lambda m, err=False: messages.append((m, err)))}
+    rows = {r["method"]: r for r in common.run_case(case, "cpu", log=lambda m, err=False: messages.append((m, err)))}
     assert len(calls) == 1  # the failed method ran once for the check and was never timed
     assert rows["wrong"]["status"] == "failed" and rows["wrong"]["seconds"] is None
     assert rows["wrong"]["correct"] is False and "FAILED" in rows["wrong"]["note"]
@@ -90,6 +98,52 @@ def test_failed_check_is_not_timed_and_errors_are_reported():
     assert rows["absent"]["status"] == "skipped" and rows["absent"]["note"] == "absent is not installed"
     assert rows["fine"]["status"] == "ok" and len(rows["fine"]["times"]) == 2 and rows["fine"]["correct"]
     assert sum(err for _, err in messages) == 3  # loud, on stderr: wrong, nan, boom
+
+
+def test_a_wrong_baseline_is_failed_and_not_timed_and_ratios_skip_it():
+    calls = {"ours": 0, "baseline": 0}
+
+    def counted(name, value):
+        def fn(inp):
+            assert inp == {"inputs": True}  # the case's inputs, the same object for check and timing
+            calls[name] += 1
+            return value
+        return fn
+
+    case = _case([Method("ours", "ours", counted("ours", 0.0), tolerance=1e-12),
+                  Method("baseline", "baseline", counted("baseline", 0.5), tolerance=1e-12)], repeats=3)
+    rows = common.finish_rows(common.run_case(case, "cpu", log=lambda *a, **k: None), None)
+    ours, baseline = rows
+    assert baseline["status"] == "failed" and baseline["seconds"] is None and baseline["error"] == 0.5
+    assert calls["baseline"] == 1  # the check only
+    assert calls["ours"] == 1 + case.warmup + 3  # check, warm-up, timed repeats
+    assert ours["status"] == "ok" and ours["ratios"] == {}  # no ratio against a row that failed
+
+
+def test_dtype_tolerances_and_stated_ones():
+    case = _case([])
+    assert case.tolerance(Method("a", "ours", lambda inp: 0, "float32")) == common.TOLERANCES["float32"]
+    assert case.tolerance(Method("b", "ours", lambda inp: 0, "float64")) == common.TOLERANCES["float64"]
+    assert case.tolerance(Method("c", "ours", lambda inp: 0, "float32", 1e-3)) == 1e-3
+    with pytest.raises(ValueError, match="role"):
+        Method("d", "anchor", lambda inp: 0)  # no recorded-figure rows
+    with pytest.raises(ValueError, match="nothing to run"):
+        Method("e", "ours")
+
+
+def test_measure_round_robin_order_and_resets():
+    order = []
+    timings = common.measure({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, "cpu", repeats=3,
+                             warmup=1, resets={"b": lambda: order.append("reset b")})
+    assert order == ["a", "reset b", "b"] + ["a", "reset b", "b"] * 3  # warm-up, then one call of each per round
+    for timing in timings.values():
+        assert len(timing["times"]) == len(timing["cpu_times"]) == timing["repeats"] == 3
+        assert timing["seconds"] >= 0 and timing["cpu_seconds"] >= 0
+    order.clear()
+    common.measure({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, "cpu", 2, 0, round_robin=False)
+    assert order == ["a", "a", "b", "b"]
+    single = common.measure(lambda: None, "cpu", repeats=2)
+    assert len(single["times"]) == 2
 
 
 def test_bench_scripts_ship_inside_the_package():
@@ -102,7 +156,7 @@ def test_bench_scripts_ship_inside_the_package():
     assert "fastcsi._bench" in packages
     from fastcsi.cli.bench import KERNELS
 
-    assert tuple(KERNELS) == suite.KERNELS == tuple(suite.ADAPTERS)
+    assert tuple(KERNELS) == suite.KERNELS == tuple(suite.MODULES)
 
 
 def test_missing_scripts_give_a_clear_error(monkeypatch):

@@ -198,17 +198,18 @@ def test_routing_rule():
 
 def test_bench_triton_rows_run_under_the_interpreter(monkeypatch):
     """bench/radius.py's --device cuda rows, exercised on a tiny structure (correctness check
-    against the CPU kernel, then one timed call of each row)."""
+    against the reference, then the timed calls of each row)."""
     from fastcsi._bench import radius as bench
+    from fastcsi._bench.harness import run_case
 
     monkeypatch.setattr(cells, "CELL_MIN_ATOMS", 16)  # the auto row takes the cell list here too
-    cu = bulk("Cu", "fcc", a=3.61, cubic=True) * (2, 2, 2)
-    cu.rattle(0.05, seed=7)
-    notes = []
-    pairs, rows = bench.bench_triton(cu, 3.0, 1, DEVICE, notes, with_vesin=False)
-    assert pairs == 12 * len(cu)
-    assert [name for name, _ in rows] == ["triton cells", "triton auto (api)"]
-    assert all(wall > 0 for _, (wall, _) in rows)
+    (case,) = bench.triton_cases(True, DEVICE, sizes=(2,), cutoff=3.0)
+    case.repeats, case.warmup = 1, 0
+    keys, _ = case.reference(case.inputs())
+    assert len(keys) == 12 * case.size
+    rows = run_case(case, DEVICE, log=lambda *a, **k: None)
+    assert [r["method"] for r in rows if r["role"] == "ours"] == ["triton cells", "triton auto (api)"]
+    assert all(r["status"] == "ok" and r["seconds"] > 0 for r in rows if r["status"] != "skipped")
 
 
 @pytest.mark.parametrize("method", ["cells", "pairs"])
