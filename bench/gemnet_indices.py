@@ -1,6 +1,8 @@
-"""Benchmark: GemNet-OC index sets (fastcsi.graph.gemnet_indices: triplets, mixed triplets,
-quadruplets, and all of the model's ``build_graphs``), the numba walks (backend "cpu", ours) against
-the torch formulation (backend "cuda" run on CPU tensors: what the walks replaced), per main edge.
+"""Benchmark: GemNet-OC index sets, numba walks vs the torch formulation they replaced.
+
+fastcsi.graph.gemnet_indices (triplets, mixed triplets, quadruplets, and all of the model's
+``build_graphs``): the numba walks (backend "cpu", ours) against the torch formulation (backend
+"cuda" run on CPU tensors: what the walks replaced), per main edge.
 
 Graphs: the full 6 Å graph of rattled bulk Cu fcc (triplets), and GemNet-OC's default graphs (main
 12 Å / 30 neighbours, symmetrised; quadruplet graph 8 Å / 8; atom-edge graph 12 Å / 20) on rattled

@@ -1,5 +1,6 @@
-"""Benchmark: GemNet-OC per-atom feature extraction (the CSI hot path) against a full model forward,
-on a batch of mixed small molecules.
+"""Benchmark: GemNet-OC per-atom feature extraction (the CSI hot path) vs a full model forward.
+
+On a batch of mixed small molecules.
 
 Inputs: n rattled molecules cycling through ethanol, benzene, water, methane, ammonia, acetic acid,
 ethylene and acetaldehyde (--quick: 32, otherwise 128), float32, gemnet-oc-tiny by default.

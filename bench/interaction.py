@@ -1,5 +1,6 @@
-"""Benchmark: GemNet-OC's triplet/quadruplet interaction op (``interaction_bilinear``), its backends
-on the very arguments the model passes it.
+"""Benchmark: GemNet-OC's interaction op (interaction_bilinear), fused paths vs plain torch.
+
+The op's backends on the very arguments the model passes it (triplet and quadruplet interactions).
 
 Inputs: the arguments of every ``interaction_bilinear`` call of one GemNet-OC forward pass (the
 model's interaction blocks: edge-to-edge triplets, quadruplets, atom-to-edge, edge-to-atom with the

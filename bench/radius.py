@@ -1,4 +1,4 @@
-"""Benchmark: radius graph (full neighbour list with periodic shifts) against vesin, matscipy and ase.
+"""Benchmark: radius graph (full neighbour list with periodic shifts) vs vesin, matscipy and ase.
 
 Cases (same run, same machine; only same-run ratios mean anything on a shared machine):
   Cu fcc     rattled cubic Cu supercells (rep^3 x 4 atoms), periodic, cutoff 6 Å, float64

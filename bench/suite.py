@@ -42,7 +42,7 @@ def module(kernel: str):
 
 def describe(kernel: str) -> dict:
     doc = (module(kernel).__doc__ or kernel).strip()
-    title = doc.splitlines()[0].removeprefix("Benchmark: ")
+    title = doc.splitlines()[0].removeprefix("Benchmark: ").rstrip(".")
     description = " ".join(doc.split("\n\n")[1].split()) if "\n\n" in doc else ""
     return {"title": title, "description": description, "notes": []}
 

@@ -1,6 +1,7 @@
-"""Benchmark: one AdamW training step of GemNet-OC (12 Å graphs, direct forces) on rattled ethanol
-molecules, through fastcsi's training loop (collate, normalised energy + force loss, backward,
-gradient clipping, AdamW, EMA).
+"""Benchmark: one AdamW training step of GemNet-OC (12 Å graphs, direct forces) vs the plain path.
+
+The step runs through fastcsi's training loop (collate, normalised energy + force loss, backward,
+gradient clipping, AdamW, EMA) on rattled ethanol molecules.
 
 Inputs: n ethanol molecules with Lennard-Jones labels (the step's cost does not depend on label
 values); --quick: gemnet-oc-tiny on 2 molecules, otherwise gemnet-oc-s on 8 and 32. Every trainer
