@@ -10,7 +10,8 @@ Cu(111) 4x4x4 slabs. Reference: gemnet_indices_ref (a plain dense enumeration th
 with the kernels); the check is bit-for-bit equality (every tensor, dtype included). The
 build_graphs case compares whole graph dicts against build_graphs under
 ``override(gemnet_indices="ref")``. Timed round-robin by bench/harness.py; on a loaded machine
-torch's thread pool inflates the torch rows (compare with --threads 1).
+torch's thread pool inflates the torch rows (compare with --threads 1). --device cuda adds the
+"cuda" backend on device copies of the same graphs to the three index-set cases.
 
     python bench/gemnet_indices.py [--quick] [--threads N] [--out FILE.json]
 """
@@ -88,17 +89,25 @@ def cases(quick: bool = True, device: str = "cpu", sizes=None):
                 return build_graphs(g["batch"], hp)
         return fn
 
-    def methods(run):
-        return [Method("fastcsi numba walks (cpu)", "ours", lambda g: run(g, "cpu"), "exact"),
-                Method("torch formulation (cuda backend on CPU)", "baseline", lambda g: run(g, "cuda"), "exact")]
+    cuda = str(device).startswith("cuda")
+
+    def methods(run, on_device):
+        out = [Method("fastcsi numba walks (cpu)", "ours", lambda g: run(g, "cpu"), "exact"),
+               Method("torch formulation (cuda backend on CPU)", "baseline", lambda g: run(g, "cuda"), "exact")]
+        if on_device:  # the "cuda" backend where it is meant to run: device tensors
+            out.append(Method(f"fastcsi cuda backend ({device})", "ours", lambda g: run(g["device"], "cuda"), "exact"))
+        return out
 
     def case(name, size, inputs, op, run, reference):
+        on_device = cuda and op in ops
         made = Case(KERNEL, f"{name}: {op}", size, "structures", None, "edges", None, reference, identical,
-                    methods(run), repeats=3 if quick else 11)
+                    methods(run, on_device), repeats=3 if quick else 11)
 
         def build():  # throughput per main edge: the count is known once the graphs exist
             g = inputs()
             made.items = int(g["main"]["edge_index"].shape[1])
+            if on_device:
+                g["device"] = {k: _to(g[k], device) for k in ("main", "qint", "aeaint", "atoms") if k in g}
             return g
 
         made.inputs = build
@@ -114,6 +123,13 @@ def cases(quick: bool = True, device: str = "cpu", sizes=None):
             yield case(label, size, slabs, op, run, lambda g, run=run: run(g, "ref"))
         yield case(label, size, slabs, "build_graphs (all)", lambda g, backend: graphs_with(backend)(g),
                    graphs_with("ref"))
+
+
+def _to(value, device):
+    """Every tensor of a (nested) edge-set dict on ``device``."""
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value.to(device) if hasattr(value, "to") else value
 
 
 def _op(name: str, backend: str):

@@ -146,17 +146,18 @@ def _jmp_worker(args) -> None:
         return float(loss.detach())
 
     reply.write(json.dumps({"ready": True}) + "\n")
+    last = {}
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["op"] == "quit":
             break
         if cmd["op"] == "fetch":  # the last features, for the check (outside the timed calls)
-            torch.save(feats, cmd["save"])
+            torch.save(last["features"], cmd["save"])
             reply.write(json.dumps({"saved": cmd["save"]}) + "\n")
             continue
         loss = None
         if cmd["op"] == "extract":
-            feats = features(cmd["case"])
+            last["features"] = features(cmd["case"])
         else:
             loss = train(cmd["case"])
         reply.write(json.dumps({"loss": loss}) + "\n")
