@@ -98,6 +98,17 @@ def load_torch_file(path, what: str = "checkpoint"):
         raise FastCSIError(f"{path}: not a readable {what} (truncated or not a torch file; {detail})") from None
 
 
+def file_sha256(path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_json(path, what: str, expected_format: str | None = None) -> dict:
     """A JSON object written by fastcsi (``what`` names it in errors), with ``"format"`` equal to
     ``expected_format`` when given; every failure as one :class:`~fastcsi.errors.FastCSIError` line."""

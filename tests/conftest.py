@@ -14,6 +14,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models: thread hand-offs cost more than they save, badly so on a shared 2-core machine
+    (test folders of tiny-model runs use it for every test)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 GPU_TESTS = os.environ.get("FASTCSI_TEST_GPU") == "1"
 
 

@@ -19,7 +19,6 @@ frames each) reproduces the first frames of each class of the full files.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -30,6 +29,7 @@ import numpy as np
 
 from fastcsi.data.demo import FILE_NAMES
 from fastcsi.errors import FastCSIError
+from fastcsi.utils import file_sha256
 
 GENERATOR_VERSION = "1"
 # a fixed number per file so each file's seed stream does not depend on which files are generated
@@ -478,14 +478,6 @@ _GENERATORS = {
 }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _label_versions() -> dict:
     import ase
 
@@ -559,7 +551,7 @@ def generate(out_dir, seed: int = 0, quick: bool = False, only=None, progress: b
             "has_tags": "tags" in frames[0].arrays,
             "seed": seed,
             "generator_version": GENERATOR_VERSION,
-            "sha256": _sha256(path),
+            "sha256": file_sha256(path),
             "size_bytes": path.stat().st_size,
             "seconds": round(time.perf_counter() - start, 2),
         }

@@ -7,21 +7,13 @@ structure boundaries). Rows are streamed into :class:`FeatureStats` in chunks of
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from fastcsi.errors import FastCSIError
+from fastcsi.utils import file_sha256
 
 AGGREGATIONS = ("flat", "mean", "sum", "max")
 FLUSH_ROWS = 1 << 16  # rows gathered before one covariance call (amortises the BLAS call)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_feature_file(path: Path):
@@ -152,7 +144,7 @@ def from_feature_file(features_file, agg: str = "flat", groups: bool | None = No
                 raise FastCSIError("--groups needs --agg flat (per-element stats are over atoms)")
             if track and numbers is None:
                 raise FastCSIError(f"{features_file}: --groups needs atomic numbers, which the file lacks")
-            settings = {"aggregation": agg, "source": str(features_file), "dataset_fingerprint": _sha256(features_file)}
+            settings = {"aggregation": agg, "source": str(features_file), "dataset_fingerprint": file_sha256(features_file)}
             if extractor:
                 settings["extractor"] = extractor
             if layer:

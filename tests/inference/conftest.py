@@ -12,12 +12,8 @@ from inference_runs import finetune_settings  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models on a shared 2-core machine: thread hand-offs cost more than they save
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs tiny models on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
