@@ -250,14 +250,14 @@ class AseDbDataset(_AseLabels, Dataset):
         )
 
     def _connect(self):
-        self._check_process()
-        if self._db is None:
+        def connect():
             import ase.db
 
-            kind = "json" if self.path.suffix == ".json" else "db"
-            self._db = ase.db.connect(str(self.path), type=kind, create_indices=False) if kind == "db" else \
-                ase.db.connect(str(self.path), type=kind)
-        return self._db
+            if self.path.suffix == ".json":
+                return ase.db.connect(str(self.path), type="json")
+            return ase.db.connect(str(self.path), type="db", create_indices=False)
+
+        return self._opened("_db", connect)
 
     def _handle_attributes(self):
         return ("_db",)
@@ -294,17 +294,17 @@ class TrajDataset(HeaderIndexed, _AseLabels, Dataset):
         self._length = len(self._trajectory())
 
     def _trajectory(self):
-        self._check_process()
-        if self._traj is None:
+        def open_trajectory():
             from ase.io.trajectory import Trajectory
 
             try:
-                self._traj = Trajectory(str(self.path), "r")
+                return Trajectory(str(self.path), "r")
             except FileNotFoundError:
                 raise FastCSIError(f"{self.path}: file not found") from None
             except Exception as exc:
                 raise _ase_error(self.path, exc, "open the trajectory") from None
-        return self._traj
+
+        return self._opened("_traj", open_trajectory)
 
     def _handle_attributes(self):
         return ("_traj",)

@@ -126,6 +126,13 @@ class Dataset(abc.ABC):
             self._close_handles()
             self._pid = os.getpid()
 
+    def _opened(self, name: str, opener):
+        """The handle in attribute ``name``, opened by ``opener()`` on first use in this process."""
+        self._check_process()
+        if getattr(self, name) is None:
+            setattr(self, name, opener())
+        return getattr(self, name)
+
     def _close_handles(self):
         # let go of the handles (readers whose handles need an explicit close override this)
         for name in self._handle_attributes():

@@ -117,10 +117,7 @@ class _GroupedH5Dataset(Dataset):
             raise damaged(self.path, self._groups[g], exc) from None
 
     def _file(self):
-        self._check_process()
-        if self._h5 is None:
-            self._h5 = open_h5(self.path)
-        return self._h5
+        return self._opened("_h5", lambda: open_h5(self.path))
 
     def _handle_attributes(self):
         return ("_h5",)

@@ -213,10 +213,7 @@ class LmdbDataset(HeaderIndexed, Dataset):
         )
 
     def _environment(self):
-        self._check_process()
-        if self._env is None:
-            self._env = open_lmdb(self.path)
-        return self._env
+        return self._opened("_env", lambda: open_lmdb(self.path))
 
     def _handle_attributes(self):
         # closing is letting go: the environment is shared by every dataset on this file in the process
