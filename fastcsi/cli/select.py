@@ -216,7 +216,7 @@ def select(downstream, upstreams, samples, seeds, outdir, **kw):
 @click.command("demo")
 @_select_options
 def demo(downstream, upstreams, samples, seeds, outdir, **kw):
-    """The CSI ranking on the bundled demo datasets (under a minute on a laptop CPU)."""
+    """The CSI ranking on the bundled demo datasets (seconds on a laptop CPU)."""
     _run(downstream, upstreams, samples, seeds, outdir, demo_mode=True, **kw)
 
 
