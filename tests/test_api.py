@@ -1,6 +1,5 @@
 """The public API: ``import fastcsi`` gives what a user needs, typed, and writes nothing unasked."""
 import json
-import os
 import subprocess
 import sys
 

@@ -539,8 +539,8 @@ def check_interaction(ctx: Context) -> dict:
 
 
 @contextlib.contextmanager
-def _triton_paths(model, wanted: bool):
-    """Inside: ``model`` runs its Triton radius graph and fused interaction (the dry run's device
+def _triton_paths(wanted: bool):
+    """Inside: models run their Triton radius graph and fused interaction (the dry run's device
     stand-in, under the interpreter), through ``fastcsi.backend.override``; with ``wanted`` False
     (CUDA: auto picks them) nothing changes."""
     if not wanted:
@@ -610,7 +610,7 @@ def check_gemnet_model(ctx: Context) -> dict:
             errors, launches = {}, {}
             cpu_model.eval(), dev_model.eval()
             want = cpu_model(batch)
-            with _triton_paths(dev_model, ctx.dry_run), _count_triton_calls(launches):
+            with _triton_paths(ctx.dry_run), _count_triton_calls(launches):
                 got = dev_model(dev_batch)
                 dev_features = extract_features(dev_model, dev_batch)
             errors["energy"], errors["forces"] = rel_err(got["energy"], want["energy"]), rel_err(got["forces"], want["forces"])
@@ -620,7 +620,7 @@ def check_gemnet_model(ctx: Context) -> dict:
             for model, b, device_paths in ((cpu_model, batch, False), (dev_model, dev_batch, True)):
                 model.train()
                 model.zero_grad()
-                with _triton_paths(model, device_paths and ctx.dry_run), _count_triton_calls(launches):
+                with _triton_paths(device_paths and ctx.dry_run), _count_triton_calls(launches):
                     out = model(b)
                     (out["energy"].square().sum() + out["forces"].square().sum()).backward()
                 grads.append(torch.cat([p.grad.reshape(-1).cpu() for p in model.parameters() if p.grad is not None]))

@@ -9,11 +9,13 @@
 """
 from __future__ import annotations
 
-import numpy as np
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from ase import Atoms
-from ase.build import add_adsorbate, bulk, fcc111, molecule
+from ase.build import bulk, fcc111, molecule
 
 from fastcsi.backend import FallbackWarning
 from fastcsi.data.batch import batch_from_atoms
@@ -25,6 +27,9 @@ from fastcsi.graph import nearest as nearest_module
 from fastcsi.graph import radius_graph, select_neighbors
 from fastcsi.model.gemnet_oc.configs import config, normalize_hparams
 from fastcsi.model.gemnet_oc.model import build_graphs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
+from goc_helpers import batch_of, sample_structures  # noqa: E402 - shared with the model tests
 
 
 def _edges(graph, batch):
@@ -127,34 +132,11 @@ def test_select_neighbors_rank_walk_equals_the_torch_sorts(monkeypatch):
 
 
 # ------------------------------------------------------------------ build_graphs vs brute force
-# (the structures of tests/model/conftest.py: a rattled molecule, a slab with adsorbate and OC20 tags,
-# a strained rocksalt crystal)
-def _rattled(atoms, seed, amount=0.05):
-    """Rattled positions and, for periodic cells, a small random strain (lattice vectors of equal
-    length make an atom's own images tie in distance, and a k-nearest cut among ties depends on
-    rounding)."""
-    atoms = atoms.copy()
-    if atoms.pbc.any():
-        strain = np.eye(3) + 0.04 * np.random.default_rng(seed).uniform(-1, 1, size=(3, 3))
-        atoms.set_cell(np.asarray(atoms.cell) @ strain, scale_atoms=True)
-    atoms.rattle(amount, seed=seed)
-    return atoms
-
-
+# (the structures of the model tests: a rattled molecule, a slab with adsorbate and OC20 tags, a
+# strained rocksalt crystal)
 @pytest.fixture(scope="module")
 def structures():
-    ethanol = _rattled(molecule("CH3CH2OH"), 1)
-    slab = fcc111("Cu", (2, 2, 2), vacuum=5.0, periodic=True)
-    add_adsorbate(slab, "O", 1.4, "fcc")
-    slab = _rattled(slab, 2, 0.03)
-    # OC20 tags: adsorbate 2 (ase tags it 0), top layer 1 (ase tag 1), the rest 0
-    ase_tags = slab.get_tags()
-    slab.set_tags(np.where(ase_tags == 0, 2, np.where(ase_tags == 1, 1, 0)))
-    return {"molecule": ethanol, "slab": slab, "bulk": _rattled(bulk("NaCl", "rocksalt", a=5.64), 3, 0.05)}
-
-
-def batch_of(*atoms_list):
-    return batch_from_atoms(list(atoms_list), dtype=torch.float64)
+    return sample_structures()
 
 
 @pytest.fixture(scope="module", params=["mixed", "molecules"])

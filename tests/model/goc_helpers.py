@@ -34,6 +34,20 @@ def make_model(**overrides):
     return model.eval()
 
 
+def sample_structures() -> dict:
+    """A molecule, a periodic slab with an adsorbate (OC20 tags 0/1/2) and a bulk crystal."""
+    from ase.build import add_adsorbate, bulk, fcc111, molecule
+
+    ethanol = rattled(molecule("CH3CH2OH"), 1)
+    slab = fcc111("Cu", (2, 2, 2), vacuum=5.0, periodic=True)
+    add_adsorbate(slab, "O", 1.4, "fcc")
+    slab = rattled(slab, 2, 0.03)
+    # OC20 tags: adsorbate 2 (ase tags it 0), top layer 1 (ase tag 1), the rest 0
+    ase_tags = slab.get_tags()
+    slab.set_tags(np.where(ase_tags == 0, 2, np.where(ase_tags == 1, 1, 0)))
+    return {"molecule": ethanol, "slab": slab, "bulk": rattled(bulk("NaCl", "rocksalt", a=5.64), 3, 0.05)}
+
+
 def batch_of(*atoms_list):
     return batch_from_atoms(list(atoms_list), dtype=torch.float64)
 
