@@ -63,7 +63,10 @@ def merge_cmd(inputs, output):
         merged.merge(load_stats(path))
     merged.metadata["merged_from"] = [str(p) for p in inputs]
     merged.save(output)
-    click.echo(f"{output}: {merged.count} samples of dim {merged.dim} from {len(inputs)} shard(s)")
+    meta = merged.metadata
+    counts = (f" ({meta['n_structures']} structures, {meta['n_atoms']} atoms)"
+              if "n_structures" in meta and "n_atoms" in meta else "")
+    click.echo(f"{output}: {merged.count} samples of dim {merged.dim} from {len(inputs)} shard(s){counts}")
 
 
 @stats.command("info")
@@ -86,17 +89,23 @@ def csi_cmd(stats_a, stats_b, as_json, backend):
     """Chemical Similarity Index (Fréchet distance) between two stats files; lower = closer."""
     from fastcsi.stats import csi, load_stats
 
+    from fastcsi.pipeline.report import element_symbol
+
     a, b = load_stats(stats_a), load_stats(stats_b)
     per_group = bool(a.groups) and bool(b.groups)
     result = csi(a, b, per_group=per_group, backend=backend)
     if as_json:
-        click.echo(json.dumps({"a": str(stats_a), "b": str(stats_b), **result.to_dict()}, sort_keys=True))
+        payload = result.to_dict()
+        # Groups are atomic numbers (from-features and select record them so): name the element too.
+        for z, part in payload.get("per_group", {}).items():
+            part["element"] = element_symbol(int(z))
+        click.echo(json.dumps({"a": str(stats_a), "b": str(stats_b), **payload}, sort_keys=True))
         return
     click.echo(f"CSI {result.csi:.6g}  (mean term {result.mean_term:.6g}, trace term {result.trace_term:.6g})")
     click.echo(f"samples: {result.n_a} in {stats_a}, {result.n_b} in {stats_b}")
     if per_group:
-        click.echo("per element:  Z        CSI   n_a   n_b")
+        click.echo("per element: element        CSI   n_a   n_b")
         for label, part in sorted(result.per_group.items()):
-            click.echo(f"            {label:3d} {part.csi:10.4g} {part.n_a:5d} {part.n_b:5d}")
+            click.echo(f"             {element_symbol(label):<7} {part.csi:10.4g} {part.n_a:5d} {part.n_b:5d}")
         for label, why in sorted(result.skipped_groups.items()):
-            click.echo(f"            {label:3d}  skipped: {why}")
+            click.echo(f"             {element_symbol(label):<7}  skipped: {why}")

@@ -22,7 +22,8 @@ from fastcsi.utils import atomic_path, versions
 FORMAT = "fastcsi.FeatureStats/1"
 # Metadata keys whose disagreement makes two stats incomparable (different feature spaces).
 FINGERPRINT_KEYS = ("extractor", "layer", "aggregation")
-# Metadata keys that add up when disjoint shards are merged.
+# Metadata keys that add up when disjoint shards are merged (equal values too: two shards of 40
+# structures make 80).
 ADDITIVE_KEYS = ("n_structures", "n_atoms")
 
 
@@ -30,21 +31,41 @@ def _label(stats: "FeatureStats", fallback: str) -> str:
     return f"{fallback} ({stats.source})" if stats.source else fallback
 
 
+def _seeds_of(metadata: dict) -> list:
+    if "seeds" in metadata:
+        return list(metadata["seeds"])
+    return [metadata["seed"]] if "seed" in metadata else []
+
+
 def _merge_metadata(mine: dict, theirs: dict) -> dict:
     merged = dict(mine)
     for key, value in theirs.items():
-        if key not in merged:
+        if key in ("seed", "seeds"):
+            continue
+        if key in ADDITIVE_KEYS and key in merged and all(isinstance(v, (int, float)) for v in (merged[key], value)):
+            merged[key] = merged[key] + value
+        elif key not in merged:
             merged[key] = value
         elif merged[key] == value:
             continue
-        elif key in ADDITIVE_KEYS and all(isinstance(v, (int, float)) for v in (merged[key], value)):
-            merged[key] = merged[key] + value
         else:
             # Keep the first value but never drop the other silently.
             conflicts = merged.setdefault("merge_conflicts", {})
             seen = conflicts.setdefault(key, [merged[key]])
             if value not in seen:
                 seen.append(value)
+    # Shards drawn with different seeds: the merged stats hold every seed's sample, so a single
+    # "seed" would misstate them; "seeds" lists each seed once, in merge order.
+    seeds = []
+    for seed in _seeds_of(mine) + _seeds_of(theirs):
+        if seed not in seeds:
+            seeds.append(seed)
+    merged.pop("seed", None)
+    merged.pop("seeds", None)
+    if len(seeds) == 1:
+        merged["seed"] = seeds[0]
+    elif seeds:
+        merged["seeds"] = seeds
     return merged
 
 

@@ -70,6 +70,21 @@ def test_csi_command_text_and_json(feature_files, tmp_path):
     assert abs(same["csi"]) < 1e-10 and set(same["per_group"]) == {"1", "2", "3"}
 
 
+def test_csi_names_per_element_rows_by_symbol(tmp_path):
+    rng = np.random.default_rng(3)
+    paths = []
+    for name in ("a", "b"):
+        z = rng.choice([1, 6, 8], size=300)
+        stats = FeatureStats(3, {"extractor": "e"}, track_groups=True).update(rng.standard_normal((300, 3)), groups=z)
+        paths.append(stats.save(tmp_path / f"{name}.npz"))
+    text = _run("csi", *paths)
+    assert text.exit_code == 0, text.output
+    rows = text.output.split("per element:", 1)[1].splitlines()[1:]
+    assert [row.split()[0] for row in rows] == ["H", "C", "O"]
+    payload = json.loads(_run("csi", *paths, "--json").output)
+    assert {z: part["element"] for z, part in payload["per_group"].items()} == {"1": "H", "6": "C", "8": "O"}
+
+
 def test_merge_command_is_exact_and_refuses_incompatible(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((600, 5)) + 50
@@ -87,6 +102,23 @@ def test_merge_command_is_exact_and_refuses_incompatible(tmp_path):
     assert refused.exit_code == 2 and "extractor" in refused.output and "odd.npz" in refused.output
     assert not (tmp_path / "never.npz").exists()
     assert "dim 5, 600 samples" in _run("stats", "info", out).output
+
+
+def test_merged_file_reports_the_merged_counts_and_seeds(tmp_path):
+    # Shards of equal size (as torchrun ranks or repeated `stats compute` runs write them).
+    rng = np.random.default_rng(2)
+    paths = []
+    for seed in (0, 1):
+        meta = {"extractor": "e", "n_structures": 40, "n_atoms": 360, "seed": seed}
+        paths.append(FeatureStats(5, meta).update(rng.standard_normal((360, 5))).save(tmp_path / f"s{seed}.npz"))
+    out = tmp_path / "merged.npz"
+    merged_run = _run("stats", "merge", *paths, "-o", out)
+    assert merged_run.exit_code == 0, merged_run.output
+    assert "80 structures, 720 atoms" in merged_run.output
+    info = _run("stats", "info", out).output
+    meta = json.loads(info[info.index("{"):])
+    assert (meta["n_structures"], meta["n_atoms"], meta["seeds"]) == (80, 720, [0, 1])
+    assert "seed" not in meta
 
 
 def test_user_mistakes_exit_2_with_one_line(feature_files, tmp_path):

@@ -148,7 +148,20 @@ def test_metadata_merge_keeps_conflicts_and_sums_counts():
     a.merge(b)
     assert a.metadata["n_structures"] == 17
     assert a.metadata["layer"] == 2
-    assert a.metadata["merge_conflicts"] == {"seed": [1, 2]}
+    assert a.metadata["seeds"] == [1, 2] and "seed" not in a.metadata
+    assert "merge_conflicts" not in a.metadata
+
+
+def test_metadata_merge_adds_equal_counts_of_disjoint_shards():
+    # Two shards of the same size: their equal counts still add up (they used to stay at one shard's).
+    rng = np.random.default_rng(6)
+    meta = {"n_structures": 40, "n_atoms": 360, "seed": 0, "layer": 2}
+    a = FeatureStats(2, dict(meta)).update(rng.standard_normal((5, 2)))
+    b = FeatureStats(2, {**meta, "seed": 1}).update(rng.standard_normal((5, 2)))
+    c = FeatureStats(2, dict(meta)).update(rng.standard_normal((5, 2)))
+    a.merge(b).merge(c)
+    assert a.metadata["n_structures"] == 120 and a.metadata["n_atoms"] == 1080
+    assert a.metadata["seeds"] == [0, 1] and "seed" not in a.metadata
 
 
 def test_merge_refuses_mixing_grouped_and_ungrouped():
