@@ -19,13 +19,14 @@ class RankingEntry:
     rank: int
     upstream: str
     csi: float
-    csi_std: float
+    csi_std: float | None  # None: every seed drew the same structures, the spread is not measured
     mean_term: float
     trace_term: float
     n_structures: int
     n_atoms: int
     per_seed: list = field(default_factory=list)
     per_element: dict = field(default_factory=dict)
+    all_structures_used: bool = False  # the upstream was used whole: more --samples adds nothing
 
 
 @dataclass(frozen=True)
@@ -46,10 +47,12 @@ class Ranking:
     def from_dict(cls, result: dict, outdir=None) -> "Ranking":
         try:
             entries = [RankingEntry(rank=int(r["rank"]), upstream=str(r["upstream"]), csi=float(r["csi"]),
-                                    csi_std=float(r["csi_std"]), mean_term=float(r["mean_term"]),
+                                    csi_std=None if r["csi_std"] is None else float(r["csi_std"]),
+                                    mean_term=float(r["mean_term"]),
                                     trace_term=float(r["trace_term"]), n_structures=int(r["n_structures"]),
                                     n_atoms=int(r["n_atoms"]), per_seed=list(r.get("per_seed", [])),
-                                    per_element=dict(r.get("per_element", {})))
+                                    per_element=dict(r.get("per_element", {})),
+                                    all_structures_used=bool(r.get("all_structures_used", False)))
                        for r in result["ranking"]]
             return cls(entries=entries, downstream=dict(result["downstream"]), adequacy=dict(result["adequacy"]),
                        warnings=list(result.get("warnings", [])), settings=dict(result.get("settings", {})),

@@ -66,7 +66,7 @@ def write_csv(result: dict, path) -> None:
                 row["rank"],
                 row["upstream"],
                 f"{row['csi']:.10g}",
-                f"{row['csi_std']:.6g}",
+                "" if row.get("csi_std") is None else f"{row['csi_std']:.6g}",  # empty: seeds shared one sample
                 f"{row['mean_term']:.10g}",
                 f"{row['trace_term']:.10g}",
                 len(row["per_seed"]),
@@ -103,7 +103,7 @@ def plot_ranking(result: dict, path) -> None:
     rows = result["ranking"]
     labels = display_names([r["upstream"] for r in rows])
     values = [r["csi"] for r in rows]
-    errors = [r["csi_std"] for r in rows]
+    errors = [r.get("csi_std") or 0.0 for r in rows]  # None: spread not measured, no bar drawn
     fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.45 * max(len(rows), 1)))
     y = np.arange(len(rows))
     positive = [v for v in values if v > 0]
@@ -115,7 +115,13 @@ def plot_ranking(result: dict, path) -> None:
     ax.invert_yaxis()
     n_seeds = len(result["settings"].get("seeds", [])) or 1
     scale = ", log scale" if log else ""
-    ax.set_xlabel(f"CSI (lower = closer{scale}; error bars: std over {n_seeds} seed(s))")
+    if any(r.get("csi_std") is not None for r in rows) and n_seeds > 1:
+        spread = f"error bars: std over {n_seeds} seeds"
+        if any(r.get("csi_std") is None for r in rows):
+            spread += "; none where all seeds share the sample"
+    else:
+        spread = "no error bars: all seeds share one sample" if n_seeds > 1 else "one seed, no error bars"
+    ax.set_xlabel(f"CSI (lower = closer{scale}; {spread})")
     ax.set_title(f"CSI to {_short(result['downstream']['path'], 60)}", fontsize=10)
     for yi, v, e in zip(y, values, errors):
         ax.text(v + e, yi, f"  {v:.4g}", va="center", fontsize=8)
@@ -177,7 +183,7 @@ def format_table(result: dict) -> str:
                 str(r["rank"]),
                 name,
                 f"{r['csi']:.5g}",
-                f"{r['csi_std']:.2g}" if len(r["per_seed"]) > 1 else "-",
+                f"{r['csi_std']:.2g}" if len(r["per_seed"]) > 1 and r.get("csi_std") is not None else "-",
                 f"{r['mean_term']:.5g}",
                 f"{r['trace_term']:.5g}",
                 f"{r['n_structures']:,}",
@@ -202,6 +208,11 @@ def format_table(result: dict) -> str:
         fmt(["-" * w for w in widths]),
     ]
     out += [fmt(l) for l in lines]
+    shared = [name for r, name in zip(result["ranking"], names)
+              if len(r["per_seed"]) > 1 and r.get("csi_std") is None]
+    if shared:
+        out.append(f"± -: all seeds share the sample of {', '.join(shared)} and of the downstream "
+                   "(every structure used), so the spread over seeds is not measured")
     return "\n".join(out)
 
 

@@ -331,8 +331,9 @@ def _pair_values(seed, down, up, res) -> dict:
     }
 
 
-def _per_element_summary(values: dict) -> dict:
-    """``{Z: {"csi": [...], "down": [...], "up": [...]}}`` over seeds -> mean/std per element."""
+def _per_element_summary(values: dict, spread_measured: bool) -> dict:
+    """``{Z: {"csi": [...], "down": [...], "up": [...]}}`` over seeds -> mean/std per element
+    (std None when the seeds shared one sample)."""
     out = {}
     for z in sorted(values):
         v = values[z]
@@ -340,7 +341,7 @@ def _per_element_summary(values: dict) -> dict:
         out[element_symbol(z)] = {
             "Z": z,
             "csi": m,
-            "csi_std": s,
+            "csi_std": s if spread_measured else None,
             "n_atoms_upstream": int(round(np.mean(v["up"]))),
             "n_atoms_downstream": int(round(np.mean(v["down"]))),
         }
@@ -351,8 +352,10 @@ def _upstream_row(up_src, down_src, per_seed_down, settings, provider, profiler,
     """One upstream's ranking row: the CSI per seed, its mean and std, terms, counts, per element."""
     per_seed = []
     per_element_values = {}
+    samples_used = set()  # distinct (downstream, upstream) stats objects over the seeds
     for seed, down in per_seed_down.items():
         up = provider.get(up_src, settings.upstream_sampling, seed)
+        samples_used.add((id(down), id(up)))
         _check_settings_match(down, up, down_src.label, up_src.label)
         want_groups = settings.per_element and bool(down.groups) and bool(up.groups)
         with profiler.stage("distance"):
@@ -367,20 +370,31 @@ def _upstream_row(up_src, down_src, per_seed_down, settings, provider, profiler,
                 entry["up"].append(up_counts.get(int(z), 0))
     csi_mean, csi_std = mean_std([p["csi"] for p in per_seed])
     first_up = provider.get(up_src, settings.upstream_sampling, next(iter(per_seed_down)))
+    # When every seed drew the same structures on both sides (a dataset smaller than --samples, or
+    # stats files), the seeds repeat one number: a std of 0 would claim a certainty nobody measured.
+    spread_measured = len(samples_used) > 1
     return {
         "upstream": up_src.label,
         "source": up_src.kind,
         "csi": csi_mean,
-        "csi_std": csi_std,
-        "csi_rel_std": csi_std / csi_mean if csi_mean > 0 else 0.0,
+        "csi_std": csi_std if spread_measured else None,
+        "csi_rel_std": (csi_std / csi_mean if csi_mean > 0 else 0.0) if spread_measured else None,
+        "spread_measured": spread_measured,
+        "all_structures_used": _whole_dataset(first_up),
         "mean_term": mean_std([p["mean_term"] for p in per_seed])[0],
         "trace_term": mean_std([p["trace_term"] for p in per_seed])[0],
         "n_structures": int(round(np.mean([p["n_structures"] for p in per_seed]))),
         "n_atoms": int(round(np.mean([p["n_atoms"] for p in per_seed]))),
         "per_seed": per_seed,
-        "per_element": _per_element_summary(per_element_values),
+        "per_element": _per_element_summary(per_element_values, spread_measured),
         "stats_settings": dict(sorted(first_up.metadata.items())),
     }
+
+
+def _whole_dataset(stats) -> bool:
+    """Stats computed here from every structure of their dataset (``--samples`` at least its size,
+    or ``all``): no seed can draw a different sample, and more ``--samples`` adds nothing."""
+    return stats.metadata.get("sampling") == "all" and "dataset_size" in stats.metadata
 
 
 def _downstream_summary(down_src, per_seed_down, seeds) -> dict:
@@ -388,6 +402,7 @@ def _downstream_summary(down_src, per_seed_down, seeds) -> dict:
     return {
         "path": down_src.label,
         "source": down_src.kind,
+        "all_structures_used": _whole_dataset(per_seed_down[seeds[0]]),
         "n_structures": int(round(np.mean([c[0] for c in d_counts]))),
         "n_atoms": int(round(np.mean([c[1] for c in d_counts]))),
         "per_seed": [
@@ -404,17 +419,23 @@ def _adequacy(rows, downstream, settings, dims, warnings) -> dict:
     need = ADEQUATE_SAMPLES_PER_DIM * dim
     unit = "atoms" if settings.agg == "flat" else "structures"
     low = []
-    for label, counts in [(downstream["path"], [p["n_samples"] for p in downstream["per_seed"]])] + [
-        (r["upstream"], [p["n_samples"] for p in r["per_seed"]]) for r in rows
-    ]:
+    seeds = list(settings.seeds)
+    sides = [(downstream["path"], [p["n_samples"] for p in downstream["per_seed"]], downstream["n_structures"],
+              downstream.get("all_structures_used", False))]
+    sides += [(r["upstream"], [p["n_samples"] for p in r["per_seed"]], r["n_structures"],
+               r.get("all_structures_used", False)) for r in rows]
+    for label, counts, n_structures, whole in sides:
+        if whole and len(seeds) > 1:
+            warnings.append(f"{label}: all {n_structures:,} structures used; seeds share the sample")
         if min(counts) < need:
             low.append(label)
+            # Raising --samples cannot help a dataset that is already used whole.
+            remedy = ("the dataset holds no more structures" if whole else "use more --samples")
             warnings.append(
                 f"{label}: {min(counts):,} feature samples ({unit}) for feature dimension {dim}, fewer "
                 f"than {ADEQUATE_SAMPLES_PER_DIM}x: the covariance is poorly determined and the CSI is "
-                "biased upwards; use more --samples"
+                f"biased upwards; {remedy}"
             )
-    seeds = list(settings.seeds)
     order_per_seed = []
     if len(seeds) > 1 and rows:
         for i in range(len(seeds)):
@@ -424,7 +445,7 @@ def _adequacy(rows, downstream, settings, dims, warnings) -> dict:
         warnings.append("the ranking differs between seeds: the closest upstreams are within sampling noise")
     overlaps = []
     for a, b in zip(rows, rows[1:]):
-        if len(seeds) > 1 and b["csi"] - a["csi"] < a["csi_std"] + b["csi_std"]:
+        if len(seeds) > 1 and b["csi"] - a["csi"] < (a["csi_std"] or 0.0) + (b["csi_std"] or 0.0):
             overlaps.append([a["upstream"], b["upstream"]])
     return {
         "feature_dim": dim,
@@ -433,7 +454,7 @@ def _adequacy(rows, downstream, settings, dims, warnings) -> dict:
         "below_required": low,
         "n_seeds": len(seeds),
         "ranking_stable_across_seeds": stable,
-        "max_rel_std": max((r["csi_rel_std"] for r in rows), default=0.0),
+        "max_rel_std": max((r["csi_rel_std"] for r in rows if r["csi_rel_std"] is not None), default=None),
         "neighbours_within_1std": overlaps,
     }
 

@@ -83,6 +83,34 @@ def test_seeds_give_spread_and_counts(tiny_data, extractor, tmp_path):
     assert result["adequacy"]["n_seeds"] == 3
 
 
+def test_exhausted_datasets_claim_no_spread(tiny_data, extractor, tmp_path):
+    # 50 samples of datasets of 8 and 12 structures: every seed sees the same structures.
+    from fastcsi.pipeline.report import format_table
+
+    settings = SelectSettings(samples=50, seeds=(0, 1), batch_size=8, dtype="float64")
+    result = run_select(tiny_data["down"], [tiny_data["organic"]], settings, outdir=tmp_path, extractor=extractor,
+                        progress=False, use_cache=False)
+    row = result["ranking"][0]
+    assert row["csi_std"] is None and row["spread_measured"] is False and row["all_structures_used"]
+    assert all(part["csi_std"] is None for part in row["per_element"].values())
+    assert result["downstream"]["all_structures_used"]
+    warnings = " | ".join(result["warnings"])
+    assert f"{tiny_data['organic']}: all 12 structures used; seeds share the sample" in warnings
+    assert f"{tiny_data['down']}: all 8 structures used; seeds share the sample" in warnings
+    assert "use more --samples" not in warnings and "the dataset holds no more structures" in warnings
+    table = format_table(result)
+    assert "± 0" not in table and "spread over seeds is not measured" in table
+    data_row = next(line for line in table.splitlines() if line.lstrip().startswith("1 "))
+    assert data_row.split()[3] == "-"  # the ± std column
+    saved = json.loads((tmp_path / "csi.json").read_text())
+    assert saved["ranking"][0]["csi_std"] is None
+    csv_row = [l for l in (tmp_path / "csi.csv").read_text().splitlines() if not l.startswith("#")][1]
+    assert csv_row.split(",")[3] == ""
+    from fastcsi.pipeline import Ranking
+
+    assert Ranking.load(tmp_path).closest.csi_std is None
+
+
 class _Interrupting:
     """Wraps an extractor; raises KeyboardInterrupt at the given features() call (a killed run)."""
 
