@@ -61,6 +61,14 @@ def info(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unre
         f"  labels       energy {yes[summary['has_energy']]}  forces {yes[summary['has_forces']]}  "
         f"tags {yes[summary['has_tags']]}"
     )
+    targets = summary["targets"]
+    if targets:
+        n = summary["n_structures"]
+        click.echo("  targets      " + " ".join(name if count == n else f"{name}({count} of {n})"
+                                             for name, count in targets.items())
+                   + "  (scalar, in the file's units; finetune --target NAME)")
+    else:
+        click.echo("  targets      none")
     click.echo(f"  cell         {yes[summary['has_cell']]}  periodic {yes[summary['periodic']]}")
     click.echo(f"  classes      {summary['n_classes']}")
     click.echo(f"  units        {summary['units_note']}")

@@ -32,8 +32,11 @@ def summarize(ds, progress: bool = False) -> dict:
     element_counts = np.zeros(128, dtype=np.int64)
     n_atoms = np.zeros(n, dtype=np.int64)
     with_energy = with_forces = with_cell = periodic = with_tags = 0
+    target_counts = {}  # scalar target name -> structures carrying it, in the order first seen
     items = progress_bar(ds, n, ds.path.name) if progress else ds
     for i, s in enumerate(items):
+        for name in s.targets:
+            target_counts[name] = target_counts.get(name, 0) + 1
         n_atoms[i] = s.n_atoms
         element_counts += np.bincount(s.atomic_numbers, minlength=128)[:128]
         with_energy += s.energy is not None
@@ -57,6 +60,7 @@ def summarize(ds, progress: bool = False) -> dict:
         "has_cell": bool(n) and with_cell > 0,
         "periodic": periodic > 0,
         "has_tags": bool(n) and with_tags == n,
+        "targets": target_counts,
         "n_classes": int(len(set(ds.class_keys().tolist()))),
         "units_note": ds.units_note,
         "fingerprint": ds.fingerprint,

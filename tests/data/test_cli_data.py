@@ -53,3 +53,44 @@ def test_sample_writes_indices_and_structures(shared_data, tmp_path):
     _run("sample", src, "-n", 30, "--strategy", "balanced", "--seed", 7, "-o", tmp_path / "idx.npy")
     assert np.array_equal(np.load(tmp_path / "idx.npy"), idx)
     assert json.loads((tmp_path / "idx.npy.meta.json").read_text())["settings"]["n_selected"] == 30
+
+
+def _qm9_like_frames():
+    from ase.build import molecule
+
+    frames = []
+    for i, name in enumerate(("H2O", "CH4", "NH3")):
+        atoms = molecule(name)
+        atoms.info.update({"zpve": 0.04 + 0.001 * i, "homo": -0.3 - 0.01 * i})
+        if i == 2:
+            del atoms.info["homo"]
+        frames.append(atoms)
+    return frames
+
+
+@pytest.mark.parametrize("suffix", [".extxyz", ".db"])
+def test_info_lists_scalar_targets(tmp_path, suffix):
+    import ase.db
+    import ase.io
+
+    path = tmp_path / f"qm9like{suffix}"
+    if suffix == ".db":
+        with ase.db.connect(str(path)) as db:
+            for atoms in _qm9_like_frames():
+                values = dict(atoms.info)
+                atoms.info.clear()
+                db.write(atoms, key_value_pairs=values)
+    else:
+        ase.io.write(path, _qm9_like_frames(), format="extxyz")
+    summary = json.loads(_run("info", "--json", path).stdout)
+    assert summary["targets"] == {"zpve": 3, "homo": 2}
+    text = _run("info", path).stdout
+    line = next(l for l in text.splitlines() if l.strip().startswith("targets"))
+    assert "zpve" in line and "homo(2 of 3)" in line and "--target" in line
+
+
+def test_info_lists_qm9_targets(shared_data):
+    summary = json.loads(_run("info", "--json", shared_data / "qm9" / "qm9_reduced_100.extxyz").stdout)
+    assert {"U0", "epsHOMO", "zpve"} <= set(summary["targets"]) and summary["targets"]["U0"] == 100
+    db = json.loads(_run("info", "--json", shared_data / "qm9" / "schnetpack_test_qm9.db").stdout)
+    assert db["targets"]["energy_U0"] == 20 and "homo" in db["targets"]
