@@ -3,15 +3,40 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# ../shared beside the repository root; FASTCSI_SHARED names another place (or a missing one, to try
+# the suite as a clone without it sees it).
+SHARED = Path(os.environ.get("FASTCSI_SHARED") or Path(__file__).resolve().parents[1].parent / "shared")
 SHARED_DATA = SHARED / "data"
+# CI sets this: a missing ../shared/data must fail the run, not skip the tests on the real samples.
+REQUIRE_SHARED = os.environ.get("FASTCSI_REQUIRE_SHARED") == "1"
+
+
+def pytest_sessionstart(session):
+    if REQUIRE_SHARED and not SHARED_DATA.is_dir():
+        raise pytest.UsageError(f"FASTCSI_REQUIRE_SHARED=1 but {SHARED_DATA} is not present: the tests on the "
+                                "real data samples would be skipped")
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """The real data samples (read-only). Every test that reads them takes this fixture, so that a clone
+    without ../shared skips them (one reason line) and FASTCSI_REQUIRE_SHARED=1 fails instead."""
     if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is not present")
+        pytest.skip(SHARED_SKIP_REASON)
     return SHARED_DATA
+
+
+SHARED_SKIP_REASON = f"{SHARED_DATA} is not present: tests on the real data samples skipped"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    # pytest files a skip under each test's own line; these all have one cause, so they are filed under
+    # the fixture, which folds them into one line of the -ra summary
+    report = yield
+    if report.skipped and isinstance(report.longrepr, tuple) and report.longrepr[2].endswith(SHARED_SKIP_REASON):
+        report.longrepr = (__file__, None, report.longrepr[2])
+    return report
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,24 @@ from click.testing import CliRunner
 
 from fastcsi.cli.app import cli
 
-# beside the repository root (``from conftest import`` would find whichever test folder's conftest came first)
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
+from format_writers import write_ani1x, write_ase_db, write_extxyz, write_lmdb, write_sgdml_npz  # noqa: E402
+
+# one file of each format family: written here (the core, which needs no ../shared), and the real samples
+GENERATED_FAMILIES = {
+    "hdf5": lambda root: write_ani1x(root / "ani1x.hdf5"),
+    "lmdb": lambda root: write_lmdb(root / "data.0000.lmdb", 4),
+    "npz": lambda root: write_sgdml_npz(root / "md22.npz"),
+    "extxyz": lambda root: write_extxyz(root / "ref_keys.extxyz", 5) and root / "ref_keys.extxyz",  # cut mid-frame
+    "db": lambda root: write_ase_db(root / "alloys.db"),
+}
+SHARED_FAMILIES = {
+    "hdf5": "ani1x/ani1x_n5.hdf5",
+    "lmdb": "generated/oc20/s2ef_pyg2/data.0000.lmdb",
+    "npz": "generated/md22/md22_sample.npz",
+    "extxyz": "generated/extxyz/ref_keys.extxyz",
+    "db": "generated/bulk/alloys.db",
+}
 
 TINY = ["--quiet"]
 TRAIN_FAST = ["--model", "gemnet-oc-tiny", "--batch-size", "2", "--threads", "1", "--quiet"]
@@ -60,27 +77,28 @@ def good(tmp_path_factory):
     return {"data": data, "stats": stats, "root": root, "model": model}
 
 
+def _truncated_copies(sources: dict, root: Path, prefix: str) -> dict:
+    out = {}
+    for family, source in sources.items():
+        raw = source.read_bytes()
+        path = root / f"{prefix}truncated_{family}{source.suffix}"
+        path.write_bytes(raw[: len(raw) // 2])
+        out[f"{prefix}truncated-{family}"] = path
+    return out
+
+
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory):
-    """name -> path of a bad dataset file or directory."""
+    """name -> path of a bad dataset file or directory, all made here."""
     from ase.io import write
 
     root = tmp_path_factory.mktemp("bad")
     out = {"missing": root / "does-not-exist.extxyz", "directory": root / "a-directory"}
     out["directory"].mkdir()
     (out["directory"] / "notes.md").write_text("no structures here\n")
-    families = {
-        "hdf5": SHARED_DATA / "ani1x" / "ani1x_n5.hdf5",
-        "lmdb": SHARED_DATA / "generated" / "oc20" / "s2ef_pyg2" / "data.0000.lmdb",
-        "npz": SHARED_DATA / "generated" / "md22" / "md22_sample.npz",
-        "extxyz": SHARED_DATA / "generated" / "extxyz" / "ref_keys.extxyz",
-        "db": SHARED_DATA / "generated" / "bulk" / "alloys.db",
-    }
-    for family, source in families.items():
-        raw = source.read_bytes()
-        path = root / f"truncated_{family}{source.suffix}"
-        path.write_bytes(raw[: len(raw) // 2])
-        out[f"truncated-{family}"] = path
+    intact = root / "intact"
+    intact.mkdir()
+    out.update(_truncated_copies({family: write(intact) for family, write in GENERATED_FAMILIES.items()}, root, ""))
     rng = np.random.default_rng(0)
     out["random-bytes"] = root / "random.bin"
     out["random-bytes"].write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
@@ -97,8 +115,17 @@ def bad_inputs(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def bad_real_inputs(shared_data, tmp_path_factory):
+    """The real samples of ../shared/data cut in half."""
+    return _truncated_copies({family: shared_data / rel for family, rel in SHARED_FAMILIES.items()},
+                             tmp_path_factory.mktemp("bad-real"), "real-")
+
+
 BAD_INPUT_NAMES = ["missing", "directory", "truncated-hdf5", "truncated-lmdb", "truncated-npz",
-                   "truncated-extxyz", "truncated-db", "random-bytes", "nan-positions", "zero-atoms"]
+                   "truncated-extxyz", "truncated-db", "random-bytes", "nan-positions", "zero-atoms",
+                   *(f"real-truncated-{family}" for family in SHARED_FAMILIES)]
+
 
 # command -> argv with {data}, {good}, {stats}, {out}; {data} is the bad input under test
 DATA_COMMANDS = {
@@ -142,15 +169,16 @@ DATA_CASES = [(c, b) for c in DATA_COMMANDS for b in BAD_INPUT_NAMES
 
 
 @pytest.mark.parametrize("command, bad", DATA_CASES)
-def test_bad_dataset_is_one_line_exit_2_and_writes_nothing(command, bad, good, bad_inputs, tmp_path):
+def test_bad_dataset_is_one_line_exit_2_and_writes_nothing(command, bad, good, request, tmp_path):
+    bad_input = request.getfixturevalue("bad_real_inputs" if bad.startswith("real-") else "bad_inputs")[bad]
     out = tmp_path / "out"
     out.mkdir()
-    before = _snapshot(bad_inputs[bad].parent)
-    result, args = _invoke(DATA_COMMANDS[command], data=bad_inputs[bad], good=good["data"], model=good["model"],
+    before = _snapshot(bad_input.parent)
+    result, args = _invoke(DATA_COMMANDS[command], data=bad_input, good=good["data"], model=good["model"],
                            out=out)
     _check_user_error(result, args)
     assert _snapshot(out) == set(), f"{' '.join(args)} left {_snapshot(out)}"
-    assert _snapshot(bad_inputs[bad].parent) == before  # no side files beside inputs
+    assert _snapshot(bad_input.parent) == before  # no side files beside inputs
 
 
 # command -> argv whose output location is {out}; every other input is valid
@@ -243,13 +271,20 @@ def test_bad_stats_file_is_one_line_exit_2(command, bad, good, bad_stats, tmp_pa
     assert _snapshot(out) == set()
 
 
-def test_inputs_are_never_written_locked_or_given_side_files(good, tmp_path):
+@pytest.mark.parametrize("origin", ["generated", "shared"])
+def test_inputs_are_never_written_locked_or_given_side_files(good, tmp_path, request, origin):
     # read-only copies of every format family (as in CI's shared/): commands must not need write access
     sources = tmp_path / "inputs"
     sources.mkdir()
-    for name in ("ani1x/ani1x_n5.hdf5", "generated/oc20/s2ef_pyg2/data.0000.lmdb",
-                 "generated/md22/md22_sample.npz", "generated/bulk/alloys.db"):
-        shutil.copy(SHARED_DATA / name, sources / Path(name).name)
+    if origin == "generated":
+        for family in ("hdf5", "lmdb", "npz", "db"):
+            GENERATED_FAMILIES[family](sources)
+        for lock in sources.glob("*-lock"):  # the writer's, which a copied file does not have
+            lock.unlink()
+    else:
+        shared_data = request.getfixturevalue("shared_data")
+        for family in ("hdf5", "lmdb", "npz", "db"):
+            shutil.copy(shared_data / SHARED_FAMILIES[family], sources / Path(SHARED_FAMILIES[family]).name)
     os.chmod(sources, 0o555)
     try:
         def state():

@@ -1,10 +1,12 @@
 """Damaged files are refused in one line, never read short (issue: silently short datasets).
 
-Copies of the shared samples with bytes zeroed in place (same size), as a bad disk or an
-interrupted copy leaves them. Each read either gives every structure the intact file gives, or
-raises one FastCSIError naming the file; ``skip_unreadable`` reads the rest and lists what it left.
+Copies of sample files with bytes zeroed in place (same size), as a bad disk or an interrupted copy
+leaves them. Each read either gives every structure the intact file gives, or raises one
+FastCSIError naming the file; ``skip_unreadable`` reads the rest and lists what it left. Every test
+runs on files written here (the core, no ../shared needed) and on the real samples in ../shared/data.
 """
 import json
+import sys
 import warnings
 
 from pathlib import Path
@@ -18,11 +20,32 @@ from fastcsi.data import open_dataset
 from fastcsi.data.base import UnreadableSkipped
 from fastcsi.errors import FastCSIError
 
-# beside the repository root (``from conftest import`` would find whichever test folder's conftest came first)
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from format_writers import write_ani1x, write_extxyz, write_lmdb, write_t1x  # noqa: E402
 
-ANI1X = SHARED / "ani1x" / "ani1x_n5.hdf5"
-T1X = SHARED / "generated" / "t1x" / "transition1x_sample.h5"
+SHARED_SAMPLES = {"ani1x": "ani1x/ani1x_n5.hdf5", "t1x": "generated/t1x/transition1x_sample.h5",
+                  "lmdb": "generated/oc20/s2ef_pyg2/data.0000.lmdb", "extxyz": "generated/extxyz/ref_keys.extxyz"}
+ORIGINS = ["generated", "shared"]
+ANI1X_MOLECULES = (("C1H4", 3, [6, 1, 1, 1, 1]), ("H2O1", 2, [8, 1, 1]), ("H3N1", 2, [7, 1, 1, 1]),
+                   ("C2H6", 2, [6, 6, 1, 1, 1, 1, 1, 1]))
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("samples")
+    extxyz = root / "ref_keys.extxyz"
+    write_extxyz(extxyz, 6)
+    return {"ani1x": write_ani1x(root / "ani1x.hdf5", ANI1X_MOLECULES), "t1x": write_t1x(root / "t1x.h5"),
+            "lmdb": write_lmdb(root / "data.0000.lmdb", 6), "extxyz": extxyz}
+
+
+@pytest.fixture(params=ORIGINS)
+def sample(request):
+    """name -> path of an intact sample file, written here or from ../shared/data."""
+    if request.param == "generated":
+        return request.getfixturevalue("generated")
+    shared = request.getfixturevalue("shared_data")
+    return {name: shared / rel for name, rel in SHARED_SAMPLES.items()}
 
 
 def _damaged(tmp_path, source, offset, width, name="damaged"):
@@ -45,22 +68,24 @@ def _read_all(path, **options):
     return ds, [s.id for s in ds]
 
 
-def test_a_group_whose_dataset_name_is_damaged_is_an_error_not_a_shorter_dataset(tmp_path):
+def test_a_group_whose_dataset_name_is_damaged_is_an_error_not_a_shorter_dataset(tmp_path, sample):
     # the second group's link name 'coordinates' zeroed: h5py then says the group has no such dataset,
-    # and a reader that skips groups without it would read 7 of the 8 structures without a word
-    path = _damaged(tmp_path, ANI1X, _nth(ANI1X, b"coordinates", 2), 4)
+    # and a reader that skips groups without it would read the other groups without a word
+    ani1x = sample["ani1x"]
+    path = _damaged(tmp_path, ani1x, _nth(ani1x, b"coordinates", 2), 4)
     with pytest.raises(FastCSIError, match=r"damaged\.hdf5: HDF5 group '.+' holds no 'coordinates'.*--skip-unreadable"):
         open_dataset(path)
 
 
-def test_skip_unreadable_reads_the_rest_warns_and_lists_the_groups(tmp_path):
-    path = _damaged(tmp_path, ANI1X, _nth(ANI1X, b"coordinates", 2), 4)
-    _, intact = _read_all(ANI1X)
+def test_skip_unreadable_reads_the_rest_warns_and_lists_the_groups(tmp_path, sample):
+    ani1x = sample["ani1x"]
+    path = _damaged(tmp_path, ani1x, _nth(ani1x, b"coordinates", 2), 4)
+    _, intact = _read_all(ani1x)
     with pytest.warns(UnreadableSkipped, match="skipped 1 unreadable group"):
         ds, ids = _read_all(path, skip_unreadable=True)
     assert len(ds.skipped) == 1 and 0 < len(ids) < len(intact)
     assert set(ids) <= set(intact) and not any(i.startswith(ds.skipped[0] + "/") for i in ids)
-    assert open_dataset(ANI1X).fingerprint != ds.fingerprint  # other cache keys than a full read
+    assert open_dataset(ani1x).fingerprint != ds.fingerprint  # other cache keys than a full read
 
     result = CliRunner().invoke(cli, ["data", "info", str(path), "--skip-unreadable", "--json"])
     assert result.exit_code == 0, result.output
@@ -68,16 +93,18 @@ def test_skip_unreadable_reads_the_rest_warns_and_lists_the_groups(tmp_path):
     assert summary["skipped_unreadable"] == ds.skipped and summary["n_structures"] == len(ids)
 
 
-def test_damaged_group_through_the_cli_is_one_line_exit_2(tmp_path):
-    path = _damaged(tmp_path, ANI1X, _nth(ANI1X, b"atomic_numbers", 2) - 40, 200)
+def test_damaged_group_through_the_cli_is_one_line_exit_2(tmp_path, sample):
+    ani1x = sample["ani1x"]
+    path = _damaged(tmp_path, ani1x, _nth(ani1x, b"atomic_numbers", 2) - 40, 200)
     result = CliRunner().invoke(cli, ["data", "info", str(path)])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastcsi: error: ") and str(path) in lines[0]
 
 
-@pytest.mark.parametrize("source", [ANI1X, T1X], ids=["ani1x", "t1x"])
-def test_zeroed_bytes_anywhere_never_read_short_and_never_traceback(tmp_path, source):
+@pytest.mark.parametrize("name", ["ani1x", "t1x"])
+def test_zeroed_bytes_anywhere_never_read_short_and_never_traceback(tmp_path, sample, name):
+    source = sample[name]
     _, intact = _read_all(source)
     size = source.stat().st_size
     rng = np.random.default_rng(7)
@@ -98,12 +125,10 @@ def test_zeroed_bytes_anywhere_never_read_short_and_never_traceback(tmp_path, so
     assert outcomes["refused"] > 0  # the scan did hit structure it depends on
 
 
-def test_other_formats_refuse_damaged_entries_rather_than_skip(tmp_path):
+def test_other_formats_refuse_damaged_entries_rather_than_skip(tmp_path, sample):
     # LMDB entries, extxyz frames and ASE db rows are read on demand: damage is an error at the
     # entry (naming it), never a shorter dataset
-    lmdb_src = SHARED / "generated" / "oc20" / "s2ef_pyg2" / "data.0000.lmdb"
-    extxyz_src = SHARED / "generated" / "extxyz" / "ref_keys.extxyz"
-    for source in (lmdb_src, extxyz_src):
+    for source in (sample["lmdb"], sample["extxyz"]):
         _, intact = _read_all(source)
         size = source.stat().st_size
         rng = np.random.default_rng(3)
