@@ -1,0 +1,159 @@
+"""Do different feature extractors rank the upstreams the same way? (the paper's robustness question,
+answered for the user's own data)
+
+Input: one ranking per extractor, each a list of rows ``{"upstream", "csi"}`` over the same
+upstreams. Output (``csi.json``'s ``"agreement"``): every extractor's ranking kept on its own (CSI
+values of different extractors live on different scales and are never compared with each other),
+the top-1 of each, Kendall's tau-b and Spearman's rho between every pair (computed from the CSI
+values, so ties count as ties), and the upstreams whose rank is not the same under every extractor.
+
+With fewer than ``MIN_UPSTREAMS_FOR_CORRELATION`` upstreams a rank correlation is not meaningful
+(with two it can only be +1 or -1), so none is given and the result says why.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fastcsi.errors import FastCSIError
+
+AGREEMENT_FORMAT = "fastcsi-agreement/1"
+MIN_UPSTREAMS_FOR_CORRELATION = 3
+TOO_FEW_UPSTREAMS = ("fewer than {n} upstreams: a rank correlation between two orderings of {k} item(s) is not "
+                     "meaningful (it can only be +1 or -1), so none is given")
+
+
+def competition_ranks(values) -> list:
+    """1 for the smallest CSI (closest); tied values share the lowest rank of their group."""
+    from scipy.stats import rankdata
+
+    return [int(r) for r in rankdata(np.asarray(values, dtype=np.float64), method="min")]
+
+
+def _correlation(a, b) -> dict:
+    from scipy.stats import kendalltau, spearmanr
+
+    tau = kendalltau(a, b)  # tau-b: accounts for ties in either ranking
+    rho = spearmanr(a, b)
+    values = {"kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue),
+              "spearman": float(rho.statistic), "spearman_p": float(rho.pvalue)}
+    # A ranking where every upstream ties has no order to correlate: scipy returns NaN.
+    return {k: (None if math.isnan(v) else v) for k, v in values.items()}
+
+
+def agreement(rankings: dict) -> dict:
+    """The agreement report of ``rankings`` (extractor name -> rows with "upstream" and "csi";
+    at least two extractors over the same upstreams)."""
+    names = list(rankings)
+    if len(names) < 2:
+        raise FastCSIError("agreement across extractors needs at least two --backbone rankings")
+    upstreams = sorted(r["upstream"] for r in rankings[names[0]])
+    if len(set(upstreams)) != len(upstreams):
+        raise FastCSIError(f"ranking of {names[0]} lists an upstream twice")
+    for name in names[1:]:
+        theirs = sorted(r["upstream"] for r in rankings[name])
+        if theirs != upstreams:
+            raise FastCSIError(f"the rankings of {names[0]} and {name} rank different upstreams; "
+                               "agreement needs the same upstreams under every extractor")
+    csi = {name: {r["upstream"]: float(r["csi"]) for r in rankings[name]} for name in names}
+    vectors = {name: [csi[name][u] for u in upstreams] for name in names}
+    ranks = {name: dict(zip(upstreams, competition_ranks(vectors[name]))) for name in names}
+
+    per_extractor = {}
+    for name in names:
+        order = sorted(upstreams, key=lambda u: (ranks[name][u], csi[name][u], u))
+        per_extractor[name] = [{"upstream": u, "rank": ranks[name][u], "csi": csi[name][u]} for u in order]
+    top1 = {name: [u for u in upstreams if ranks[name][u] == 1] for name in names}
+
+    k = len(upstreams)
+    meaningful = k >= MIN_UPSTREAMS_FOR_CORRELATION
+    pairs = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            pair = {"a": a, "b": b}
+            if meaningful:
+                pair.update(_correlation(vectors[a], vectors[b]))
+            else:
+                pair.update(kendall_tau=None, kendall_p=None, spearman=None, spearman_p=None)
+            pair["same_order"] = all(ranks[a][u] == ranks[b][u] for u in upstreams)
+            pairs.append(pair)
+    changes = [{"upstream": u, "ranks": {name: ranks[name][u] for name in names}}
+               for u in upstreams if len({ranks[name][u] for name in names}) > 1]
+    changes.sort(key=lambda c: (min(c["ranks"].values()), c["upstream"]))
+    return {
+        "format": AGREEMENT_FORMAT,
+        "extractors": names,
+        "n_upstreams": k,
+        "rankings": per_extractor,
+        "top1": top1,
+        "top1_agrees": len({tuple(t) for t in top1.values()}) == 1,
+        "correlation_meaningful": meaningful,
+        "correlation_note": None if meaningful else TOO_FEW_UPSTREAMS.format(n=MIN_UPSTREAMS_FOR_CORRELATION, k=k),
+        "pairs": pairs,
+        "rank_changes": changes,
+    }
+
+
+def format_agreement(report: dict, display=None) -> str:
+    """The agreement report as terminal lines. ``display``: upstream label -> short name."""
+    display = display or {}
+
+    def short(u):
+        return display.get(u, u)
+
+    names = report["extractors"]
+    lines = [f"Agreement across {len(names)} extractors ({report['n_upstreams']} upstreams; each ranks on its own "
+             "CSI scale):"]
+    for name in names:
+        tops = report["top1"][name]
+        lines.append(f"  top-1 under {name}: {', '.join(short(u) for u in tops)}{' (tied)' if len(tops) > 1 else ''}")
+    if report["correlation_meaningful"]:
+        for p in report["pairs"]:
+            tau = "n/a" if p["kendall_tau"] is None else f"{p['kendall_tau']:+.3f}"
+            rho = "n/a" if p["spearman"] is None else f"{p['spearman']:+.3f}"
+            lines.append(f"  {p['a']} vs {p['b']}: Kendall tau {tau}, Spearman {rho}")
+    else:
+        lines.append(f"  no rank correlation: {report['correlation_note']}")
+    if report["rank_changes"]:
+        lines.append("  rank changes:")
+        for change in report["rank_changes"]:
+            ranks = ", ".join(f"{r} under {name}" for name, r in change["ranks"].items())
+            lines.append(f"    {short(change['upstream'])}: {ranks}")
+    else:
+        lines.append("  every upstream keeps its rank under every extractor")
+    return "\n".join(lines)
+
+
+def plot_agreement(report: dict, path, title: str = "", display=None) -> None:
+    """Rank (not CSI: the scales differ) of every upstream under every extractor, one line per upstream."""
+    from fastcsi.utils import pyplot, save_figure
+
+    plt = pyplot()
+    display = display or {}
+    names = report["extractors"]
+    upstreams = [row["upstream"] for row in report["rankings"][names[0]]]
+    k = len(upstreams)
+    fig, ax = plt.subplots(figsize=(2.0 + 1.8 * len(names), 1.4 + 0.42 * max(k, 2)))
+    x = np.arange(len(names))
+    colours = plt.get_cmap("tab10" if k <= 10 else "tab20")
+    ranks = {name: {row["upstream"]: row["rank"] for row in report["rankings"][name]} for name in names}
+    for i, u in enumerate(upstreams):
+        y = [ranks[name][u] for name in names]
+        ax.plot(x, y, marker="o", color=colours(i % colours.N), linewidth=2)
+        ax.text(x[0] - 0.08, y[0], display.get(u, u), ha="right", va="center", fontsize=8)
+        ax.text(x[-1] + 0.08, y[-1], display.get(u, u), ha="left", va="center", fontsize=8)
+    ax.set_xticks(x, names, fontsize=8)
+    ax.set_yticks(range(1, k + 1))
+    ax.set_ylim(k + 0.5, 0.5)  # rank 1 (closest) on top
+    ax.set_xlim(-1.2, len(names) - 1 + 1.2)
+    ax.set_ylabel("rank (1 = closest)")
+    ax.set_title(title or "Upstream rank under each extractor", fontsize=10)
+    if report["correlation_meaningful"] and len(names) == 2:
+        p = report["pairs"][0]
+        if p["kendall_tau"] is not None:
+            ax.text(0.5, -0.12, f"Kendall tau {p['kendall_tau']:+.2f}, Spearman {p['spearman']:+.2f}",
+                    transform=ax.transAxes, ha="center", va="top", fontsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    save_figure(fig, path, dpi=120)
