@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from fastcsi.data import convert as convert_api
-
 _FORMAT = click.option("--format", "fmt", default=None, help="Override content sniffing (see README 'Data formats').")
 _ENERGY = click.option("--energy-key", default=None, help="Energy label key (extxyz/db info key, HDF5 dataset...).")
 _FORCES = click.option("--forces-key", default=None, help="Forces label key.")
@@ -44,6 +42,8 @@ def data():
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def info(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable, as_json):
     """Count structures, atoms, elements and classes; say which labels are present."""
+    from fastcsi.data import convert as convert_api
+
     with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
         summary = convert_api.summarize(ds, progress=True)
     if as_json:
@@ -83,6 +83,8 @@ def info(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unre
 @_reader_options
 def convert(inp, out, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable):
     """Convert IN to extxyz or an ASE db (chosen by OUT's extension), in Å/eV/eV/Å."""
+    from fastcsi.data import convert as convert_api
+
     with _open(inp, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
         count = convert_api.write_structures(convert_api.progress_bar(ds, len(ds), "convert"), out,
                                              convert_api.provenance(ds, {}))
@@ -102,7 +104,7 @@ def convert(inp, out, fmt, energy_key, forces_key, level, split, energy_unit, sk
 def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces_key, level, split,
            energy_unit, skip_unreadable):
     """Choose N structures (seeded; class-balanced or random) and save their indices."""
-    from fastcsi.data import sample_indices
+    from fastcsi.data import convert as convert_api, sample_indices
 
     with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
         indices = sample_indices(ds, n, strategy=strategy, seed=seed)

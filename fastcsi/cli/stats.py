@@ -8,7 +8,7 @@ import click
 
 from fastcsi.errors import FastCSIError
 
-from fastcsi.stats.feature_file import AGGREGATIONS
+from fastcsi.pipeline.settings import AGGREGATIONS  # light: fastcsi.stats imports torch
 
 
 @click.group()
