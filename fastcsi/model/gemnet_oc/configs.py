@@ -194,3 +194,90 @@ def config(name: str) -> dict:
     if name not in CONFIGS:
         raise FastCSIError(f"unknown model {name!r}; choose one of {', '.join(CONFIGS)}")
     return copy.deepcopy(CONFIGS[name])
+
+
+# JMP's choices that no tensor shape reveals; JMP-S and JMP-L share every one of them.
+JMP_FIXED_CHOICES = ("rbf", "rbf_spherical", "envelope", "cbf", "sbf", "activation", "qint_tags",
+                     "absolute_rbf_cutoff", "scale_basis", "extensive", "num_targets")
+
+
+def infer_hparams(state: dict) -> tuple[dict, list, list]:
+    """Hyperparameters read off a GemNet-OC state_dict in our (JMP's) key layout.
+
+    Returns ``(hparams, assumed, unknown)``: ``assumed`` names the settings taken from JMP's
+    architecture because no shape shows them (:data:`JMP_FIXED_CHOICES`), ``unknown`` the sizes
+    whose tensors are absent (the caller then needs a named configuration). Sizes come from weight
+    shapes, layer counts from the indices under each ModuleList, flags from which modules exist.
+    """
+    import re
+
+    shapes = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    hp: dict = {}
+    unknown: list = []
+
+    def dim(key, axis, *names):
+        shape = shapes.get(key)
+        if shape is None or len(shape) <= axis:
+            for name in names:
+                if name not in hp and name not in unknown:
+                    unknown.append(name)
+            return None
+        for name in names:
+            hp.setdefault(name, int(shape[axis]))
+        return int(shape[axis])
+
+    def count(prefix):
+        pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+        found = {int(m.group(1)) for k in shapes if (m := pattern.match(k))}
+        return max(found) + 1 if found else 0
+
+    bases, block = "backbone.bases.", "backbone.int_blocks.0."
+    dim("embedding.weight", 0, "num_elements")
+    dim("embedding.weight", 1, "emb_size_atom")
+    dim(block + "dense_ca.linear.weight", 0, "emb_size_edge")
+    dim(bases + "mlp_rbf_tint.linear.weight", 0, "emb_size_rbf")
+    dim(bases + "mlp_rbf_tint.linear.weight", 1, "num_radial")
+    dim(bases + "mlp_cbf_tint.weight", 1, "num_spherical")
+    dim(bases + "mlp_cbf_tint.weight", 2, "emb_size_cbf")
+    dim(block + "trip_interaction.down_projection.linear.weight", 0, "emb_size_trip_in")
+    dim(block + "trip_interaction.up_projection_ca.linear.weight", 1, "emb_size_trip_out")
+    for flag in ("quad_interaction", "atom_edge_interaction", "edge_atom_interaction", "atom_interaction"):
+        hp[flag] = any(k.startswith(block + flag + ".") for k in shapes)
+    if hp["quad_interaction"]:
+        dim(block + "quad_interaction.down_projection.linear.weight", 0, "emb_size_quad_in")
+        dim(block + "quad_interaction.up_projection_ca.linear.weight", 1, "emb_size_quad_out")
+        dim(bases + "mlp_sbf_qint.weight", 2, "emb_size_sbf")
+    aint = next((b for b in ("atom_edge_interaction", "edge_atom_interaction") if hp[b]), None)
+    if aint:
+        dim(f"{block}{aint}.down_projection.linear.weight", 0, "emb_size_aint_in")
+        dim(f"{block}{aint}.up_projection_ca.linear.weight", 1, "emb_size_aint_out")
+    elif hp["atom_interaction"]:
+        dim(block + "atom_interaction.down_projection.linear.weight", 0, "emb_size_aint_in")
+        dim(block + "atom_interaction.up_projection.linear.weight", 1, "emb_size_aint_out")
+    layer_counts = {
+        "num_blocks": count("backbone.int_blocks."),
+        "num_before_skip": count(block + "layers_before_skip."),
+        "num_after_skip": count(block + "layers_after_skip."),
+        "num_atom_emb_layers": count(block + "atom_emb_layers."),
+        "num_atom": count(block + "atom_update.layers."),
+        "num_concat": count(block + "residual_m."),
+        "num_output_afteratom": count("backbone.out_blocks.0.seq_energy2."),
+    }
+    hp.update(layer_counts)
+    for name in ("num_blocks", "num_concat"):
+        if not hp[name]:
+            unknown.append(name)
+    out_mlp = count("backbone.out_mlp_E.out_mlp.")
+    if out_mlp:
+        hp["num_global_out_layers"] = out_mlp - 1
+    else:
+        unknown.append("num_global_out_layers")
+    hp["direct_forces"] = any(k.startswith("backbone.out_mlp_F.") for k in shapes)
+    heads = count("out_energy.")
+    if heads:
+        # Linear layers sit at even positions of the head's Sequential (activations between them)
+        hp["head_num_mlps"] = heads // 2 + 1
+    hp["learnable_rbf"] = False
+    assumed = [name for name in JMP_FIXED_CHOICES]
+    hp.update({name: copy.deepcopy(_JMP_BASE[name]) for name in assumed})
+    return hp, assumed, unknown
