@@ -22,6 +22,8 @@
 // needs no autograd). Why C++ over numba: the kernel needs per-structure growable buffers, nested
 // structure/centre parallelism with deterministic output ranges, and numba's JIT adds seconds of
 // first-call latency to every process.
+#include "kernel_safety.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -53,6 +55,18 @@ constexpr double kBinsPerCutoff = 1.0;
 // Relative widening of every geometric bound so rounding never drops a candidate; the final
 // |v|^2 <= cutoff^2 test alone decides membership.
 constexpr double kMargin = 1e-6;
+// Input limits (the same numbers as fastcsi.graph.periodic, which checks them before any backend;
+// tests/graph/test_kernel_limits.py keeps the two in step). Positions and cell entries beyond
+// kMaxCoordinate (100 micrometres) come from a wrong unit, not from an atomistic model; inside it
+// every bin and image count below is exact in double and small in int64.
+constexpr double kMaxCoordinate = 1e6;
+// Periodic images a pair may need, prod_a (2 (ceil(cutoff / plane_spacing_a) + 1) + 1) over the
+// periodic axes: 2^20 is a cell ~50x thinner than the cutoff along all three axes. Real cells stay
+// below ~10^4 (a one-atom metal cell at a 12 A cutoff: ~7000).
+constexpr double kMaxImages = double(int64_t(1) << 20);
+// Bytes one edge costs while it is being found: the output row (indices 16, shift 24, vector and
+// distance 32 or 16) and the 8-byte sort key of the cell list.
+inline int64_t bytes_per_edge(bool single) { return 16 + 24 + (single ? 16 : 32) + 8; }
 
 // Where the edges go: the caller's final arrays, written once per edge (no intermediate edge list).
 // Vectors use the exact formula pos[source] + shift @ cell - pos[target] on the caller's positions.
@@ -98,10 +112,29 @@ struct Output {
 // rebuilt when the edge is written.
 using Entry = uint64_t;
 
+std::string format_number(double value) {
+    char text[32];
+    std::snprintf(text, sizeof(text), "%.3g", value);
+    return text;
+}
+
 // One structure, prepared for searching: wrapped positions, fractional coordinates, bins.
 struct Prepared {
     int64_t n = 0;
     int64_t offset = 0;  // global index of atom 0
+    int64_t index = 0;   // the structure's index in the batch (for messages)
+    // The call's budget and what one edge costs; every edge found is charged before it is stored.
+    MemoryBudget* budget = nullptr;
+    double edge_bytes = 0.0;
+    void charge_edges(int64_t count) const {
+        if (budget->charge(static_cast<double>(count) * edge_bytes)) return;
+        throw InputError("structure " + std::to_string(index) + " of the batch takes the batch past " +
+                         format_number(static_cast<double>(budget->used()) / edge_bytes) + " edges (" +
+                         gib(static_cast<double>(budget->used())) + " of a " +
+                         gib(static_cast<double>(budget->max_bytes())) +
+                         " memory budget): atoms at the same position, a cutoff far too large, or too many "
+                         "atoms per batch?");
+    }
     double cell[3][3];
     double plane_spacing[3];
     bool pbc[3];
@@ -119,27 +152,16 @@ struct Prepared {
     std::vector<double> bin_pos;     // wrapped positions in bin order
 };
 
-// body(task) for every task in [0, tasks), handed out dynamically to `threads` threads (the caller
-// is one of them); which thread runs a task never changes the output. Plain std::thread, joined at
-// the end, rather than OpenMP: libgomp keeps idle workers spinning for milliseconds after every
-// region, and on a busy machine that spinning costs more CPU than a short search; starting a thread
-// (tens of microseconds) is negligible beside the millisecond-scale passes. Bodies must not throw.
+// body(task) for every task in [0, tasks) on `threads` threads (the caller is one of them); which
+// thread runs a task never changes the output. Plain std::thread, joined at the end, rather than
+// OpenMP: libgomp keeps idle workers spinning for milliseconds after every region, and on a busy
+// machine that spinning costs more CPU than a short search; starting a thread (tens of
+// microseconds) is negligible beside the millisecond-scale passes. An exception in a body (an
+// InputError from the budget, std::bad_alloc) is rethrown here on the calling thread
+// (run_workers, kernel_safety.h).
 template <class Body>
 void parallel_for(int threads, int64_t tasks, Body&& body) {
-    const int64_t workers = std::min<int64_t>(threads, tasks);
-    if (workers <= 1) {
-        for (int64_t t = 0; t < tasks; ++t) body(t);
-        return;
-    }
-    std::atomic<int64_t> next{0};
-    auto work = [&] {
-        for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) body(t);
-    };
-    std::vector<std::thread> pool;
-    pool.reserve(workers - 1);
-    for (int64_t w = 1; w < workers; ++w) pool.emplace_back(work);
-    work();
-    for (std::thread& thread : pool) thread.join();
+    run_workers(threads, tasks, std::forward<Body>(body));
 }
 
 bool invert3(const double m[3][3], double inv[3][3]) {
@@ -165,32 +187,61 @@ inline int64_t floor_div(int64_t a, int64_t b) {
     return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
-void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, const double* cell_in,
+const char* const kAxis[3] = {"x", "y", "z"};
+
+std::string structure_name(int64_t index) { return "structure " + std::to_string(index) + " of the batch"; }
+
+// Everything that sizes an allocation or an integer below is checked first, in double (a product
+// of hostile counts cannot wrap around in it), so that no input reaches undefined behaviour.
+void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, int64_t index, const double* cell_in,
              const bool* pbc, double cutoff) {
     p.n = n;
     p.offset = offset;
+    p.index = index;
     for (int a = 0; a < 3; ++a) {
         p.pbc[a] = pbc[a];
         for (int b = 0; b < 3; ++b) p.cell[a][b] = cell_in[3 * a + b];
     }
+    for (int a = 0; a < 3; ++a)
+        for (int b = 0; b < 3; ++b)
+            if (!(std::fabs(p.cell[a][b]) <= kMaxCoordinate))
+                throw InputError(structure_name(index) + " has a cell entry of " + format_number(p.cell[a][b]) +
+                                 " A (limit " + format_number(kMaxCoordinate) + " A): cell in the wrong unit?");
     double inv[3][3];
-    if (!invert3(p.cell, inv)) throw std::invalid_argument("singular cell");
+    if (!invert3(p.cell, inv)) throw InputError(structure_name(index) + " has a singular cell");
+    double images = 1.0;
     for (int a = 0; a < 3; ++a) {
         double norm = std::sqrt(inv[0][a] * inv[0][a] + inv[1][a] * inv[1][a] + inv[2][a] * inv[2][a]);
         p.plane_spacing[a] = 1.0 / norm;
+        if (p.pbc[a]) images *= 2.0 * (std::ceil(cutoff * norm) + 1.0) + 1.0;
     }
+    if (!(images <= kMaxImages))
+        throw InputError(structure_name(index) + " needs " + format_number(images) +
+                         " periodic images per atom pair (limit " + format_number(kMaxImages) +
+                         "): its cell is far thinner than the cutoff");
     p.wrapped.resize(3 * n);
     p.frac.resize(3 * n);
     p.wrap_shift.assign(3 * n, 0);
     double fmin[3] = {INFINITY, INFINITY, INFINITY}, fmax[3] = {-INFINITY, -INFINITY, -INFINITY};
     for (int64_t i = 0; i < n; ++i) {
         const double* r = pos + 3 * i;
+        for (int a = 0; a < 3; ++a)
+            if (!(std::fabs(r[a]) <= kMaxCoordinate))
+                throw InputError(structure_name(index) + ": atom " + std::to_string(i) + " is at " +
+                                 format_number(r[a]) + " A along " + kAxis[a] + " (limit " +
+                                 format_number(kMaxCoordinate) + " A): coordinates in the wrong unit?");
         double f[3];
         for (int a = 0; a < 3; ++a) f[a] = r[0] * inv[0][a] + r[1] * inv[1][a] + r[2] * inv[2][a];
         int32_t s[3] = {0, 0, 0};
         for (int a = 0; a < 3; ++a) {
             if (p.pbc[a]) {
-                s[a] = static_cast<int32_t>(-std::floor(f[a]));
+                const double cells_away = -std::floor(f[a]);
+                // the shift is stored in int32 (and an atom 2^30 cells out has no digits left anyway)
+                if (!(std::fabs(cells_away) < double(int64_t(1) << 30)))
+                    throw InputError(structure_name(index) + ": atom " + std::to_string(i) + " lies " +
+                                     format_number(cells_away) + " cells away along cell vector " +
+                                     std::to_string(a) + ": coordinates or cell in the wrong unit?");
+                s[a] = static_cast<int32_t>(cells_away);
                 f[a] += s[a];
             }
             p.frac[3 * i + a] = f[a];
@@ -201,10 +252,12 @@ void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, const do
         for (int b = 0; b < 3; ++b)
             p.wrapped[3 * i + b] = r[b] + s[0] * p.cell[0][b] + s[1] * p.cell[1][b] + s[2] * p.cell[2][b];
     }
-    // bins: along periodic axes the whole cell, along the others the atoms' extent
+    // bins: along periodic axes the whole cell, along the others the atoms' extent; never more bins
+    // than ~2 per atom (sparse boxes, molecules in vacuum, stay O(n) in memory). Each axis is capped
+    // at that limit in double before it becomes an integer, so the product fits easily in int64.
     double width_needed = cutoff * (1.0 + kMargin);
     double extent[3], origin[3];
-    int64_t total = 1;
+    const int64_t limit = std::max<int64_t>(8, 2 * n);
     for (int a = 0; a < 3; ++a) {
         if (p.pbc[a]) {
             origin[a] = 0.0;
@@ -213,19 +266,13 @@ void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, const do
             origin[a] = n ? fmin[a] : 0.0;
             extent[a] = n ? fmax[a] - fmin[a] : 0.0;
         }
-        double length = extent[a] * p.plane_spacing[a];
-        p.nbins[a] = std::max<int64_t>(1, static_cast<int64_t>(std::floor(kBinsPerCutoff * length / width_needed)));
-        total *= p.nbins[a];
+        const double bins = std::floor(kBinsPerCutoff * extent[a] * p.plane_spacing[a] / width_needed);
+        p.nbins[a] = bins >= 1.0 ? static_cast<int64_t>(std::min(bins, static_cast<double>(limit))) : 1;
     }
-    // never more bins than ~2 per atom: sparse boxes (molecules in vacuum) stay O(n) in memory
-    int64_t limit = std::max<int64_t>(8, 2 * n);
-    while (total > limit) {
-        total = 1;
-        for (int a = 0; a < 3; ++a) {
-            p.nbins[a] = std::max<int64_t>(1, p.nbins[a] / 2);
-            total *= p.nbins[a];
-        }
+    while (static_cast<double>(p.nbins[0]) * p.nbins[1] * p.nbins[2] > limit) {
+        for (int a = 0; a < 3; ++a) p.nbins[a] = std::max<int64_t>(1, p.nbins[a] / 2);
     }
+    const int64_t total = p.nbins[0] * p.nbins[1] * p.nbins[2];  // <= limit now
     p.brute_force = n <= kBruteForceAtoms || total == 1;
     if (p.brute_force) return;
     for (int a = 0; a < 3; ++a) {
@@ -234,7 +281,10 @@ void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, const do
             continue;
         }
         double bin_frac = extent[a] / p.nbins[a];
-        p.reach[a] = static_cast<int64_t>(std::ceil(cutoff * (1.0 + kMargin) / p.plane_spacing[a] / bin_frac));
+        // bounded: bin_frac * nbins = extent, so reach <= nbins * (images along a) (periodic) or is
+        // capped at nbins - 1 (non-periodic, where extent spans > one cutoff per bin)
+        const double reach = std::ceil(cutoff * (1.0 + kMargin) / p.plane_spacing[a] / bin_frac);
+        p.reach[a] = static_cast<int64_t>(std::min(reach, static_cast<double>(limit) * kMaxImages));
         if (!p.pbc[a]) p.reach[a] = std::min<int64_t>(p.reach[a], p.nbins[a] - 1);
     }
     double codes = 1.0;
@@ -242,16 +292,18 @@ void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, const do
         p.image_half[a] = p.pbc[a] ? p.reach[a] / p.nbins[a] + 1 : 0;
         codes *= 2.0 * p.image_half[a] + 1.0;
     }
-    // (2 * reach + 1)^3 bins per centre would be scanned anyway: such a cell is unsearchable
-    if (codes >= 2147483647.0) throw std::invalid_argument("cell far thinner than the cutoff (too many images)");
+    // image codes are stored in 32 bits (the low half of an Entry); the image limit above keeps
+    // them far below, this only guards the invariant
+    if (!(codes < 2147483647.0))
+        throw InputError(structure_name(index) + ": cell far thinner than the cutoff (too many images)");
     p.bin_of.resize(n);
     p.bin_start.assign(total + 1, 0);
     for (int64_t i = 0; i < n; ++i) {
         int64_t b[3];
         for (int a = 0; a < 3; ++a) {
             double t = extent[a] > 0 ? (p.frac[3 * i + a] - origin[a]) / extent[a] : 0.0;
-            int64_t k = static_cast<int64_t>(std::floor(t * p.nbins[a]));
-            b[a] = std::min<int64_t>(std::max<int64_t>(k, 0), p.nbins[a] - 1);
+            const double k = std::floor(t * p.nbins[a]);  // in [0, nbins] up to rounding
+            b[a] = k <= 0.0 ? 0 : std::min<int64_t>(static_cast<int64_t>(std::min(k, 1e18)), p.nbins[a] - 1);
         }
         int64_t id = (b[0] * p.nbins[1] + b[1]) * p.nbins[2] + b[2];
         p.bin_of[i] = id;
@@ -323,11 +375,14 @@ void search_brute(const Prepared& p, double cutoff, int64_t begin, int64_t end, 
 
 // Counting pass: in-degrees of targets [begin, end) into degree (global indices); returns their sum.
 int64_t count_brute(const Prepared& p, double cutoff, int64_t begin, int64_t end, int64_t* degree) {
-    std::fill(degree + p.offset + begin, degree + p.offset + end, 0);
-    search_brute(p, cutoff, begin, end,
-                 [&](int64_t, int64_t i, int64_t, int64_t, int64_t) { ++degree[p.offset + i]; });
     int64_t total = 0;
-    for (int64_t i = begin; i < end; ++i) total += degree[p.offset + i];
+    for (int64_t i = begin; i < end; ++i) {  // row by row, so that the budget stops a runaway count early
+        degree[p.offset + i] = 0;
+        search_brute(p, cutoff, i, i + 1,
+                     [&](int64_t, int64_t t, int64_t, int64_t, int64_t) { ++degree[p.offset + t]; });
+        p.charge_edges(degree[p.offset + i]);
+        total += degree[p.offset + i];
+    }
     return total;
 }
 
@@ -450,6 +505,7 @@ void search_cells(CellSearch& cs, double cutoff, int64_t bin_begin, int64_t bin_
                     out.push_back(static_cast<Entry>(x) << 32 | static_cast<uint32_t>(nb.image));
                 }
             }
+            p.charge_edges(static_cast<int64_t>(out.size() - begin));
             std::sort(out.begin() + begin, out.end());
             CellSearch::Block& block = cs.blocks[centre];
             block.part = part;
@@ -481,7 +537,9 @@ int64_t count_cells(CellSearch& cs, double cutoff, int threads, int64_t* degree)
         degree[p.offset + i] = cs.blocks[i].count;
     }
     const int64_t w1 = 2 * p.image_half[1] + 1, w2 = 2 * p.image_half[2] + 1;
-    const int64_t codes = (2 * p.image_half[0] + 1) * w1 * w2;
+    const int64_t codes = (2 * p.image_half[0] + 1) * w1 * w2;  // < 2^31, checked in prepare
+    if (!p.budget->charge(12.0 * static_cast<double>(codes)))
+        throw InputError("structure " + std::to_string(p.index) + " of the batch: the memory budget is spent");
     cs.image_m.resize(3 * codes);
     for (int64_t c = 0; c < codes; ++c) {
         cs.image_m[3 * c] = static_cast<int32_t>(c / (w1 * w2) - p.image_half[0]);
@@ -510,10 +568,33 @@ void write_cells(const CellSearch& cs, const Output& out, int64_t first, int64_t
     }
 }
 
+// Requests beyond kMaxThreads are capped: each thread costs a stack (8 MiB of address space), and
+// the work-based cap in radius_batch allows one thread per ~10^6 candidate tests anyway.
+constexpr int kMaxThreads = 256;
 int max_threads(int requested) {
-    if (requested > 0) return requested;
+    if (requested > 0) return std::min(requested, kMaxThreads);
     const unsigned hardware = std::thread::hardware_concurrency();
     return hardware > 0 ? static_cast<int>(hardware) : 1;
+}
+
+// The hidden cap: one thread per kWorkPerThread estimated candidate tests (n^2 for small structures,
+// n * kCellWorkPerAtom for cell lists), so about atoms * 512 / 2^20 threads for dense structures.
+int thread_count(const int64_t* ptr, int64_t num_structures, int num_threads) {
+    int64_t work = 0;  // estimated candidate pair tests (n < 2^31, so n * n and the sum fit)
+    for (int64_t s = 0; s < num_structures; ++s) {
+        const int64_t n = ptr[s + 1] - ptr[s];
+        work += std::min(n * n, n * kCellWorkPerAtom);
+    }
+    return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_threads(num_threads), work / kWorkPerThread)));
+}
+
+int radius_threads(py::array_t<int64_t, py::array::c_style | py::array::forcecast> ptr_arr, int num_threads) {
+    const int64_t num_structures = ptr_arr.shape(0) - 1;
+    const int64_t* ptr = ptr_arr.data();
+    for (int64_t s = 0; s < num_structures; ++s)
+        if (ptr[s + 1] < ptr[s] || ptr[s + 1] - ptr[s] >= (int64_t(1) << 31))
+            throw std::invalid_argument("ptr must be non-decreasing, under 2^31 atoms per structure");
+    return thread_count(ptr, num_structures, num_threads);
 }
 
 // Contiguous runs of structures: a big one alone (threads inside it) or many small ones (threads
@@ -527,7 +608,7 @@ py::tuple radius_batch(py::array_t<double, py::array::c_style | py::array::force
                           py::array_t<double, py::array::c_style | py::array::forcecast> cell_arr,
                           py::array_t<bool, py::array::c_style | py::array::forcecast> pbc_arr,
                           py::array_t<int64_t, py::array::c_style | py::array::forcecast> ptr_arr,
-                          double cutoff, int num_threads, bool single) {
+                          double cutoff, int num_threads, bool single, int64_t max_bytes) {
     if (pos_arr.ndim() != 2 || pos_arr.shape(1) != 3) throw std::invalid_argument("pos must be (N, 3)");
     const int64_t num_structures = ptr_arr.shape(0) - 1;
     if (cell_arr.size() != 9 * num_structures || pbc_arr.size() != 3 * num_structures)
@@ -543,13 +624,7 @@ py::tuple radius_batch(py::array_t<double, py::array::c_style | py::array::force
         throw std::invalid_argument("ptr must run from 0 to the number of atoms");
     for (int64_t s = 0; s < num_structures; ++s)
         if (ptr[s + 1] < ptr[s]) throw std::invalid_argument("ptr must be non-decreasing");
-    int64_t work = 0;  // estimated candidate pair tests
-    for (int64_t s = 0; s < num_structures; ++s) {
-        const int64_t n = ptr[s + 1] - ptr[s];
-        work += std::min(n * n, n * kCellWorkPerAtom);
-    }
-    const int threads = static_cast<int>(
-        std::max<int64_t>(1, std::min<int64_t>(max_threads(num_threads), work / kWorkPerThread)));
+    const int threads = thread_count(ptr, num_structures, num_threads);
 
     py::array_t<int64_t> degree(static_cast<py::ssize_t>(num_atoms));
     int64_t* degree_out = degree.mutable_data();
@@ -570,7 +645,8 @@ py::tuple radius_batch(py::array_t<double, py::array::c_style | py::array::force
     // cell-list structures keep their pass-A state until pass B; brute-force ones are recomputed
     std::vector<std::unique_ptr<CellSearch>> cells(num_structures);
     std::vector<int64_t> edges_of(num_structures + 1, 0);
-    std::string error;
+    MemoryBudget budget(max_bytes);
+    const double edge_bytes = static_cast<double>(bytes_per_edge(single));
 
     // ---- pass A: counts (and cell-list blocks) of every structure
     {
@@ -579,7 +655,9 @@ py::tuple radius_batch(py::array_t<double, py::array::c_style | py::array::force
             if (r.big) {
                 const int64_t s = r.begin, n = ptr[s + 1] - ptr[s];
                 auto cs = std::make_unique<CellSearch>();
-                prepare(cs->p, pos + 3 * ptr[s], n, ptr[s], cell + 9 * s, pbc + 3 * s, cutoff);
+                cs->p.budget = &budget;
+                cs->p.edge_bytes = edge_bytes;
+                prepare(cs->p, pos + 3 * ptr[s], n, ptr[s], s, cell + 9 * s, pbc + 3 * s, cutoff);
                 if (cs->p.brute_force) {
                     std::vector<int64_t> totals(threads, 0);
                     parallel_for(threads, threads, [&](int64_t t) {
@@ -594,33 +672,26 @@ py::tuple radius_batch(py::array_t<double, py::array::c_style | py::array::force
             }
             const int64_t run = r.end - r.begin;
             const int chunks = static_cast<int>(std::min<int64_t>(run, static_cast<int64_t>(threads) * 8));
-            std::vector<std::string> errors(chunks);
             parallel_for(threads, chunks, [&](int64_t c) {
                 Prepared p;
                 for (int64_t k = r.begin + run * c / chunks; k < r.begin + run * (c + 1) / chunks; ++k) {
                     const int64_t m = ptr[k + 1] - ptr[k];
                     if (m == 0) continue;
-                    try {  // a parallel_for body must not throw
-                        prepare(p, pos + 3 * ptr[k], m, ptr[k], cell + 9 * k, pbc + 3 * k, cutoff);
-                        if (p.brute_force) {
-                            edges_of[k] = count_brute(p, cutoff, 0, m, degree_out);
-                        } else {
-                            auto cs = std::make_unique<CellSearch>();
-                            cs->p = std::move(p);
-                            edges_of[k] = count_cells(*cs, cutoff, 1, degree_out);
-                            cells[k] = std::move(cs);
-                        }
-                    } catch (const std::exception& e) {
-                        errors[c] = "structure " + std::to_string(k) + ": " + e.what();
-                        break;
+                    p.budget = &budget;
+                    p.edge_bytes = edge_bytes;
+                    prepare(p, pos + 3 * ptr[k], m, ptr[k], k, cell + 9 * k, pbc + 3 * k, cutoff);
+                    if (p.brute_force) {
+                        edges_of[k] = count_brute(p, cutoff, 0, m, degree_out);
+                    } else {
+                        auto cs = std::make_unique<CellSearch>();
+                        cs->p = std::move(p);
+                        edges_of[k] = count_cells(*cs, cutoff, 1, degree_out);
+                        cells[k] = std::move(cs);
                     }
                 }
             });
-            for (auto& e : errors)
-                if (!e.empty() && error.empty()) error = e;
         }
     }
-    if (!error.empty()) throw std::invalid_argument(error);
 
     // edges_of becomes each structure's first edge
     int64_t total = 0;
@@ -681,8 +752,10 @@ py::tuple radius_batch(py::array_t<double, py::array::c_style | py::array::force
                     if (cells[k]) {
                         write_cells(*cells[k], out, edges_of[k], 0, m);
                         cells[k].reset();
-                    } else {  // succeeded in pass A, so cannot throw here
-                        prepare(p, pos + 3 * ptr[k], m, ptr[k], cell + 9 * k, pbc + 3 * k, cutoff);
+                    } else {  // succeeded in pass A, so only an allocation can fail here
+                        p.budget = &budget;
+                        p.edge_bytes = edge_bytes;
+                        prepare(p, pos + 3 * ptr[k], m, ptr[k], k, cell + 9 * k, pbc + 3 * k, cutoff);
                         write_brute(p, cutoff, 0, m, out, edges_of[k]);
                     }
                 }
@@ -696,11 +769,26 @@ py::tuple radius_batch(py::array_t<double, py::array::c_style | py::array::force
 
 void register_radius(py::module_& m) {
     m.def("radius_batch", &radius_batch, py::arg("pos"), py::arg("cell"), py::arg("pbc"), py::arg("ptr"),
-          py::arg("cutoff"), py::arg("num_threads") = 0, py::arg("single") = false,
+          py::arg("cutoff"), py::arg("num_threads") = 0, py::arg("single") = false, py::arg("max_bytes") = 0,
           "Radius-graph pair search over a batch (float64 positions (N,3), completed cells (B,3,3), pbc (B,3),\n"
           "atom offsets ptr (B+1,)). Returns (edge_index (2,E) int64 [source; target], shifts (E,3) int64,\n"
           "vectors (E,3), distances (E,) in float32 when single else float64, in-degree (N,) int64)\n"
-          "in canonical order: target, then source, then shift lexicographically. Cutoff inclusive.");
+          "in canonical order: target, then source, then shift lexicographically. Cutoff inclusive.\n"
+          "Threads: at most num_threads (<= 0: all cores; capped at 256), and at most one per ~2^20\n"
+          "estimated candidate tests, i.e. about atoms * 512 / 2^20 for dense structures (2048 atoms per\n"
+          "thread), so small batches run on one thread whatever num_threads says (see radius_threads).\n"
+          "max_bytes (<= 0: half the physical memory) bounds what the edges may take (output arrays and\n"
+          "search keys, ~80 bytes per edge); inputs beyond it, beyond |coordinate| <= 1e6 A or needing\n"
+          "more than 2^20 periodic images per pair raise fastcsi._C.InputError (a ValueError), before\n"
+          "the allocation they would need.");
+    m.def("radius_threads", &radius_threads, py::arg("ptr"), py::arg("num_threads") = 0,
+          "The number of threads radius_batch uses for a batch with atom offsets ptr (B+1,).");
+    py::dict limits;
+    limits["max_coordinate"] = kMaxCoordinate;
+    limits["max_images"] = kMaxImages;
+    limits["bytes_per_edge_float32"] = bytes_per_edge(true);
+    limits["bytes_per_edge_float64"] = bytes_per_edge(false);
+    m.attr("radius_limits") = limits;
 }
 
 }  // namespace fastcsi

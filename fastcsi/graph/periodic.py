@@ -6,7 +6,6 @@ it and none imports another (see ``radius.py`` for the exact edge semantics and 
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -14,6 +13,16 @@ import numpy as np
 import torch
 
 from fastcsi.errors import FastCSIError
+
+# Input limits every backend enforces (csrc/radius.cpp repeats them; tests/graph/test_kernel_limits.py
+# keeps the two in step). No atomistic structure has coordinates or cell vectors beyond 100 µm:
+# such numbers come from a wrong unit, and beyond them bin and image counts stop being small
+# integers. MAX_IMAGES bounds the periodic images one atom pair may need (prod over periodic axes of
+# 2 * image_bound + 1): 2^20 is a cell ~50x thinner than the cutoff along all three axes, where real
+# cells stay below ~10^4 (a one-atom metal cell at a 12 Å cutoff: ~7000).
+MAX_COORDINATE = 1e6
+MAX_IMAGES = 1 << 20
+_AXES = "xyz"
 
 
 @dataclass
@@ -56,6 +65,30 @@ def check_inputs(batch, cutoff: float) -> None:
     if pos.shape[0] and not finite:
         bad = int(batch.batch[~torch.isfinite(pos).all(1)][0])
         raise FastCSIError(f"radius_graph: structure {bad} of the batch has NaN or inf positions")
+    _check_magnitudes(batch, pos)
+
+
+def _check_magnitudes(batch, pos: torch.Tensor) -> None:
+    """Positions and periodic cell entries within ±MAX_COORDINATE Å (one reduction when they are)."""
+    if pos.shape[0] and float(pos.abs().max()) > MAX_COORDINATE:
+        bad = int(batch.batch[(pos.abs() > MAX_COORDINATE).any(1)][0])
+        mine = pos[batch.batch == bad].to(torch.float64)
+        span = mine.max(0).values - mine.min(0).values
+        reach = mine.abs().max(0).values
+        axis = int(torch.argmax(torch.maximum(span, reach)))
+        what = (f"atoms span {float(span[axis]):.2g} Å along {_AXES[axis]}" if span[axis] > MAX_COORDINATE
+                else f"atoms lie {float(reach[axis]):.2g} Å from the origin along {_AXES[axis]}")
+        raise FastCSIError(f"radius_graph: structure {bad} of the batch: {what} (the limit is "
+                           f"{MAX_COORDINATE:.0e} Å): coordinates in the wrong unit?")
+    pbc = batch.pbc.detach().reshape(-1, 3).any(1)
+    if bool(pbc.any()):
+        cells = batch.cell.detach().reshape(-1, 9)
+        large = (cells.abs() > MAX_COORDINATE).any(1) & pbc.to(cells.device)
+        if bool(large.any()):
+            bad = int(large.nonzero()[0, 0])
+            raise FastCSIError(f"radius_graph: structure {bad} of the batch has cell entries up to "
+                               f"{float(cells[bad].abs().max()):.2g} Å (the limit is {MAX_COORDINATE:.0e} Å): "
+                               "cell in the wrong unit?")
 
 
 def structure_meta(batch):
@@ -106,33 +139,58 @@ def complete_cell(cell: torch.Tensor, pbc: torch.Tensor, index: int) -> torch.Te
     return cell
 
 
-def image_bounds(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> list[int]:
+def image_bounds(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float, index: int | None = None) -> list[int]:
     """Largest |n_a| an edge can need once positions are wrapped into [0, 1) fractional coordinates.
 
     The spacing between lattice planes a is 1/|column a of inv(cell)|; a wrapped pair differs by less
     than one plane spacing, so ceil(cutoff / spacing) images suffice (+1 absorbs wrap rounding).
+    Raises :class:`FastCSIError` (naming structure ``index`` when given) when the pair would need
+    more than MAX_IMAGES images: the products are formed in float, so no size can wrap around.
     """
     inv = torch.linalg.inv(cell)
-    return [int(math.ceil(cutoff * float(inv[:, a].norm()))) + 1 if pbc[a] else 0 for a in range(3)]
+    reach = [cutoff * float(inv[:, a].norm()) if pbc[a] else 0.0 for a in range(3)]
+    images = math.prod(2.0 * (math.ceil(r) + 1) + 1 if pbc[a] else 1.0 for a, r in enumerate(reach)) \
+        if all(math.isfinite(r) for r in reach) else math.inf
+    if not images <= MAX_IMAGES:
+        name = "a structure" if index is None else f"structure {index} of the batch"
+        raise FastCSIError(f"radius_graph: {name} needs {images:.3g} periodic images per atom pair (the limit "
+                           f"is {MAX_IMAGES}): its cell is far thinner than the cutoff")
+    return [int(math.ceil(r)) + 1 if pbc[a] else 0 for a, r in enumerate(reach)]
 
 
-def image_shifts(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float) -> torch.Tensor:
+def image_shifts(cell: torch.Tensor, pbc: torch.Tensor, cutoff: float, index: int | None = None) -> torch.Tensor:
     """(M, 3) int64 image shifts with |n_a| <= :func:`image_bounds` (only the zero shift for a
     non-periodic structure), in lexicographic order, so a search that tests them in this order
     yields the canonical (target, source, shift) edge order."""
-    bounds = image_bounds(cell, pbc, cutoff) if bool(pbc.any()) else [0, 0, 0]
-    return torch.tensor(list(itertools.product(*[range(-m, m + 1) for m in bounds])), dtype=torch.long)
+    bounds = image_bounds(cell, pbc, cutoff, index) if bool(pbc.any()) else [0, 0, 0]
+    grids = torch.meshgrid(*[torch.arange(-m, m + 1) for m in bounds], indexing="ij")
+    return torch.stack(grids, -1).reshape(-1, 3)
 
 
-def wrap_positions(pos: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor):
+def wrap_positions(pos: torch.Tensor, cell: torch.Tensor, pbc: torch.Tensor, index: int | None = None):
     """Wrap float64 ``pos`` into the cell along periodic axes: (wrapped, integer shift s) with
     wrapped = pos + s @ cell."""
     shift = torch.zeros(pos.shape, dtype=torch.long)
     if pbc.any() and pos.shape[0]:
         frac = pos @ torch.linalg.inv(cell)
-        shift = -torch.floor(frac).to(torch.long)
+        cells_away = -torch.floor(frac)
+        check_wrap(cells_away[:, pbc], index)
+        shift = cells_away.to(torch.long)
         shift[:, ~pbc] = 0
     return pos + shift.to(pos.dtype) @ cell, shift
+
+
+# Wrap shifts are int32 in the C++ kernel; an atom 2^30 cells out has no digits left anyway.
+MAX_WRAP_CELLS = 1 << 30
+
+
+def check_wrap(cells_away: torch.Tensor, index: int | None = None) -> None:
+    """Raise :class:`FastCSIError` when an atom lies MAX_WRAP_CELLS or more cells out of its cell
+    (``cells_away``: float wrap shifts along periodic axes)."""
+    if cells_away.numel() and not float(cells_away.abs().max()) < MAX_WRAP_CELLS:
+        name = "a structure" if index is None else f"structure {index} of the batch"
+        raise FastCSIError(f"radius_graph: {name} has an atom {float(cells_away.abs().max()):.3g} cells away "
+                           "from its cell: coordinates or cell in the wrong unit?")
 
 
 def edge_geometry(batch, edge_index: torch.Tensor, cell_offsets: torch.Tensor):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fastcsi._native import native
+from fastcsi._native import input_errors, memory_budget_bytes, native
 from fastcsi.errors import FastCSIError
 from fastcsi.graph.periodic import RadiusGraph, complete_cell, edge_geometry
 
@@ -49,13 +49,29 @@ def kernel_inputs(batch):
     return pos, cell, pbc, ptr
 
 
-def search_cpu(batch, cutoff: float, num_threads: int = 0, single: bool = False):
+def search_cpu(batch, cutoff: float, num_threads: int = 0, single: bool = False, max_bytes: int | None = None):
     """Kernel-only pair search. Returns numpy (edge_index (2, E) int64, shifts (E, 3) int64,
     vectors (E, 3), distances (E,) (float32 if ``single`` else float64), in-degree (N,) int64).
-    ``num_threads`` 0 means ``torch.get_num_threads()``."""
+
+    ``num_threads`` 0 means ``torch.get_num_threads()``; the kernel then uses at most one thread per
+    ~2^20 estimated candidate tests, about atoms * 512 / 2^20 (one per ~2048 atoms of a dense
+    structure), so a small batch runs on one thread whatever is asked (:func:`threads_used` says how
+    many). ``max_bytes`` (default :func:`fastcsi._native.memory_budget_bytes`) bounds the edges' memory
+    (~64-80 bytes per edge): a batch beyond it, or beyond the input limits of
+    :mod:`fastcsi.graph.periodic`, raises :class:`FastCSIError` before the allocation."""
     pos, cell, pbc, ptr = kernel_inputs(batch)
     threads = int(num_threads) if num_threads else torch.get_num_threads()
-    return native.radius_batch(pos, cell, pbc, ptr, float(cutoff), threads, bool(single))
+    budget = memory_budget_bytes() if max_bytes is None else int(max_bytes)
+    with input_errors("radius_graph"):
+        return native.radius_batch(pos, cell, pbc, ptr, float(cutoff), threads, bool(single), budget)
+
+
+def threads_used(natoms, num_threads: int = 0) -> int:
+    """How many threads :func:`search_cpu` runs for structures of ``natoms`` atoms (the kernel's cap
+    of about atoms * 512 / 2^20 threads applied to ``num_threads``, 0 = ``torch.get_num_threads()``)."""
+    ptr = np.zeros(len(natoms) + 1, dtype=np.int64)
+    np.cumsum(np.asarray(natoms, dtype=np.int64), out=ptr[1:])
+    return int(native.radius_threads(ptr, int(num_threads) if num_threads else torch.get_num_threads()))
 
 
 def radius_graph_cpu(batch, cutoff: float, num_threads: int = 0) -> RadiusGraph:

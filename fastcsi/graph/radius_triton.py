@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from fastcsi.errors import FastCSIError
-from fastcsi.graph.periodic import RadiusGraph, assemble, image_shifts, structure_meta
+from fastcsi.graph.periodic import RadiusGraph, assemble, check_wrap, image_shifts, structure_meta
 from fastcsi.graph import radius_triton_cells as cells
 
 try:
@@ -116,7 +116,9 @@ def search_triton(batch, cutoff: float, method: str = "auto"):
     batch_index = batch.batch.to(device)
     cell_d, pbc_d = cell.to(device), pbc.to(device)
     frac = torch.einsum("nk,nkl->nl", pos, torch.linalg.inv(cell_d)[batch_index])
-    wrap = torch.where(pbc_d[batch_index], -torch.floor(frac), torch.zeros_like(frac)).to(torch.long)
+    wrap = torch.where(pbc_d[batch_index], -torch.floor(frac), torch.zeros_like(frac))
+    check_wrap(wrap)
+    wrap = wrap.to(torch.long)
     wrapped = (pos + torch.einsum("nk,nkl->nl", wrap.to(torch.float64), cell_d[batch_index])).contiguous()
 
     # which structures take the cell list (their fractional extent sizes the bins of free axes)
@@ -140,7 +142,8 @@ def search_triton(batch, cutoff: float, method: str = "auto"):
 
     periodic = pbc.any(1).tolist()
     single_zero = torch.zeros((1, 3), dtype=torch.long)
-    image_lists = [image_shifts(cell[b], pbc[b], cutoff) if periodic[b] else single_zero for b in range(num_structures)]
+    image_lists = [image_shifts(cell[b], pbc[b], cutoff, b) if periodic[b] else single_zero
+                   for b in range(num_structures)]
     nimages = [len(x) for x in image_lists]
     zero_index = [int((x == 0).all(1).nonzero()[0, 0]) for x in image_lists]
     images = torch.cat(image_lists) if image_lists else torch.zeros((0, 3), dtype=torch.long)
@@ -152,8 +155,13 @@ def search_triton(batch, cutoff: float, method: str = "auto"):
 
     # programs: one per BLOCK_I targets; chunks of programs with bounded mask bytes
     items = []  # (structure, first target, bytes)
+    budget = cells.device_budget(device)  # a chunk holds at least one item, whatever MAX_MASK_BYTES says
     for b in pair_structures:
         row = natoms[b] * nimages[b]
+        if min(BLOCK_I, natoms[b]) * row > budget:
+            raise FastCSIError(f"radius_graph: structure {b} of the batch has {natoms[b]} atoms x {nimages[b]} periodic "
+                               f"images, {min(BLOCK_I, natoms[b]) * row / 2**30:.3g} GiB per all-pairs tile (budget "
+                               f"{budget / 2**30:.3g} GiB): its cell is far thinner than the cutoff")
         for first in range(0, natoms[b], BLOCK_I):
             items.append((b, first, min(BLOCK_I, natoms[b] - first) * row))
     meta = {name: torch.tensor(values, dtype=torch.long, device=device) for name, values in (

@@ -45,6 +45,8 @@ import os
 
 import torch
 
+from fastcsi._native import memory_budget_bytes
+from fastcsi.errors import FastCSIError
 from fastcsi.graph.periodic import image_bounds
 from fastcsi.graph.ragged import ragged_range
 
@@ -149,6 +151,23 @@ if AVAILABLE:
             running += tl.sum(hits, axis=1)
         if not WRITE:
             tl.store(count_ptr + slots, running.to(tl.int32), mask=i_valid)
+
+
+def device_budget(device) -> int:
+    """Bytes one search may allocate on ``device``: half of a CUDA device's memory, else the host
+    budget (:func:`fastcsi._native.memory_budget_bytes`)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    return memory_budget_bytes()
+
+
+def _check_budget(nbytes: int, device, what: str) -> None:
+    budget = device_budget(device)
+    if nbytes > budget:
+        raise FastCSIError(f"radius_graph: the batch's cell-list search needs {nbytes / 2**30:.3g} GiB for {what} "
+                           f"(budget {budget / 2**30:.3g} GiB): atoms at the same position, a cutoff far too large, "
+                           "or too many atoms per batch?")
 
 
 def _sum_by(index: torch.Tensor, values: torch.Tensor, size: int) -> torch.Tensor:
@@ -289,6 +308,7 @@ def search_cells(wrapped, frac, wrap, batch_index, cell, pbc, ptr, cutoff: float
     pair_bin, neighbour, image_code = pair_bin[inside], neighbour[inside], image_code[inside]
     # candidates of each bin: the atoms of its neighbour bins, with their image (CSR over bins)
     sizes = occupancy[neighbour]
+    _check_budget(12 * int(sizes.sum()), device, "its candidate pairs")  # slot + code + bin of each
     cand_slot = (torch.repeat_interleave(bin_start[neighbour], sizes) + ragged_range(sizes)).to(torch.int32)
     cand_code = torch.repeat_interleave(image_code, sizes).to(torch.int32)
     cand_start = torch.zeros(total_bins + 1, dtype=torch.long, device=device)
@@ -312,6 +332,8 @@ def search_cells(wrapped, frac, wrap, batch_index, cell, pbc, ptr, cutoff: float
     counts = counts.to(torch.long)
     offsets = torch.cumsum(counts, 0) - counts
     num_edges = int(counts.sum())
+    # int32 target/source/code, then int64 copies, sort keys and shifts: ~100 bytes per edge
+    _check_budget(100 * num_edges, device, f"its {num_edges} edges")
     if num_edges == 0:
         return empty, empty.clone(), torch.zeros((0, 3), dtype=torch.long, device=device)
     target = torch.empty(num_edges, dtype=torch.int32, device=device)
