@@ -11,40 +11,44 @@ _ENERGY = click.option("--energy-key", default=None, help="Energy label key (ext
 _FORCES = click.option("--forces-key", default=None, help="Forces label key.")
 _LEVEL = click.option("--level", default=None, help="Level of theory (ANI-1x, Transition-1x).")
 _SPLIT = click.option("--split", default=None, help="Transition-1x split: data|train|val|test.")
-_EUNIT = click.option("--energy-unit", default=None, help="Energy unit of ASE/npz files not in eV (e.g. kcal/mol).")
+_EUNIT = click.option("--energy-unit", default=None,
+                      help="Energy unit of files that store none (extxyz, ASE db/traj, npz): eV, meV, Ha, kcal/mol, "
+                           "kJ/mol. [default: eV; npz: kcal/mol]")
+_FUNIT = click.option("--force-unit", default=None,
+                      help="Force unit of such files, e.g. hartree/bohr or kcal/mol/Å. [default: the energy unit per Å]")
 _SKIP = click.option("--skip-unreadable", is_flag=True,
                      help="HDF5: read a damaged file without the groups that cannot be read (warns, lists them).")
 
 
 def _reader_options(command):
     """The options every command that opens a dataset takes (passed on to ``_open``)."""
-    for option in reversed((_FORMAT, _ENERGY, _FORCES, _LEVEL, _SPLIT, _EUNIT, _SKIP)):
+    for option in reversed((_FORMAT, _ENERGY, _FORCES, _LEVEL, _SPLIT, _EUNIT, _FUNIT, _SKIP)):
         command = option(command)
     return command
 
 
-def _open(path, fmt, energy_key=None, forces_key=None, level=None, split=None, energy_unit=None,
+def _open(path, fmt, energy_key=None, forces_key=None, level=None, split=None, energy_unit=None, force_unit=None,
           skip_unreadable=False):
     from fastcsi.data import open_dataset
 
     return open_dataset(path, format=fmt, energy_key=energy_key, forces_key=forces_key, level=level, split=split,
-                        energy_unit=energy_unit, skip_unreadable=skip_unreadable)
+                        energy_unit=energy_unit, force_unit=force_unit, skip_unreadable=skip_unreadable)
 
 
 @click.group()
 def data():
-    """Inspect, convert and sample datasets (info, convert, sample)."""
+    """Inspect, convert, sample and index datasets (info, convert, sample, index)."""
 
 
 @data.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @_reader_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def info(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable, as_json):
+def info(path, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable, as_json):
     """Count structures, atoms, elements and classes; say which labels are present."""
     from fastcsi.data import convert as convert_api
 
-    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
+    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable) as ds:
         summary = convert_api.summarize(ds, progress=True)
     if as_json:
         click.echo(json.dumps(summary))
@@ -81,11 +85,11 @@ def info(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unre
 @click.argument("inp", metavar="IN", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @_reader_options
-def convert(inp, out, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable):
+def convert(inp, out, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable):
     """Convert IN to extxyz or an ASE db (chosen by OUT's extension), in Å/eV/eV/Å."""
     from fastcsi.data import convert as convert_api
 
-    with _open(inp, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
+    with _open(inp, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable) as ds:
         count = convert_api.write_structures(convert_api.progress_bar(ds, len(ds), "convert"), out,
                                              convert_api.provenance(ds, {}))
     click.echo(f"wrote {count} structures to {out}")
@@ -102,11 +106,11 @@ def convert(inp, out, fmt, energy_key, forces_key, level, split, energy_unit, sk
               help="Also write the chosen structures (.extxyz or .db).")
 @_reader_options
 def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces_key, level, split,
-           energy_unit, skip_unreadable):
+           energy_unit, force_unit, skip_unreadable):
     """Choose N structures (seeded; class-balanced or random) and save their indices."""
     from fastcsi.data import convert as convert_api, sample_indices
 
-    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
+    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable) as ds:
         indices = sample_indices(ds, n, strategy=strategy, seed=seed)
         meta = convert_api.provenance(ds, {"n_requested": n, "n_selected": int(len(indices)), "strategy": strategy,
                                            "seed": seed, "order": "ascending"})
@@ -114,3 +118,27 @@ def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces
         if structures_out is not None:
             convert_api.write_structures((ds[int(i)] for i in indices), structures_out, meta)
     click.echo(f"selected {len(indices)} of {len(ds)} structures ({strategy}, seed {seed}) -> {out}")
+
+
+@data.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("-j", "--jobs", type=int, default=1, show_default=True,
+              help="Worker processes (over shards, and entry ranges of large files).")
+@_reader_options
+def index(path, jobs, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable):
+    """Build the dataset index (class keys, atom counts) ahead of time, into the cache directory."""
+    import time
+
+    from fastcsi.data.index import build_indices, cache_root
+    from fastcsi.errors import FastCSIError
+
+    if jobs < 1:
+        raise FastCSIError(f"-j {jobs}: give at least 1 worker process")
+    start = time.perf_counter()
+    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
+        report = build_indices(ds, workers=jobs)
+    wall = time.perf_counter() - start
+    where = cache_root()
+    click.echo(f"{path}: {len(ds)} structures; {report['built']} of {report['files']} files indexed "
+               f"({report['entries_built']} entries in {wall:.2f} s) -> "
+               + (f"{where}/index" if where is not None else "nowhere (FASTCSI_CACHE_DIR=off)"))

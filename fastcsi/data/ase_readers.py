@@ -11,7 +11,7 @@
 
 Labels: energy from the calculator or from info keys ``energy, Energy, REF_energy, free_energy,
 ...``; forces from the calculator or array keys ``forces, REF_forces, ...``; ``energy_key`` /
-``forces_key`` override. ASE formats carry eV/Å unless ``energy_unit=`` says otherwise (the MD22
+``forces_key`` override. ASE formats carry eV/Å unless ``energy_unit=`` / ``force_unit=`` say otherwise (the MD22
 extxyz sample stores kcal/mol under ``Energy`` without saying so).
 Class: info ``class_key`` (written by ``fastcsi data convert``), else ``config_type``, else ``sid``/``system_id``, else the chemical formula.
 """
@@ -25,7 +25,7 @@ import numpy as np
 
 from fastcsi.data.base import Dataset, HeaderIndexed, chemical_symbols, formula_of
 from fastcsi.data.structure import Structure
-from fastcsi.data.units import energy_factor
+from fastcsi.data.units import energy_factor, force_factor, warn_if_implausible_energy
 from fastcsi.errors import FastCSIError
 
 ENERGY_KEYS = ("energy", "Energy", "REF_energy", "free_energy", "total_energy", "energy_total", "dft_energy")
@@ -56,14 +56,21 @@ def _scalar(value):
 class _AseLabels:
     """Mixin: pull energy/forces/targets out of an ``ase.Atoms`` the same way for every format."""
 
-    def _setup_labels(self, energy_key, forces_key, energy_unit):
+    def _setup_labels(self, energy_key, forces_key, energy_unit, force_unit=None):
         self.energy_key, self.forces_key = energy_key, forces_key
+        self._energy_unit = energy_unit
         self._factor = energy_factor(energy_unit, str(self.path)) if energy_unit else 1.0
-        self.units_note = (
-            f"energies {energy_unit} -> eV (x{self._factor}), forces {energy_unit}/Å -> eV/Å (energy_unit option)"
-            if energy_unit
-            else "none: ASE formats are read as Å, eV, eV/Å (pass energy_unit= for files in other units)"
-        )
+        # forces in the energy unit per Å unless force_unit says otherwise (e.g. hartree/bohr)
+        self._force_factor = force_factor(force_unit, str(self.path)) if force_unit else self._factor
+        self._energy_checked = False
+        if energy_unit or force_unit:
+            self.units_note = (
+                f"energies {energy_unit or 'eV'} -> eV (x{self._factor}), forces {force_unit or (energy_unit or 'eV') + '/Å'} "
+                f"-> eV/Å (x{self._force_factor}) (energy_unit / force_unit options)"
+            )
+        else:
+            self.units_note = ("none: ASE formats are read as Å, eV, eV/Å (pass --energy-unit / --force-unit, "
+                               "energy_unit= / force_unit=, for files in other units)")
 
     def _structure(self, atoms, i, extra_info=None, data=None):
         """``extra_info`` is searched for labels like ``atoms.info``; ``data`` (ASE db row data,
@@ -100,8 +107,12 @@ class _AseLabels:
                 raise FastCSIError(f"{where}: forces key {self.forces_key!r} not found (arrays: {sorted(atoms.arrays)})")
         if energy is not None:
             energy *= self._factor
+            if not self._energy_checked:  # once per dataset: a file's energies share one unit
+                self._energy_checked = True
+                warn_if_implausible_energy(self.path, atoms.get_atomic_numbers(), energy, self._factor,
+                                           self._energy_unit)
         if forces is not None:
-            forces = forces * self._factor
+            forces = forces * self._force_factor
         targets = {}
         for key, value in list(info.items()) + list(data.items()):
             if key in used or key in CLASS_KEYS or key in ENERGY_KEYS:
@@ -124,9 +135,10 @@ def _ase_error(path, exc, what="read"):
 class ExtxyzDataset(_AseLabels, Dataset):
     format = "extxyz"
 
-    def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, **options):
-        super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit, **options)
-        self._setup_labels(energy_key, forces_key, energy_unit)
+    def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
+        super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
+                         force_unit=force_unit, **options)
+        self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self._offsets, self._natoms, self._comments = self._scan()
         self._class_cache = None
 
@@ -230,9 +242,10 @@ class AseDbDataset(_AseLabels, Dataset):
 
     format = "ase-db"
 
-    def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, **options):
-        super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit, **options)
-        self._setup_labels(energy_key, forces_key, energy_unit)
+    def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
+        super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
+                         force_unit=force_unit, **options)
+        self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self._db = None
         self._class_cache = None
         try:
@@ -287,9 +300,10 @@ class TrajDataset(HeaderIndexed, _AseLabels, Dataset):
 
     format = "traj"
 
-    def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, **options):
-        super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit, **options)
-        self._setup_labels(energy_key, forces_key, energy_unit)
+    def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
+        super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
+                         force_unit=force_unit, **options)
+        self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self._traj = None
         self._length = len(self._trajectory())
 
@@ -346,10 +360,11 @@ class AseIoDataset(_AseLabels, Dataset):
 
     format = "ase"
 
-    def __init__(self, path, ase_format=None, energy_key=None, forces_key=None, energy_unit=None, **options):
+    def __init__(self, path, ase_format=None, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
         super().__init__(path, ase_format=ase_format, energy_key=energy_key, forces_key=forces_key,
-                         energy_unit=energy_unit, **options)
-        self._setup_labels(energy_key, forces_key, energy_unit)
+                         energy_unit=energy_unit,
+                         force_unit=force_unit, **options)
+        self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self.ase_format = ase_format
         if ase_format == "cif":
             self.format = "cif"

@@ -31,7 +31,10 @@ def summarize(ds, progress: bool = False) -> dict:
     n = len(ds)
     element_counts = np.zeros(128, dtype=np.int64)
     n_atoms = np.zeros(n, dtype=np.int64)
+    from fastcsi.data.units import implausible_energy_unit
+
     with_energy = with_forces = with_cell = periodic = with_tags = 0
+    likely_unit = None  # what the first energy is likely in, when it cannot be eV
     target_counts = {}  # scalar target name -> structures carrying it, in the order first seen
     items = progress_bar(ds, n, ds.path.name) if progress else ds
     for i, s in enumerate(items):
@@ -39,6 +42,8 @@ def summarize(ds, progress: bool = False) -> dict:
             target_counts[name] = target_counts.get(name, 0) + 1
         n_atoms[i] = s.n_atoms
         element_counts += np.bincount(s.atomic_numbers, minlength=128)[:128]
+        if s.energy is not None and not with_energy:
+            likely_unit = implausible_energy_unit(s.atomic_numbers, s.energy)
         with_energy += s.energy is not None
         with_forces += s.forces is not None
         with_cell += bool(np.any(s.cell))
@@ -63,6 +68,7 @@ def summarize(ds, progress: bool = False) -> dict:
         "targets": target_counts,
         "n_classes": int(len(set(ds.class_keys().tolist()))),
         "units_note": ds.units_note,
+        "energy_unit_likely": likely_unit,  # None, or the unit energies read as eV are likely in
         "fingerprint": ds.fingerprint,
         "skipped_unreadable": list(ds.skipped),
     }

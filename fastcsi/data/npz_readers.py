@@ -15,7 +15,7 @@ import numpy as np
 
 from fastcsi.data.base import Dataset, formula_of
 from fastcsi.data.structure import Structure
-from fastcsi.data.units import KCAL_MOL_EV, energy_factor, length_factor
+from fastcsi.data.units import KCAL_MOL_EV, energy_factor, force_factor, length_factor, warn_if_implausible_energy
 from fastcsi.errors import FastCSIError
 
 
@@ -66,9 +66,10 @@ class _NpzDataset(Dataset):
 
     NUMBERS = POSITIONS = ENERGIES = FORCES = ""
 
-    def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, length_unit=None, **options):
+    def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, length_unit=None, force_unit=None,
+                 **options):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
-                         length_unit=length_unit, **options)
+                         length_unit=length_unit, force_unit=force_unit, **options)
         self._keys = set(npz_keys(self.path))
         self.energy_key = energy_key or self.ENERGIES
         self.forces_key = forces_key or self.FORCES
@@ -94,6 +95,11 @@ class _NpzDataset(Dataset):
                 if tuple(got) != tuple(expected):
                     raise FastCSIError(f"{self.path}: {key!r} has shape {self._array(key).shape}, expected {expected}")
         self._energy_factor, self._length_factor = self._units(energy_unit, length_unit)
+        # forces in the energy unit per length unit unless force_unit says otherwise
+        self._force_unit = force_unit
+        self._force_factor = (force_factor(force_unit, str(self.path)) if force_unit
+                              else self._energy_factor / self._length_factor)
+        self._energy_checked = False
         self.class_key = self._class_key()
 
     def _array(self, key):
@@ -120,6 +126,11 @@ class _NpzDataset(Dataset):
     def _class_key(self):
         return formula_of(self.numbers)
 
+    def _forces_note(self, default: str) -> str:
+        if self._force_unit:
+            return f"forces {self._force_unit} -> eV/Å (x{self._force_factor}, force_unit option)"
+        return default
+
     def __len__(self):
         return int(self._n_frames)
 
@@ -134,10 +145,12 @@ class _NpzDataset(Dataset):
         energy = forces = None
         if self.energy_key in self._keys:
             energy = float(np.asarray(self._array(self.energy_key)[i]).reshape(-1)[0]) * self._energy_factor
+            if not self._energy_checked:  # once per file: its frames share one unit
+                self._energy_checked = True
+                warn_if_implausible_energy(self.path, self.numbers, energy, self._energy_factor,
+                                           self.options.get("energy_unit") or "the assumed unit")
         if self.forces_key in self._keys:
-            forces = np.asarray(self._array(self.forces_key)[i], dtype=np.float64) * (
-                self._energy_factor / self._length_factor
-            )
+            forces = np.asarray(self._array(self.forces_key)[i], dtype=np.float64) * self._force_factor
         return Structure(self.numbers, pos, energy=energy, forces=forces, class_key=self.class_key, id=str(i))
 
 
@@ -149,7 +162,7 @@ class RMD17Dataset(_NpzDataset):
 
     @property
     def units_note(self):
-        return f"energies kcal/mol -> eV (x{self._energy_factor}); forces kcal/mol/Å -> eV/Å; coords Å"
+        return f"energies kcal/mol -> eV (x{self._energy_factor}); {self._forces_note('forces kcal/mol/Å -> eV/Å')}; coords Å"
 
 
 class SGDMLDataset(_NpzDataset):
@@ -182,4 +195,5 @@ class SGDMLDataset(_NpzDataset):
     @property
     def units_note(self):
         e, r = self._unit_names
-        return f"E {e} -> eV (x{self._energy_factor}); F {e}/{r} -> eV/Å; R {r} -> Å (x{self._length_factor})"
+        return (f"E {e} -> eV (x{self._energy_factor}); {self._forces_note(f'F {e}/{r} -> eV/Å')}; "
+                f"R {r} -> Å (x{self._length_factor})")

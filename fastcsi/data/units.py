@@ -4,6 +4,9 @@ Inside fastcsi: Å, eV, eV/Å. Readers multiply by these factors at the boundary
 """
 from __future__ import annotations
 
+import math
+import warnings
+
 from fastcsi.errors import FastCSIError
 
 HARTREE_EV = 27.211386245988  # 1 Hartree in eV (CODATA 2018)
@@ -60,3 +63,63 @@ def force_factor(unit, where: str = "") -> float:
     # kcal/mol/angstrom has two slashes: the length is the last part.
     energy, length = key.rsplit("/", 1)
     return energy_factor(energy, where) / length_factor(length, where)
+
+
+def atomic_energy_ev(z: int) -> float:
+    """Approximate all-electron total energy (eV) of the neutral atom with atomic number ``z``.
+
+    The Thomas-Fermi energy with Scott's and Schwinger's corrections,
+    E = -0.768745 Z^(7/3) + Z^2/2 - 0.269900 Z^(5/3) hartree (J. Schwinger, Phys. Rev. A 24, 2353
+    (1981)): within about 1% of Hartree-Fock energies from carbon on (C: -37.6 vs -37.7 Ha,
+    O: -75.0 vs -74.8 Ha), 6% for helium. Enough to tell whether a number can be an energy in eV."""
+    z = float(z)
+    return HARTREE_EV * (-0.768745 * z ** (7 / 3) + 0.5 * z * z - 0.269900 * z ** (5 / 3))
+
+
+# An all-electron energy per atom is at most a few eV per atom below that of its heaviest atom
+# (the atoms' own energies dominate; bonds add a few eV): below 1.5x of it, it cannot be eV.
+_BELOW_ALL_ELECTRON = 1.5
+# the units a file's energies are most often in when they are not eV, most likely first
+_LIKELY_UNITS = ("kcal/mol", "kJ/mol", "Ha", "meV")
+
+
+class EnergyUnitWarning(UserWarning):
+    """Energies read as eV that cannot be eV (far below the all-electron energy of their atoms)."""
+
+
+def implausible_energy_unit(numbers, energy_ev: float, factor: float = 1.0) -> str | None:
+    """The unit a stored energy is likely in when, read as ``energy_ev`` eV (after multiplying the
+    stored value by ``factor``), it is not a possible energy; None when it is possible.
+
+    Only too-negative energies are caught: energies referenced to atoms (atomization, formation)
+    and pseudopotential totals are small and cannot be told from eV by size alone."""
+    numbers = [int(z) for z in numbers]
+    if not numbers or energy_ev is None or not math.isfinite(energy_ev):
+        return None
+    per_atom = energy_ev / len(numbers)
+    floor = _BELOW_ALL_ELECTRON * atomic_energy_ev(max(numbers)) - 10.0  # -10 eV: the H2 molecule's margin
+    if per_atom >= floor:
+        return None
+    stored = energy_ev / factor
+    expected = sum(atomic_energy_ev(z) for z in numbers)  # the all-electron total, roughly
+
+    def mismatch(unit):
+        converted = stored * ENERGY_UNITS[_clean(unit)]
+        return abs(math.log(converted / expected)) if converted < 0 else math.inf
+
+    return min(_LIKELY_UNITS, key=mismatch)
+
+
+def warn_if_implausible_energy(where, numbers, energy_ev, factor: float = 1.0, unit_given: str | None = None,
+                               option: str = "--energy-unit") -> bool:
+    """One warning line (an :class:`EnergyUnitWarning`) when ``energy_ev`` cannot be eV; True then."""
+    likely = implausible_energy_unit(numbers, energy_ev, factor)
+    if likely is None:
+        return False
+    read_as = f"read as {unit_given} and converted" if unit_given else "read as eV"
+    per_atom = energy_ev / len(numbers)
+    warnings.warn(
+        f"{where}: energies {read_as} give {per_atom:,.0f} eV per atom, below any all-electron energy of "
+        f"these elements, so they are not in that unit; likely {likely} (pass {option} {likely})",
+        EnergyUnitWarning, stacklevel=2)
+    return True
