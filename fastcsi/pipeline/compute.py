@@ -83,7 +83,7 @@ class StatsCache:
 
 
 def key_fields(dataset_fingerprint: str, spec: SampleSpec, extractor, agg: str, per_element: bool,
-               per_class: bool = False) -> dict:
+               per_class: bool = False, exclude=()) -> dict:
     fields = {
         "format": STATS_FORMAT,
         "dataset": dataset_fingerprint,
@@ -99,6 +99,8 @@ def key_fields(dataset_fingerprint: str, spec: SampleSpec, extractor, agg: str, 
     }
     if per_class:  # only then, so that the keys of existing caches stay valid
         fields["per_class"] = True
+    if len(exclude):  # likewise: structures left out of the sample (--drop-outlier-structures)
+        fields["excluded"] = stats_key({"indices": sorted(int(i) for i in exclude)})
     return fields
 
 
@@ -124,8 +126,12 @@ def dataset_stats(
     progress: bool = True,
     tracer=None,
     per_class: bool = False,
+    exclude=(),
 ):
     """The :class:`FeatureStats` of ``spec``'s sample of ``dataset`` (from ``cache`` when present).
+
+    ``exclude``: dataset indices left out of the sample (the structures holding outlier atoms, for
+    ``--drop-outlier-structures``); they are part of the cache key.
 
     ``per_class``: also per-class statistics in the same pass (see the module docstring), as the
     result's ``class_stats``: a FeatureStats whose groups are keyed by class index, with
@@ -141,15 +147,17 @@ def dataset_stats(
 
     ctx = ctx or DistContext()
     profiler = profiler or Profiler(enabled=False)
-    fields = key_fields(dataset.fingerprint, spec, extractor, agg, per_element, per_class)
+    fields = key_fields(dataset.fingerprint, spec, extractor, agg, per_element, per_class, exclude)
     key = stats_key(fields)
     cache = cache or StatsCache(None)
     cached = _from_cache(cache, key, label, per_class, ctx)
-    if cached is not None:
+    # An entry written before the exploding-feature check existed is recomputed, so that every
+    # statistic comes with the check of its features.
+    if cached is not None and OUTLIERS_KEY in cached.metadata:
         return cached, True
 
     with profiler.stage("read"):
-        indices = _sample(dataset, spec, ctx)
+        indices = _sample(dataset, spec, ctx, exclude)
     classes = _class_labels(dataset) if per_class else None
     stats, class_stats, n_structures, n_atoms = _accumulate(
         dataset, indices, label, extractor, agg=agg, track_groups=bool(per_element and agg == "flat"),
@@ -179,7 +187,7 @@ def _from_cache(cache: StatsCache, key: str, label, per_class: bool, ctx):
     return ctx.broadcast(cached) if ctx.enabled else cached
 
 
-def _sample(dataset, spec: SampleSpec, ctx) -> np.ndarray:
+def _sample(dataset, spec: SampleSpec, ctx, exclude=()) -> np.ndarray:
     """This rank's share of the sample's indices, sorted (files are read sequentially; flat
     statistics do not depend on the order)."""
     from fastcsi.data import sample_indices
@@ -188,6 +196,8 @@ def _sample(dataset, spec: SampleSpec, ctx) -> np.ndarray:
         indices = np.arange(len(dataset), dtype=np.int64)
     else:
         indices = np.asarray(sample_indices(dataset, spec.n, strategy=spec.strategy, seed=spec.seed), np.int64)
+    if len(exclude):
+        indices = np.setdiff1d(indices, np.asarray(exclude, dtype=np.int64))
     return ctx.shard(np.sort(indices))
 
 
@@ -205,8 +215,10 @@ def _accumulate(dataset, indices, label, extractor, *, agg, track_groups, classe
     Returns ``(stats, class_stats or None, n_structures, n_atoms)``."""
     from fastcsi.data import iter_batches
     from fastcsi.stats import FeatureStats
+    from fastcsi.stats.outliers import FeatureNormMonitor
 
     stats = FeatureStats(extractor.dim, metadata={}, track_groups=track_groups)
+    norms = FeatureNormMonitor(extractor.dim)
     class_stats = FeatureStats(extractor.dim, metadata={}, track_groups=True) if classes is not None else None
     done = 0  # structures of ``indices`` already processed: batches follow their order
     n_structures = n_atoms = 0
@@ -222,6 +234,7 @@ def _accumulate(dataset, indices, label, extractor, *, agg, track_groups, classe
             extractor.check_elements(batch.atomic_numbers, where=str(label))
             features = extractor.features(batch, profiler)
             with profiler.stage("stats"):
+                _check_features(features, batch, indices[done : done + batch.num_structures], label, norms)
                 x, groups = aggregate(features, batch, agg)
                 stats.update(x, groups=groups if track_groups else None)
                 if class_stats is not None:
@@ -254,7 +267,46 @@ def _accumulate(dataset, indices, label, extractor, *, agg, track_groups, classe
             f"{label}: {stats.count} feature sample(s) from {n_structures} structure(s); the CSI needs "
             "at least 2 (use more --samples or --agg flat)"
         )
+    if ctx.enabled:
+        with profiler.stage("stats"):
+            norms.all_reduce()
+    stats.metadata[OUTLIERS_KEY] = _outlier_summary(norms, dataset)
     return stats, class_stats, n_structures, n_atoms
+
+
+# The per-dataset result of the exploding-feature check in a stats object's metadata (and so in the
+# cache): the same stats always come with the check of the features that made them.
+OUTLIERS_KEY = "feature_outliers"
+
+
+def _check_features(features, batch, indices, label, norms) -> None:
+    """Refuse non-finite per-atom features, naming the dataset and the structure, and feed the
+    feature norms to the outlier check (each atom labelled with its structure's dataset index)."""
+    from fastcsi.stats.outliers import first_non_finite_row
+
+    bad_row = first_non_finite_row(features)
+    if bad_row is not None:
+        k = int(batch.batch[bad_row])
+        structure = batch.ids[k] if k < len(batch.ids) and batch.ids[k] else f"#{int(indices[k])}"
+        raise FastCSIError(
+            f"{label}: the extractor returned NaN or inf features for structure {structure} (index "
+            f"{int(indices[k])}); its geometry is probably far outside what the backbone can handle"
+        )
+    owners = np.repeat(np.asarray(indices, dtype=np.int64), batch.natoms.cpu().numpy())
+    norms.update(features, owners)
+
+
+def _outlier_summary(norms, dataset) -> dict:
+    """The outlier report as plain JSON, each listed structure with its dataset index and id."""
+    summary = norms.report().to_dict()
+    for entry in summary["structures"]:
+        index = int(entry.pop("structure"))
+        try:
+            structure_id = dataset[index].id
+        except Exception:  # the listing must not fail a run whose statistics are complete
+            structure_id = ""
+        entry.update(index=index, id=structure_id or str(index))
+    return summary
 
 
 def _describe(stats, fields: dict, key: str, dataset, label, extractor, n_structures: int, n_atoms: int):

@@ -18,13 +18,16 @@ import numpy as np
 import torch
 
 from fastcsi.errors import FastCSIError
-from fastcsi.pipeline.compute import StatsCache, dataset_stats, open_source
+from fastcsi.pipeline.compute import OUTLIERS_KEY, StatsCache, dataset_stats, open_source
 from fastcsi.pipeline.distributed import init_distributed
 from fastcsi.pipeline.report import element_symbol, mean_std, write_select_outputs
 from fastcsi.pipeline.settings import ADEQUATE_SAMPLES_PER_DIM, SampleSpec, SelectSettings
 from fastcsi.utils import versions
 
 RESULT_FORMAT = "fastcsi-csi/1"
+# In a stats object's metadata: the structures --drop-outlier-structures left out, and the check
+# that found them.
+DROPPED_KEY = "dropped_outlier_structures"
 # Settings that must agree between two stats objects for their CSI to mean anything.
 _MUST_MATCH = ("layer", "kind", "aggregation")
 
@@ -82,6 +85,42 @@ class StatsProvider:
         self.class_sources: set = set()
         self.class_seed = None
 
+    def _compute(self, source: _Source, spec, seed: int, exclude=()):
+        stats, hit = dataset_stats(
+            source.obj,
+            source.label,
+            self.extractor,
+            spec,
+            agg=self.settings.agg,
+            per_element=self.settings.per_element,
+            batch_size=self.settings.batch_size,
+            num_workers=self.settings.num_workers,
+            ctx=self.ctx,
+            profiler=self.profiler,
+            cache=self.cache,
+            progress=self.progress,
+            tracer=self.tracer,
+            per_class=source.label in self.class_sources and seed == self.class_seed,
+            exclude=exclude,
+        )
+        self.cache_hits += int(hit)
+        self.computed += int(not hit)
+        return stats
+
+    def _without_outlier_structures(self, source: _Source, spec, seed: int, stats):
+        """--drop-outlier-structures: the same sample again, without the structures that hold
+        outlier atoms (a second pass over the sample, only for a dataset that has them). The check
+        of the first pass rides along in the metadata as ``dropped_outlier_structures``."""
+        found = stats.metadata.get(OUTLIERS_KEY) or {}
+        dropped = [entry["index"] for entry in found.get("structures", [])]
+        if not dropped:
+            return stats
+        clean = self._compute(source, spec, seed, exclude=dropped)
+        clean.metadata[DROPPED_KEY] = {"n_structures": len(dropped), "indices": dropped,
+                                       "all_outlier_structures": bool(found.get("listing_complete")),
+                                       "check_before": found}
+        return clean
+
     @property
     def extractor(self):
         if self._extractor is None:
@@ -97,24 +136,9 @@ class StatsProvider:
         spec = SampleSpec.make(strategy, self.settings.samples, seed, len(source.obj))
         memo_key = (source.label, spec)
         if memo_key not in self._memo:
-            stats, hit = dataset_stats(
-                source.obj,
-                source.label,
-                self.extractor,
-                spec,
-                agg=self.settings.agg,
-                per_element=self.settings.per_element,
-                batch_size=self.settings.batch_size,
-                num_workers=self.settings.num_workers,
-                ctx=self.ctx,
-                profiler=self.profiler,
-                cache=self.cache,
-                progress=self.progress,
-                tracer=self.tracer,
-                per_class=source.label in self.class_sources and seed == self.class_seed,
-            )
-            self.cache_hits += int(hit)
-            self.computed += int(not hit)
+            stats = self._compute(source, spec, seed)
+            if getattr(self.settings, "drop_outlier_structures", False):
+                stats = self._without_outlier_structures(source, spec, seed, stats)
             self._memo[memo_key] = stats
         return self._memo[memo_key]
 
@@ -302,13 +326,58 @@ def _rank(sources, settings, provider, profiler, csi_fn) -> dict:
     downstream = _downstream_summary(down_src, per_seed_down, seeds)
     warnings = []
     adequacy = _adequacy(rows, downstream, settings, dims, warnings)
+    outliers = _feature_outliers(down_src, up_srcs, per_seed_down, settings, provider, warnings)
     return {
         "format": RESULT_FORMAT,
         "downstream": downstream,
         "ranking": rows,
         "adequacy": adequacy,
+        "feature_outliers": outliers,
         "warnings": warnings,
     }
+
+
+def _feature_outliers(down_src, up_srcs, per_seed_down, settings, provider, warnings) -> list:
+    """The exploding-feature check of every stats object of the run (one entry per dataset and
+    distinct sample, with the seeds that share it), and one warning per dataset that has outliers."""
+    entries = []
+    for role, src in [("downstream", down_src)] + [("upstream", u) for u in up_srcs]:
+        by_object = {}
+        for seed in settings.seeds:
+            stats = per_seed_down[seed] if role == "downstream" else provider.get(src, settings.upstream_sampling, seed)
+            by_object.setdefault(id(stats), (stats, []))[1].append(seed)
+        for stats, seeds in by_object.values():
+            dropped = stats.metadata.get(DROPPED_KEY)
+            # with --drop-outlier-structures the check that found the dropped structures is the one to report
+            check = dropped["check_before"] if dropped else stats.metadata.get(OUTLIERS_KEY)
+            entry = {"dataset": src.label, "role": role, "seeds": seeds}
+            if check is None:  # a stats file written before the check existed, or by other means
+                entry["checked"] = False
+            else:
+                entry.update(checked=True, **check)
+                if dropped:
+                    entry["dropped"] = {"n_structures": dropped["n_structures"],
+                                        "all_outlier_structures": dropped["all_outlier_structures"]}
+            entries.append(entry)
+    for label in dict.fromkeys(e["dataset"] for e in entries):
+        found = [e for e in entries if e["dataset"] == label and e.get("n_outlier_atoms")]
+        if found:
+            warnings.append(_outlier_warning(label, found))
+    return entries
+
+
+def _outlier_warning(label: str, found: list) -> str:
+    """One line for a dataset with outlier atoms (the worst of its samples)."""
+    worst = max(found, key=lambda e: (e["trace_share"], e["n_outlier_atoms"]))
+    text = (f"{label}: {worst['n_outlier_atoms']:,} atom(s) in {worst['n_outlier_structures']:,} structure(s) have "
+            f"feature norms over {worst['outlier_factor']:g}x the median ({worst['median_norm']:.3g}; max "
+            f"{worst['max_norm']:.3g})")
+    if worst["dominates_trace"]:
+        text += (f" and carry {worst['trace_share']:.0%} of the dataset's feature variance, so they dominate its "
+                 "CSI trace term")
+    if all(e.get("dropped") for e in found):
+        return text + "; those structures were left out (--drop-outlier-structures)"
+    return text + "; see feature_outliers in csi.json, or rank without them with --drop-outlier-structures"
 
 
 def _pair_values(seed, down, up, res) -> dict:
@@ -387,7 +456,7 @@ def _upstream_row(up_src, down_src, per_seed_down, settings, provider, profiler,
         "n_atoms": int(round(np.mean([p["n_atoms"] for p in per_seed]))),
         "per_seed": per_seed,
         "per_element": _per_element_summary(per_element_values, spread_measured),
-        "stats_settings": dict(sorted(first_up.metadata.items())),
+        "stats_settings": _stats_settings(first_up),
     }
 
 
@@ -395,6 +464,11 @@ def _whole_dataset(stats) -> bool:
     """Stats computed here from every structure of their dataset (``--samples`` at least its size,
     or ``all``): no seed can draw a different sample, and more ``--samples`` adds nothing."""
     return stats.metadata.get("sampling") == "all" and "dataset_size" in stats.metadata
+
+
+def _stats_settings(stats) -> dict:
+    """A stats object's metadata for csi.json, less the outlier check (csi.json's feature_outliers)."""
+    return {k: v for k, v in sorted(stats.metadata.items()) if k not in (OUTLIERS_KEY, DROPPED_KEY)}
 
 
 def _downstream_summary(down_src, per_seed_down, seeds) -> dict:
@@ -409,7 +483,7 @@ def _downstream_summary(down_src, per_seed_down, seeds) -> dict:
             {"seed": s, "n_structures": c[0], "n_atoms": c[1], "n_samples": int(per_seed_down[s].count)}
             for s, c in zip(seeds, d_counts)
         ],
-        "stats_settings": dict(sorted(per_seed_down[seeds[0]].metadata.items())),
+        "stats_settings": _stats_settings(per_seed_down[seeds[0]]),
     }
 
 

@@ -104,6 +104,9 @@ class SelectSettings:
     seeds: tuple = (0,)
     dtype: str = "float32"
     per_element: bool = True
+    # leave out of every sample the structures holding atoms with feature norms over 100x the median
+    # (fastcsi.stats.outliers); changes the CSI, and is part of the cache key through the indices left out
+    drop_outlier_structures: bool = False
     # speed only (not part of any cache key)
     device: str = "auto"
     batch_size: int = 16

@@ -14,7 +14,9 @@ bin). The outlier threshold is ``OUTLIER_FACTOR`` x that median, rounded up to t
 so "outlier" means exactly "in a bin at or above the threshold's bin" and the counts, the listed
 structures and the trace share all refer to the same atoms. Each bin also keeps the sum of its
 atoms' feature vectors and squared norms (O(bins x dim) float64, allocated on first use), so the
-outliers' exact share of the trace needs no second pass.
+outliers' share of the trace, 1 - tr Sigma(without them) / tr Sigma(all), is exact with no second
+pass: the part of the dataset's total variance, and so of its share of the CSI trace term, that
+would go away without those atoms.
 
 Which structures hold outliers is decided when a batch is seen, before the final median exists:
 every atom above ``CANDIDATE_FACTOR`` x the running median (of everything seen so far, this batch
@@ -35,8 +37,8 @@ from fastcsi.errors import FastCSIError
 
 # An atom is an outlier when its feature norm exceeds this multiple of the dataset's median norm.
 OUTLIER_FACTOR = 100.0
-# Warn when the outliers carry more than this share of the dataset's total variance tr(Sigma), the
-# dataset's part of the CSI trace term: then most of what the trace term compares is those few atoms.
+# Warn when more than this share of the dataset's total variance tr(Sigma) (its part of the CSI trace
+# term) goes away without the outlier atoms: then most of what the trace term compares is those few atoms.
 DOMINANT_TRACE_SHARE = 0.5
 BINS_PER_OCTAVE = 16
 MIN_LOG2 = -64
@@ -102,7 +104,7 @@ class OutlierReport:
     max_norm: float
     threshold: float  # norm from which an atom counts as an outlier (>= OUTLIER_FACTOR x median)
     n_outlier_atoms: int
-    trace_share: float  # outliers' share of sum_i |x_i - mean|^2 over all atoms
+    trace_share: float  # 1 - tr Sigma(without the outliers) / tr Sigma(all atoms)
     structures: dict = field(default_factory=dict)  # owner -> outlier atoms in it (the listed ones)
     n_structures: int = 0  # structures holding outliers (all, listed or not)
     listing_complete: bool = True
@@ -230,18 +232,23 @@ class FeatureNormMonitor:
         )
 
     def _trace_share(self, outlier_bins: slice, n_outliers: int) -> float:
-        """sum_{i in outliers} |x_i - mu|^2 / sum_i |x_i - mu|^2, exactly, from the bin sums."""
+        """1 - tr Sigma(without outliers) / tr Sigma(all), exactly, from the bin sums: the part of the
+        total variance that goes away without the outlier atoms (they also move the mean, so this is
+        more than their own squared deviations' share)."""
         if n_outliers == 0:
             return 0.0
         vectors = self.sum_vectors.cpu().numpy()
-        n = self.n_atoms
-        mu = vectors.sum(axis=0) / n
-        total = float(self.sum_squares.sum() - n * mu @ mu)
-        part = float(self.sum_squares[outlier_bins].sum() - 2.0 * mu @ vectors[outlier_bins].sum(axis=0)
-                     + n_outliers * mu @ mu)
-        if total <= 0.0:
+        n, n_rest = self.n_atoms, self.n_atoms - n_outliers
+        if n_rest < 2:
+            return 1.0
+        total_sum = vectors.sum(axis=0)
+        rest_sum = total_sum - vectors[outlier_bins].sum(axis=0)
+        variance_all = (self.sum_squares.sum() - total_sum @ total_sum / n) / (n - 1)
+        variance_rest = (self.sum_squares.sum() - self.sum_squares[outlier_bins].sum()
+                         - rest_sum @ rest_sum / n_rest) / (n_rest - 1)
+        if variance_all <= 0.0:
             return 0.0
-        return min(max(part / total, 0.0), 1.0)
+        return float(min(max(1.0 - variance_rest / variance_all, 0.0), 1.0))
 
     def all_reduce(self) -> "FeatureNormMonitor":
         """Merge the monitors of all torch.distributed ranks into every rank's (small objects only

@@ -31,9 +31,8 @@ def _plant(x, owners, rows, scale):
 
 
 def _exact_share(x, outlier_mask):
-    centred = x - x.mean(axis=0)
-    squares = (centred**2).sum(axis=1)
-    return squares[outlier_mask].sum() / squares.sum()
+    """1 - tr Sigma(without the outliers) / tr Sigma(all)."""
+    return 1.0 - np.var(x[~outlier_mask], axis=0, ddof=1).sum() / np.var(x, axis=0, ddof=1).sum()
 
 
 def _feed(monitor, x, owners, batch_rows):

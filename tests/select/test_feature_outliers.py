@@ -1,0 +1,96 @@
+"""Exploding features through a select run: planted outliers and NaNs in the tiny backbone's features."""
+import json
+
+import pytest
+import torch
+
+from fastcsi.errors import FastCSIError
+from fastcsi.pipeline import SelectSettings
+from fastcsi.pipeline.select import run_select
+
+
+class _Planted:
+    """The tiny extractor with the features of every atom of one element scaled (or made NaN): a
+    stand-in for a foundation model that explodes on geometries far from its training data."""
+
+    def __init__(self, inner, element: int, factor: float):
+        self._inner, self._element, self._factor = inner, element, factor
+        self.fingerprint = f"{inner.fingerprint}-planted-{element}-{factor}"
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def features(self, batch, profiler=None):
+        features = self._inner.features(batch, profiler)
+        planted = (batch.atomic_numbers == self._element).to(features.device)[:, None]
+        return torch.where(planted, features * self._factor, features)
+
+
+@pytest.fixture(scope="module")
+def tiny_extractor():
+    from fastcsi.pipeline.backbone import load_extractor
+
+    return load_extractor("gemnet-oc-random", layer="final", kind="node", device="cpu", dtype="float64")
+
+
+def _run(tiny_data, extractor, tmp_path, drop=False, **options):
+    settings = SelectSettings(samples=None, seeds=(0,), batch_size=5, dtype="float64", drop_outlier_structures=drop)
+    return run_select(tiny_data["down"], [tiny_data["organic"], tiny_data["metal"]], settings, outdir=tmp_path,
+                      extractor=extractor, progress=False, **options)
+
+
+def _order(result):
+    return [r["upstream"] for r in result["ranking"]]
+
+
+def test_clean_features_report_no_outliers(tiny_data, tiny_extractor, tmp_path, one_torch_thread):
+    result = _run(tiny_data, tiny_extractor, tmp_path)
+    entries = result["feature_outliers"]
+    assert [e["role"] for e in entries] == ["downstream", "upstream", "upstream"]
+    assert all(e["checked"] and e["n_outlier_atoms"] == 0 and e["structures"] == [] for e in entries)
+    assert not any("median" in w for w in result["warnings"])
+    assert "feature_outliers" not in result["ranking"][0]["stats_settings"]  # reported once, not per row
+
+
+def test_planted_outliers_are_listed_warned_about_and_dropping_them_restores_the_ranking(
+        tiny_data, tiny_extractor, tmp_path, one_torch_thread):
+    clean = _run(tiny_data, tiny_extractor, tmp_path / "clean")
+    assert _order(clean)[0] == str(tiny_data["organic"])  # organic molecules are closest to water/methanol
+    # N appears only in the three NH3 molecules of the organic upstream: 3 atoms out of 51
+    planted = _Planted(tiny_extractor, element=7, factor=1e4)
+    exploded = _run(tiny_data, planted, tmp_path / "exploded")
+    entry = next(e for e in exploded["feature_outliers"] if e["dataset"] == str(tiny_data["organic"]))
+    assert entry["n_outlier_atoms"] == 3 and entry["n_outlier_structures"] == 3 and entry["listing_complete"]
+    assert [s["index"] for s in sorted(entry["structures"], key=lambda s: s["index"])] == [3, 4, 5]
+    assert all(s["outlier_atoms"] == 1 and s["id"] for s in entry["structures"])
+    assert entry["dominates_trace"] and entry["trace_share"] > 0.99
+    assert entry["max_norm"] > 1e3 * entry["median_norm"]
+    warning = next(w for w in exploded["warnings"] if w.startswith(str(tiny_data["organic"])) and "median" in w)
+    assert "3 atom(s) in 3 structure(s)" in warning and "dominate its CSI trace term" in warning
+    # the exploded atoms push organic behind the metals: the ranking flips
+    assert _order(exploded)[0] == str(tiny_data["metal"])
+    saved = json.loads((tmp_path / "exploded" / "csi.json").read_text())
+    assert saved["feature_outliers"] == exploded["feature_outliers"]
+
+    robust = _run(tiny_data, planted, tmp_path / "robust", drop=True)
+    assert _order(robust) == _order(clean)  # without the NH3 structures the order of the clean run is back
+    entry = next(e for e in robust["feature_outliers"] if e["dataset"] == str(tiny_data["organic"]))
+    assert entry["dropped"] == {"n_structures": 3, "all_outlier_structures": True}
+    organic = next(r for r in robust["ranking"] if r["upstream"] == str(tiny_data["organic"]))
+    assert organic["n_structures"] == 9 and robust["settings"]["drop_outlier_structures"] is True
+    assert any("were left out (--drop-outlier-structures)" in w for w in robust["warnings"])
+    # a second run reuses both passes from the cache and reports the same
+    again = _run(tiny_data, planted, tmp_path / "robust", drop=True)
+    assert again["cache"]["computed"] == 0 and again["feature_outliers"] == robust["feature_outliers"]
+    assert [r["csi"] for r in again["ranking"]] == [r["csi"] for r in robust["ranking"]]
+
+
+def test_non_finite_features_name_the_dataset_and_the_structure(tiny_data, tiny_extractor, tmp_path,
+                                                                 one_torch_thread):
+    nan = _Planted(tiny_extractor, element=7, factor=float("nan"))
+    with pytest.raises(FastCSIError) as caught:
+        _run(tiny_data, nan, tmp_path / "nan", use_cache=False)
+    message = str(caught.value)
+    assert message.startswith(f"{tiny_data['organic']}: the extractor returned NaN or inf features for structure")
+    assert "(index 3)" in message and "\n" not in message
+    assert not (tmp_path / "nan").exists()  # a refused run leaves no output directory
