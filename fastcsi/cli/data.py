@@ -125,7 +125,7 @@ def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces
 @click.option("-j", "--jobs", type=int, default=1, show_default=True,
               help="Worker processes (over shards, and entry ranges of large files).")
 @_reader_options
-def index(path, jobs, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable):
+def index(path, jobs, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable):
     """Build the dataset index (class keys, atom counts) ahead of time, into the cache directory."""
     import time
 
@@ -135,7 +135,7 @@ def index(path, jobs, fmt, energy_key, forces_key, level, split, energy_unit, sk
     if jobs < 1:
         raise FastCSIError(f"-j {jobs}: give at least 1 worker process")
     start = time.perf_counter()
-    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, skip_unreadable) as ds:
+    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable) as ds:
         report = build_indices(ds, workers=jobs)
     wall = time.perf_counter() - start
     where = cache_root()
