@@ -29,6 +29,19 @@ def shared_data() -> Path:
 SHARED_SKIP_REASON = f"{SHARED_DATA} is not present: tests on the real data samples skipped"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _dataset_index_cache(tmp_path_factory):
+    """The persistent dataset index (fastcsi.data.index) of the runs under test goes to a session folder,
+    never the user's ~/.cache (tests that count index builds point FASTCSI_CACHE_DIR at their own)."""
+    before = os.environ.get("FASTCSI_CACHE_DIR")
+    os.environ["FASTCSI_CACHE_DIR"] = str(tmp_path_factory.mktemp("fastcsi-cache"))
+    yield
+    if before is None:
+        os.environ.pop("FASTCSI_CACHE_DIR", None)
+    else:
+        os.environ["FASTCSI_CACHE_DIR"] = before
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     # pytest files a skip under each test's own line; these all have one cause, so they are filed under
@@ -50,6 +63,10 @@ def one_torch_thread():
     yield
     torch.set_num_threads(before)
 
+
+# Tests that do not name a backbone run the tiny random GemNet-OC (seconds), not the pretrained
+# default (sevennet-0, far slower on CPU); the tests of the default itself unset this.
+os.environ.setdefault("FASTCSI_BACKBONE", "gemnet-oc-random")
 
 GPU_TESTS = os.environ.get("FASTCSI_TEST_GPU") == "1"
 

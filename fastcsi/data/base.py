@@ -99,6 +99,11 @@ class Dataset(abc.ABC):
         for i in range(len(self)):
             yield self[i]
 
+    def class_codes(self):
+        """``(table, codes)``: the sorted distinct class keys and, per structure, its key's position
+        in them (``table[codes] == class_keys()``); what class-balanced sampling draws from."""
+        return np.unique(np.asarray(self.class_keys()).astype(str), return_inverse=True)
+
     def n_atoms_per_structure(self) -> np.ndarray:
         """Atoms per structure. The default reads every record; readers override it cheaply."""
         return np.array([self[i].n_atoms for i in range(len(self))], dtype=np.int64)
@@ -166,23 +171,31 @@ class Dataset(abc.ABC):
 
 
 class HeaderIndexed:
-    """For readers whose class keys and atom counts come from one cheap pass over entry headers
-    (no positions): they implement ``_scan_headers() -> (class keys, atoms per structure)``, done
-    once on first use."""
+    """For readers whose class keys and atom counts come from one pass over entry headers (no
+    positions): they implement ``_scan_headers() -> (class keys, atoms per structure)`` (with
+    ``ranged_scan = True`` when it also takes ``start, stop`` entry bounds). The pass is done once
+    per file and kept in the persistent index (``fastcsi.data.index``), so that a later command on
+    the same file reads the index instead."""
 
     _header_index = None
+    ranged_scan = False
 
     def _headers(self):
         if self._header_index is None:
-            keys, natoms = self._scan_headers()
-            self._header_index = (np.asarray(keys, dtype=str), np.asarray(natoms, dtype=np.int64))
+            from fastcsi.data.index import file_index
+
+            self._header_index = file_index(self)
         return self._header_index
 
     def class_keys(self):
-        return self._headers()[0]
+        return self._headers().class_keys()
+
+    def class_codes(self):
+        index = self._headers()
+        return index.class_table, index.class_codes
 
     def n_atoms_per_structure(self):
-        return self._headers()[1]
+        return self._headers().natoms.astype(np.int64)
 
 
 class ConcatDataset(Dataset):
@@ -217,7 +230,19 @@ class ConcatDataset(Dataset):
         parts = [c.class_keys() for c in self.children]
         return np.concatenate(parts).astype(str) if parts else np.zeros(0, dtype=str)
 
+    def class_codes(self):
+        parts = [c.class_codes() for c in self.children]
+        table = np.unique(np.concatenate([t.astype(str) for t, _ in parts]))
+        codes = [np.searchsorted(table, t.astype(str))[c].astype(np.int32) for t, c in parts]
+        return table, np.concatenate(codes) if codes else np.zeros(0, dtype=np.int32)
+
     def n_atoms_per_structure(self):
+        # fairchem's metadata.npz beside the shards gives them without a pass over the entries
+        from fastcsi.data.index import metadata_natoms
+
+        natoms = metadata_natoms(self.path, len(self)) if self.path.is_dir() else None
+        if natoms is not None:
+            return natoms
         return np.concatenate([c.n_atoms_per_structure() for c in self.children]).astype(np.int64)
 
     def files(self):

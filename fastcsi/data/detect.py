@@ -1,7 +1,7 @@
 """Content sniffing and :func:`open_dataset`.
 
 Files are told apart by their bytes, not their names: HDF5 by magic then by group layout, LMDB by
-the meta-page magic, npz by its array keys, SQLite by its header, ASE trajectories by the ulm
+the meta-page magic (then fairchem S2EF or ASE-LMDB by its keys), npz by its array keys, SQLite by its header, ASE trajectories by the ulm
 magic, text and JSON by their first lines. Directories read as one dataset when all the
 structure files in them share one format. ``format=`` overrides sniffing.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 from fastcsi.data.ase_readers import (
     AseDbDataset, AseIoDataset, ExtxyzDataset, MatbenchDataset, Qm9XyzDataset, TrajDataset, looks_like_gdb9,
 )
+from fastcsi.data.aselmdb_reader import AseLmdbDataset, lmdb_layout
 from fastcsi.data.base import ConcatDataset, Dataset
 from fastcsi.data.hdf5_readers import (
     H5_ERRORS, ANI1Dataset, ANI1xDataset, ANI2xDataset, SpiceDataset, Transition1xDataset, first_line, open_h5,
@@ -33,6 +34,7 @@ READERS = {
     "rmd17": RMD17Dataset,
     "sgdml": SGDMLDataset,
     "lmdb": LmdbDataset,
+    "aselmdb": AseLmdbDataset,
     "extxyz": ExtxyzDataset,
     "ase-db": AseDbDataset,
     "traj": TrajDataset,
@@ -42,7 +44,7 @@ READERS = {
     "matbench": MatbenchDataset,
 }
 ALIASES = {"xyz": "extxyz", "db": "ase-db", "ani-1x": "ani1x", "ani-2x": "ani2x", "transition1x": "t1x",
-           "md17": "sgdml", "md22": "sgdml", "oc20": "lmdb", "oc22": "lmdb", "qm9": "qm9-xyz"}
+           "md17": "sgdml", "md22": "sgdml", "oc20": "lmdb", "oc22": "lmdb", "ase-lmdb": "aselmdb", "qm9": "qm9-xyz"}
 # Files that are recognised but hold no structures (property tables, logs, documentation).
 NOT_STRUCTURES = {
     "property-table": "a property table (no structures); join it to structures by id instead",
@@ -136,7 +138,7 @@ def _sniff_file(path: Path) -> str:
     if head.startswith(_HDF5_MAGIC):
         return _hdf5_layout(path)
     if len(head) >= 20 and struct.unpack_from("<I", head, 16)[0] == LMDB_MAGIC:
-        return "lmdb"
+        return lmdb_layout(path)
     if head.startswith(_SQLITE_MAGIC):
         return "ase-db"
     if head.startswith(_ULM_MAGIC):

@@ -128,6 +128,69 @@ class RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+class _TensorShape:
+    """What the header pass keeps of a tensor: its shape (from the rebuild arguments), no bytes."""
+
+    __slots__ = ("shape",)
+
+    def __init__(self, storage, storage_offset, size, *rest):
+        self.shape = tuple(size)
+
+
+class HeaderUnpickler(RestrictedUnpickler):
+    """The restricted unpickler for class keys and atom counts: tensors become their shapes and
+    storages are never decoded (a pickle has no index to skip them, so their bytes are still read)."""
+
+    def find_class(self, module, name):
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _TensorShape
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return len
+        return super().find_class(module, name)
+
+
+def _key_patterns(name: str):
+    raw = name.encode("ascii")
+    # SHORT_BINUNICODE (protocol 4+) and BINUNICODE (protocols 2-3, PyG 1.x files)
+    return (b"\x8c" + bytes([len(raw)]) + raw, b"X" + len(raw).to_bytes(4, "little") + raw)
+
+
+_NATOMS_KEYS, _SID_KEYS = _key_patterns("natoms"), _key_patterns("sid")
+
+
+def _int_after_key(raw: bytes, patterns) -> int | None:
+    """The plain int that a pickled dict key ``patterns`` maps to, read from the bytes; None when
+    the key is absent or maps to anything but an int opcode (then the caller unpickles).
+
+    Searched from the end, where fairchem's scalar fields follow the tensors. A false hit inside a
+    tensor's bytes needs 8 to 11 given bytes followed by an int opcode (odds ~1e-19 per offset), so
+    the search is not repeated to prove the key unique: that would double its cost."""
+    for pattern in patterns:
+        at = raw.rfind(pattern)
+        if at < 0:
+            continue
+        at += len(pattern)
+        op = raw[at:at + 1]
+        if op == b"\x94":  # MEMOIZE
+            at += 1
+        elif op == b"q":  # BINPUT
+            at += 2
+        elif op == b"r":  # LONG_BINPUT
+            at += 5
+        op = raw[at:at + 1]
+        if op == b"K":  # BININT1
+            return raw[at + 1]
+        if op == b"M":  # BININT2
+            return int.from_bytes(raw[at + 1:at + 3], "little")
+        if op == b"J":  # BININT
+            return int.from_bytes(raw[at + 1:at + 5], "little", signed=True)
+        if op == b"\x8a":  # LONG1
+            width = raw[at + 1]
+            return int.from_bytes(raw[at + 2:at + 2 + width], "little", signed=True)
+        return None
+    return None
+
+
 def unpickle_entry(data: bytes, where: str, lazy: bool = False):
     try:
         return RestrictedUnpickler(data, where, lazy).load()
@@ -170,20 +233,34 @@ def open_lmdb(path):
 
     key = (os.getpid(), str(Path(path).resolve()))
     if key not in _ENVIRONMENTS:
+        forget_inherited(_ENVIRONMENTS, key, lambda env: env.close())
         try:
             _ENVIRONMENTS[key] = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False,
                                            meminit=False, max_readers=256)
         except lmdb.Error as exc:
             raise FastCSIError(f"{path}: not a readable LMDB file ({exc})") from None
-        env = _ENVIRONMENTS[key]
-        # pages past the end of a truncated file are not an error to lmdb: reading one faults (SIGBUS)
-        needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-        size = Path(path).stat().st_size
-        if size < needed:
-            env.close()
-            del _ENVIRONMENTS[key]
-            raise FastCSIError(f"{path}: LMDB file is truncated ({size} bytes; its pages need {needed})")
+        try:
+            check_complete(_ENVIRONMENTS[key], path)
+        except FastCSIError:
+            _ENVIRONMENTS.pop(key).close()
+            raise
     return _ENVIRONMENTS[key]
+
+
+def forget_inherited(handles: dict, key, close):
+    """Close the copies of ``key``'s file that a forked process inherited (py-lmdb refuses a second
+    environment on a file that one it knows of still holds; closing unmaps the child's copy only)."""
+    pid, path = key
+    for other in [k for k in handles if k[1] == path and k[0] != pid]:
+        close(handles.pop(other))
+
+
+def check_complete(env, path):
+    """Refuse a truncated file: pages past its end are no error to lmdb, reading one faults (SIGBUS)."""
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    size = Path(path).stat().st_size
+    if size < needed:
+        raise FastCSIError(f"{path}: LMDB file is truncated ({size} bytes; its pages need {needed})")
 
 
 class LmdbDataset(HeaderIndexed, Dataset):
@@ -192,6 +269,7 @@ class LmdbDataset(HeaderIndexed, Dataset):
     ``tags`` kept. Class = ``sid``."""
 
     format = "lmdb"
+    ranged_scan = True
 
     def __init__(self, path, energy_key=None, forces_key=None, **options):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, **options)
@@ -271,14 +349,41 @@ class LmdbDataset(HeaderIndexed, Dataset):
         value = _to_numpy(sid).reshape(-1)
         return str(value[0].item() if value.size == 1 else value.tolist())
 
-    def _scan_headers(self):
-        # One pass over the entries without decoding any tensor storage (positions stay bytes).
-        keys, natoms = [], []
-        for i in range(len(self)):
-            f = self._fields(i, lazy=True)
-            keys.append(self._class_of(f, i))
-            if f.get("natoms") is not None:
-                natoms.append(int(_to_numpy(f["natoms"]).reshape(-1)[0]))
-            else:
-                natoms.append(int(_to_numpy(f["atomic_numbers"]).shape[0]))
+    def _scan_headers(self, start: int = 0, stop: int | None = None):
+        # Entries start..stop in one read transaction. fairchem entries store ``sid`` and ``natoms``
+        # as plain ints: read straight from the pickle's bytes. Any other entry is unpickled with
+        # tensors kept as shapes (storages never decoded), and once more, lazily, when its sid or
+        # natoms is itself a tensor. Pickles have no index: every byte of a value is still read.
+        stop = len(self) if stop is None else stop
+        keys, natoms = [None] * (stop - start), np.zeros(stop - start, dtype=np.int64)
+        with self._environment().begin() as txn:
+            for k, i in enumerate(range(start, stop)):
+                raw = txn.get(str(i).encode("ascii"))
+                if raw is None:
+                    raise FastCSIError(f"{self.path}: entry {i}: key missing from the LMDB")
+                sid, count = _int_after_key(raw, _SID_KEYS), _int_after_key(raw, _NATOMS_KEYS)
+                if sid is None or count is None:
+                    keys[k], natoms[k] = self._unpickled_header(raw, i)
+                else:
+                    keys[k], natoms[k] = str(sid), count
         return keys, natoms
+
+    def _unpickled_header(self, raw: bytes, i: int):
+        where = f"{self.path}: entry {i}"
+        try:
+            f = entry_fields(HeaderUnpickler(raw, where).load(), where)
+        except FastCSIError:
+            raise
+        except Exception as exc:
+            raise FastCSIError(f"{where}: cannot unpickle the entry ({type(exc).__name__}: {exc})") from None
+        if isinstance(f.get("sid"), _TensorShape) or isinstance(f.get("natoms"), _TensorShape):
+            f = self._fields(i, lazy=True)
+        key = self._class_of(f, i)
+        if f.get("natoms") is not None:
+            return key, int(_to_numpy(f["natoms"]).reshape(-1)[0])
+        numbers = f.get("atomic_numbers")
+        if isinstance(numbers, _TensorShape) and numbers.shape:
+            return key, numbers.shape[0]
+        if numbers is not None and not isinstance(numbers, _TensorShape):
+            return key, int(_to_numpy(numbers).shape[0])
+        raise FastCSIError(f"{where}: field 'atomic_numbers' missing")

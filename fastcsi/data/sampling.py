@@ -84,8 +84,9 @@ def sample_from_keys(keys, n: int | None, strategy: str = "random", seed: int = 
 def sample_indices(ds, n: int | None, strategy: str = "random", seed: int = 0) -> np.ndarray:
     """``n`` indices of ``ds`` (all when ``n`` is None or >= len), sorted ascending.
 
-    Uses ``ds.class_keys()`` only (no structure is read)."""
-    keys = ds.class_keys() if strategy == "balanced" else np.zeros(len(ds), dtype=np.int8)
+    Uses the dataset's class codes only (from its index; no structure is read). Balanced draws
+    on the codes are those on the keys themselves: the codes number the sorted keys."""
+    keys = ds.class_codes()[1] if strategy == "balanced" else np.zeros(len(ds), dtype=np.int8)
     return sample_from_keys(keys, n, strategy, seed)
 
 

@@ -1,0 +1,147 @@
+"""The persistent dataset index: built once per dataset file, reused by every later command (no
+per-entry pass), rebuilt when the file changes, never trusted when damaged, built in parallel."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastcsi.cli.app import cli
+from fastcsi.data import open_dataset, sample_indices
+from fastcsi.data.index import DatasetIndex, build_indices, cache_root, index_path
+from fastcsi.data.lmdb_reader import _ENVIRONMENTS, LmdbDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from format_writers import write_lmdb  # noqa: E402
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("FASTCSI_CACHE_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def header_passes(monkeypatch):
+    """Counts the entries every header pass of the LMDB reader reads."""
+    counted = []
+    original = LmdbDataset._scan_headers
+
+    def counting(self, start=0, stop=None):
+        keys, natoms = original(self, start, stop)
+        counted.append(len(keys))
+        return keys, natoms
+
+    monkeypatch.setattr(LmdbDataset, "_scan_headers", counting)
+    return counted
+
+
+def _shards(root, sizes=(5, 7, 3)):
+    root.mkdir()
+    for k, n in enumerate(sizes):
+        write_lmdb(root / f"data.{k:04d}.lmdb", n)
+    return root
+
+
+def test_second_open_reads_the_index_not_the_entries(tmp_path, cache, header_passes):
+    shards = _shards(tmp_path / "shards")
+    first = open_dataset(shards)
+    drawn = sample_indices(first, 6, "balanced", seed=3)
+    assert sum(header_passes) == 15  # every entry once
+    header_passes.clear()
+    again = open_dataset(shards)
+    assert list(sample_indices(again, 6, "balanced", seed=3)) == list(drawn)
+    assert list(again.class_keys()) == list(first.class_keys())
+    assert list(again.n_atoms_per_structure()) == [4] * 15
+    assert header_passes == []
+    assert len(list((cache / "index").glob("*.npz"))) == 3  # one per shard, in the cache, none beside the data
+    assert sorted(p.name for p in shards.iterdir() if not p.name.endswith("-lock")) == [
+        "data.0000.lmdb", "data.0001.lmdb", "data.0002.lmdb"]
+
+
+def test_codes_draw_the_same_as_the_keys_they_stand_for(tmp_path, cache):
+    from fastcsi.data.sampling import sample_from_keys
+
+    ds = open_dataset(_shards(tmp_path / "shards", (9, 4, 6)))
+    table, codes = ds.class_codes()
+    assert list(table[codes]) == list(ds.class_keys())
+    for seed in range(5):
+        assert list(sample_indices(ds, 7, "balanced", seed)) == list(sample_from_keys(ds.class_keys(), 7, "balanced", seed))
+
+
+def test_a_changed_file_gets_a_new_index_and_a_damaged_index_is_rebuilt(tmp_path, cache, header_passes):
+    path = write_lmdb(tmp_path / "one.lmdb", 4)
+    open_dataset(path).class_keys()
+    stored = index_path(open_dataset(path))
+    stored.write_bytes(b"not an npz")
+    header_passes.clear()
+    assert list(open_dataset(path).class_keys()) == ["100", "101", "100", "101"]
+    assert header_passes == [4]
+    for env in _ENVIRONMENTS.values():  # let go of the file so that it can be rewritten in this process
+        env.close()
+    _ENVIRONMENTS.clear()
+    os.replace(write_lmdb(tmp_path / "new.lmdb", 6), path)  # rewritten: new size/mtime, new fingerprint
+    header_passes.clear()
+    assert len(open_dataset(path).class_keys()) == 6 and header_passes == [6]
+
+
+def test_an_index_of_another_length_is_not_trusted(tmp_path, cache):
+    path = write_lmdb(tmp_path / "one.lmdb", 4)
+    ds = open_dataset(path)
+    DatasetIndex.from_keys(["a"] * 3, [1] * 3).save(index_path(ds), ds.fingerprint)
+    assert DatasetIndex.load(index_path(ds), ds.fingerprint, 4) is None
+    assert list(open_dataset(path).class_keys()) == ["100", "101", "100", "101"]
+
+
+def test_cache_off_and_an_unwritable_cache_still_sample(tmp_path, monkeypatch, header_passes):
+    path = write_lmdb(tmp_path / "one.lmdb", 4)
+    monkeypatch.setenv("FASTCSI_CACHE_DIR", "off")
+    assert cache_root() is None and index_path(open_dataset(path)) is None
+    assert len(sample_indices(open_dataset(path), 2, "balanced")) == 2
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv("FASTCSI_CACHE_DIR", str(blocked))
+    with pytest.warns(UserWarning, match="dataset index not kept"):
+        assert len(sample_indices(open_dataset(path), 2, "balanced")) == 2
+
+
+def test_parallel_build_over_shards_and_entry_ranges_matches_the_serial_one(tmp_path, cache, header_passes):
+    shards = _shards(tmp_path / "shards", (30, 11, 25))
+    serial = open_dataset(shards)
+    keys, natoms = serial.class_keys(), serial.n_atoms_per_structure()
+    for p in (cache / "index").glob("*.npz"):
+        p.unlink()
+    header_passes.clear()
+    report = build_indices(open_dataset(shards), workers=2, min_part=8)
+    assert report["built"] == 3 and report["entries_built"] == 66
+    again = open_dataset(shards)
+    assert list(again.class_keys()) == list(keys) and list(again.n_atoms_per_structure()) == list(natoms)
+    assert build_indices(again, workers=2)["built"] == 0
+
+
+def test_metadata_npz_gives_atom_counts_without_a_pass(tmp_path, cache, header_passes):
+    shards = _shards(tmp_path / "shards", (3, 2))
+    np.savez(shards / "metadata.npz", natoms=np.array([4, 4, 4, 4, 4]))
+    assert list(open_dataset(shards).n_atoms_per_structure()) == [4] * 5
+    assert header_passes == []
+    np.savez(shards / "metadata.npz", natoms=np.array([4, 4]))  # another dataset's: ignored
+    assert list(open_dataset(shards).n_atoms_per_structure()) == [4] * 5 and sum(header_passes) == 5
+
+
+def test_data_index_command_builds_ahead_and_data_sample_reuses_it(tmp_path, cache, header_passes):
+    shards = _shards(tmp_path / "shards")
+    result = CliRunner().invoke(cli, ["data", "index", str(shards), "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert "15 structures" in result.output and "3 of 3 files indexed" in result.output
+    header_passes.clear()
+    out = tmp_path / "idx.json"
+    result = CliRunner().invoke(cli, ["data", "sample", str(shards), "-n", "4", "--strategy", "balanced",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert header_passes == [] and len(json.loads(out.read_text())["indices"]) == 4
+    result = CliRunner().invoke(cli, ["data", "index", str(shards)])
+    assert result.exit_code == 0 and "0 of 3 files indexed" in result.output
