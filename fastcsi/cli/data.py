@@ -20,6 +20,16 @@ _SKIP = click.option("--skip-unreadable", is_flag=True,
                      help="HDF5: read a damaged file without the groups that cannot be read (warns, lists them).")
 
 
+def unit_options(command):
+    """--energy-unit / --force-unit for commands that read labels (pretrain, finetune, predict, evaluate);
+    pass ``unit_reader_options(energy_unit, force_unit)`` on to ``open_dataset``."""
+    return _EUNIT(_FUNIT(command))
+
+
+def unit_reader_options(energy_unit, force_unit) -> dict:
+    return {k: v for k, v in (("energy_unit", energy_unit), ("force_unit", force_unit)) if v}
+
+
 def _reader_options(command):
     """The options every command that opens a dataset takes (passed on to ``_open``)."""
     for option in reversed((_FORMAT, _ENERGY, _FORCES, _LEVEL, _SPLIT, _EUNIT, _FUNIT, _SKIP)):

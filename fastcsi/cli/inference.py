@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from fastcsi.cli.data import unit_options, unit_reader_options
+
 _MODEL = click.option("--model", "model_path", required=True, type=click.Path(),
                       help="Fine-tuning (or pretraining) run directory, or its final.pt.")
 _DATA = click.option("--data", required=True, type=click.Path(), help="Structures to predict (any readable format).")
@@ -14,7 +16,8 @@ _BATCH = click.option("--batch-size", type=int, default=32, show_default=True, h
 _DEVICE = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 _DTYPE = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 _THREADS = click.option("--threads", default="auto", show_default=True,
-                        help="torch CPU threads: a positive integer, or auto (torch's default).")
+                        help="torch CPU threads: a positive integer, or auto (one for a small model on CPU, "
+                             "else torch's default).")
 _QUIET = click.option("--quiet", is_flag=True, help="No progress bar.")
 
 
@@ -26,15 +29,14 @@ def _run_options(fn):
 
 
 def _load(model_path, device, dtype, threads):
-    import torch
-
     from fastcsi.inference import load_model
     from fastcsi.pipeline.settings import parse_threads
+    from fastcsi.threads import apply_threads
 
     threads = parse_threads(threads)  # the same rule as the other commands' --threads
-    if threads:
-        torch.set_num_threads(threads)
-    return load_model(model_path, device=device, dtype=dtype)
+    model = load_model(model_path, device=device, dtype=dtype)
+    apply_threads(model.network, model.device, threads)
+    return model
 
 
 def _targets(spec):
@@ -46,14 +48,16 @@ def _targets(spec):
 @_DATA
 @click.option("-o", "--out", required=True, type=click.Path(), help="OUT.extxyz (or .xyz) or OUT.db.")
 @_run_options
-def predict(model_path, data, out, target, batch_size, device, dtype, threads, quiet):
+@unit_options
+def predict(model_path, data, out, target, batch_size, device, dtype, threads, quiet, energy_unit, force_unit):
     """Write every structure of DATA with the model's predictions under fastcsi_* keys."""
     from fastcsi.inference import predict_file
     from fastcsi.inference.predict import output_format
 
     output_format(out)  # a bad extension fails before the model loads
     model = _load(model_path, device, dtype, threads)
-    record = predict_file(model, data, out, properties=_targets(target), batch_size=batch_size, progress=not quiet)
+    record = predict_file(model, data, out, properties=_targets(target), batch_size=batch_size, progress=not quiet,
+                          data_options=unit_reader_options(energy_unit, force_unit))
     keys = ", ".join(record["written_keys"]) or "no predictions"
     click.echo(f"wrote {record['written']} structures with {keys} to {out} (record: {out}.json)")
 
@@ -63,12 +67,14 @@ def predict(model_path, data, out, target, batch_size, device, dtype, threads, q
 @_DATA
 @click.option("-o", "--out", "outdir", required=True, type=click.Path(), help="Directory for metrics.json and plots.")
 @_run_options
-def evaluate(model_path, data, outdir, target, batch_size, device, dtype, threads, quiet):
+@unit_options
+def evaluate(model_path, data, outdir, target, batch_size, device, dtype, threads, quiet, energy_unit, force_unit):
     """MAE / RMSE per target, per-element force MAE and parity plots against DATA's labels."""
     from fastcsi.inference import evaluate as run_evaluate
 
     model = _load(model_path, device, dtype, threads)
-    record = run_evaluate(model, data, outdir, targets=target, batch_size=batch_size, progress=not quiet)
+    record = run_evaluate(model, data, outdir, targets=target, batch_size=batch_size, progress=not quiet,
+                          data_options=unit_reader_options(energy_unit, force_unit))
     click.echo(f"{'target':<18} {'MAE':>12} {'RMSE':>12}  unit")
     for name, m in record["metrics"].items():
         click.echo(f"{name:<18} {m['mae']:>12.4g} {m['rmse']:>12.4g}  {m['unit']}")

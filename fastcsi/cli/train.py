@@ -6,6 +6,7 @@ import json
 
 import click
 
+from fastcsi.cli.data import unit_options, unit_reader_options
 from fastcsi.errors import FastCSIError
 
 _TRAIN_OPTIONS = [
@@ -24,7 +25,8 @@ _TRAIN_OPTIONS = [
                  help="Layer-wise learning-rate scales (fine-tuning default auto: JMP's for a pretrained "
                       "backbone, none from scratch)."),
     click.option("--threads", "max_threads", default="auto", show_default=True,
-                 help="torch CPU threads: a positive integer, or auto (torch's default)."),
+                 help="torch CPU threads: a positive integer, or auto (one for a small model on CPU, else "
+                      "torch's default)."),
     click.option("--no-amp", is_flag=True, help="No bf16 autocast on GPU."),
     click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
                  help="Override a model hyperparameter (JSON value), e.g. cutoff=6.0; repeatable."),
@@ -86,6 +88,7 @@ def _config(base, kw):
               help="HDF5: train without the groups of a damaged file that cannot be read (warns; pretrain.json lists them).")
 @click.option("-o", "--out", "rundir", default="runs/pretrain", show_default=True, type=click.Path())
 @_train_options
+@unit_options
 def pretrain(data, mix, selection, sampling, samples, epochs, val_samples, model, rundir, skip_unreadable, **kw):
     """Pretrain GemNet-OC on energy and forces of N structures for E epochs."""
     from fastcsi.train.config import PRETRAIN_DEFAULTS
@@ -96,6 +99,7 @@ def pretrain(data, mix, selection, sampling, samples, epochs, val_samples, model
         model_overrides=_model_overrides(kw["model_options"]), forces=kw["forces"], val_samples=val_samples,
         device=kw["device"], rundir=rundir, train=_config(PRETRAIN_DEFAULTS, {**kw, "epochs": epochs}),
         trace=kw["trace"], progress=not kw["quiet"], skip_unreadable=skip_unreadable, selection=selection,
+        data_options=unit_reader_options(kw["energy_unit"], kw["force_unit"]),
     )
     out = run_pretrain(settings, resume=kw["resume"], log=click.echo)
     if out["rank"] != 0:
@@ -123,6 +127,7 @@ def pretrain(data, mix, selection, sampling, samples, epochs, val_samples, model
 @click.option("--base", default=None, help="Config name for a foreign checkpoint without hyperparameters.")
 @click.option("-o", "--out", "rundir", default="runs/finetune", show_default=True, type=click.Path())
 @_train_options
+@unit_options
 def finetune(pretrained, data, train_data, val_data, test_data, target, split, recipe, epochs, patience, model, base,
              rundir, **kw):
     """Fine-tune a pretrained backbone (fresh heads) on a downstream task; report test MAE."""
@@ -143,6 +148,7 @@ def finetune(pretrained, data, train_data, val_data, test_data, target, split, r
         split=split, recipe=chosen.name, model=model,
         model_overrides=_model_overrides(kw["model_options"]), base=base, forces=kw["forces"],
         device=kw["device"], rundir=rundir, train=cfg, trace=kw["trace"], progress=not kw["quiet"],
+        data_options=unit_reader_options(kw["energy_unit"], kw["force_unit"]),
     )
     out = run_finetune(settings, resume=kw["resume"], log=click.echo)
     if out["rank"] != 0:

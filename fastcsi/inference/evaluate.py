@@ -39,7 +39,8 @@ def _label(structure, target):
     return structure.targets.get(target)
 
 
-def evaluate(model, data, outdir, targets=None, batch_size: int = 32, progress: bool = True) -> dict:
+def evaluate(model, data, outdir, targets=None, batch_size: int = 32, progress: bool = True,
+             data_options: dict | None = None) -> dict:
     """Compare ``model`` with the labels of ``data``; write ``metrics.json`` and ``parity_*.png``
     to ``outdir``; return the metrics record."""
     from fastcsi.data import open_dataset
@@ -48,7 +49,7 @@ def evaluate(model, data, outdir, targets=None, batch_size: int = 32, progress: 
     from fastcsi.train.finetune import UNITS
 
     targets = parse_eval_targets(targets, model)
-    dataset = open_dataset(data)
+    dataset = open_dataset(data, **(data_options or {}))
     if len(dataset) == 0:
         raise FastCSIError(f"{data}: no structures to evaluate")
     pred = {t: [] for t in targets}
@@ -92,7 +93,8 @@ def evaluate(model, data, outdir, targets=None, batch_size: int = 32, progress: 
         "forces_per_element": per_element,
         "plots": plots,
         "data": {"path": str(Path(data).resolve()), "format": dataset.format, "structures": len(dataset),
-                 "atoms": int(n_atoms.sum()), "fingerprint": getattr(dataset, "fingerprint", None)},
+                 "atoms": int(n_atoms.sum()), "fingerprint": getattr(dataset, "fingerprint", None),
+                 "units_note": dataset.units_note, "options": dict(data_options or {})},
         "model": model.describe(),
         "settings": {"targets": list(targets), "batch_size": batch_size},
         "versions": versions(),

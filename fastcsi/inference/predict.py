@@ -76,9 +76,11 @@ def prediction_values(prediction: dict):
     return scalars, arrays
 
 
-def predict_file(model, data, out, properties=None, batch_size: int = 32, progress: bool = True) -> dict:
-    """Predict every structure of ``data`` (any readable format) into ``out`` (.extxyz/.xyz/.db);
-    returns the record written to ``OUT.json``."""
+def predict_file(model, data, out, properties=None, batch_size: int = 32, progress: bool = True,
+                 data_options: dict | None = None) -> dict:
+    """Predict every structure of ``data`` (any readable format; ``data_options`` such as
+    ``energy_unit`` go to its reader) into ``out`` (.extxyz/.xyz/.db); returns the record written
+    to ``OUT.json``."""
     from fastcsi.data import open_dataset
 
     out = Path(out)
@@ -86,11 +88,12 @@ def predict_file(model, data, out, properties=None, batch_size: int = 32, progre
     if Path(data).exists() and out.exists() and out.resolve() == Path(data).resolve():
         raise FastCSIError(f"{out}: the output would overwrite the input; choose another -o")
     properties = model.check_properties(properties or model.properties)
-    dataset = open_dataset(data)
+    dataset = open_dataset(data, **(data_options or {}))
     stream = iter_predictions(model, dataset, properties, batch_size, progress)
     record = {"kind": "fastcsi-predict", "model": model.describe(),
               "data": {"path": str(Path(data).resolve()), "format": dataset.format, "structures": len(dataset),
-                       "fingerprint": getattr(dataset, "fingerprint", None), "units_note": dataset.units_note},
+                       "fingerprint": getattr(dataset, "fingerprint", None), "units_note": dataset.units_note,
+                       "options": dict(data_options or {})},
               "keys": {p: PREFIX + p for p in properties},
               "units": {p: UNITS.get(p, "native") for p in properties},
               "settings": {"batch_size": batch_size, "properties": list(properties)}, "versions": versions()}

@@ -48,6 +48,7 @@ class FinetuneSettings:
     train: TrainConfig | None = None  # default: the recipe's; CLI options override fields
     trace: bool = False
     progress: bool = True
+    data_options: dict = field(default_factory=dict)  # reader options (energy_unit, force_unit) for every file
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -95,7 +96,7 @@ def read_sets(settings: FinetuneSettings, recipe, seed: int):
     test drawn from ``settings.data`` by the split, or read whole from its own file (--val, --test)."""
     from fastcsi.data import open_dataset
 
-    ds = open_dataset(settings.data)
+    ds = open_dataset(settings.data, **settings.data_options)
     files = {part: path for part, path in (("val", settings.val_data), ("test", settings.test_data)) if path}
     for part, path in files.items():
         if Path(path).resolve() == Path(settings.data).resolve():
@@ -113,7 +114,7 @@ def read_sets(settings: FinetuneSettings, recipe, seed: int):
     parts = {}
     for part, idx in drawn.items():
         if part in files:
-            own = open_dataset(files[part])
+            own = open_dataset(files[part], **settings.data_options)
             if len(own) == 0:
                 raise FastCSIError(f"{files[part]}: the --{part} file holds no structures")
             parts[part] = (files[part], range(len(own)), [own[i] for i in range(len(own))])
@@ -209,7 +210,7 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         "targets": list(targets),
         "pretrained": pretrain_record(pretrained),
         "data": {"path": str(Path(settings.data).resolve()), "structures": len(ds),
-                 "fingerprint": getattr(ds, "fingerprint", None)},
+                 "fingerprint": getattr(ds, "fingerprint", None), "units_note": ds.units_note},
         "model": {"hparams": gemnet.hparams, "gradient_forces": model.gradient_forces,
                   "load_info": getattr(gemnet, "load_info", None)},
         "normalizer": normalizer.to_dict(),

@@ -49,6 +49,7 @@ class PretrainSettings:
     progress: bool = True
     skip_unreadable: bool = False  # HDF5: leave out unreadable groups of damaged files (recorded)
     selection: str | None = None  # pretrain_set.json of `select --optimize-mix --budget N`: train on exactly it
+    data_options: dict = field(default_factory=dict)  # reader options (energy_unit, force_unit): recorded, fingerprinted
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -286,7 +287,7 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
         raise FastCSIError(f"--samples must be >= 1, got {settings.samples}")
 
     with profiler.stage("read"):
-        datasets = [open_dataset(p, skip_unreadable=settings.skip_unreadable) for p in settings.data]
+        datasets = [open_dataset(p, skip_unreadable=settings.skip_unreadable, **settings.data_options) for p in settings.data]
         n_val = settings.val_samples if settings.val_samples is not None else min(max(settings.samples // 10, 1), 1000)
         train_pairs, val_pairs, weights = draw_training_data(settings, source, datasets, n_val, cfg.seed)
         train = _read(datasets, train_pairs, settings.data, "training sample", settings.progress and ctx.is_main, True)
@@ -356,7 +357,8 @@ def _write_record(path, settings, budget, datasets, normalizer, gemnet, status, 
         "settings": settings.to_dict(),
         "budget": budget,
         "data": [{"path": str(Path(p).resolve()), "structures": len(d),
-                  "fingerprint": getattr(d, "fingerprint", None), "skipped_unreadable": list(d.skipped)}
+                  "fingerprint": getattr(d, "fingerprint", None), "units_note": d.units_note,
+                  "skipped_unreadable": list(d.skipped)}
                  for p, d in zip(settings.data, datasets)],
         "model": {"name": settings.model, "hparams": gemnet.hparams,
                   "parameters": sum(p.numel() for p in gemnet.parameters())},

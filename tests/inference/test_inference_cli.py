@@ -171,3 +171,33 @@ def test_a_graph_level_target_model_predicts_and_evaluates_it(shared_data, tmp_p
     assert "fastcsi_U0" in written[0].targets and written[0].targets["U0"] == frames[test_idx[0]].info["U0"]
     with pytest.raises(FastCSIError, match="not an energy"):
         FastCSICalculator(model=rundir)
+
+
+def test_evaluate_and_predict_read_files_in_other_units(ethanol_run, split_files, tmp_path):
+    # The test file again, in kcal/mol and kcal/mol/Å: --energy-unit converts it back to the same metrics.
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import read, write
+
+    from fastcsi.data.units import KCAL_MOL_EV
+
+    rundir, _ = ethanol_run
+    frames = read(split_files["test"], index=":")
+    for atoms in frames:
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy / KCAL_MOL_EV, forces=forces / KCAL_MOL_EV)
+    kcal = tmp_path / "test_kcal.extxyz"
+    write(kcal, frames)
+    plain = run(["evaluate", "--model", rundir, "--data", split_files["test"], "-o", tmp_path / "plain", "--quiet"])
+    given = run(["evaluate", "--model", rundir, "--data", kcal, "-o", tmp_path / "kcal", "--quiet",
+                 "--energy-unit", "kcal/mol"])
+    assert plain.exit_code == 0 and given.exit_code == 0, given.output
+    a = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "kcal" / "metrics.json").read_text())
+    for target in ("energy", "forces"):
+        assert b["metrics"][target]["mae"] == pytest.approx(a["metrics"][target]["mae"], rel=1e-6)
+    assert b["data"]["options"] == {"energy_unit": "kcal/mol"} and "kcal/mol" in b["data"]["units_note"]
+    predicted = run(["predict", "--model", rundir, "--data", kcal, "-o", tmp_path / "p.extxyz", "--quiet",
+                     "--energy-unit", "kcal/mol", "--force-unit", "kcal/mol/Å"])
+    assert predicted.exit_code == 0, predicted.output
+    record = json.loads((tmp_path / "p.extxyz.json").read_text())
+    assert record["data"]["options"] == {"energy_unit": "kcal/mol", "force_unit": "kcal/mol/Å"}
