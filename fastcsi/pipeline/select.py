@@ -275,6 +275,93 @@ def run_select(
         ctx.close()
 
 
+def run_select_backbones(
+    downstream,
+    upstreams,
+    settings: SelectSettings | None = None,
+    backbones=(),
+    *,
+    extractors: dict | None = None,
+    outdir="runs/select",
+    cache_dir=None,
+    use_cache: bool = True,
+    trace: bool = False,
+    progress: bool = True,
+    mix=None,
+) -> dict:
+    """``select --backbone A --backbone B ...``: the ranking under each extractor, and how far they agree.
+
+    Each extractor gets a complete select run of its own in ``outdir/extractors/<k>-<name>/``
+    (``csi.json``, plots, profile), all sharing one stats cache (``outdir/cache``, keyed by the
+    extractor fingerprint, so a later run with one more backbone recomputes only that one).
+    ``extractors`` (label -> extractor object) replaces ``backbones`` for callers that built them.
+    Returns the first extractor's result with ``"agreement"`` added (see
+    :mod:`fastcsi.pipeline.agreement`; every extractor's ranking is kept apart there), which is
+    also ``outdir/csi.json``, beside ``outdir/agreement.png``.
+    """
+    import dataclasses
+    import os
+
+    from fastcsi.pipeline.agreement import agreement, plot_agreement
+    from fastcsi.pipeline.report import display_names, write_json
+
+    settings = settings or SelectSettings()
+    labels = list(extractors) if extractors is not None else [str(b) for b in backbones]
+    if len(labels) < 2:
+        raise FastCSIError("comparing extractors needs at least two --backbone options")
+    if len(set(labels)) != len(labels):
+        raise FastCSIError(f"--backbone: the same backbone is given twice ({', '.join(labels)})")
+    if extractors is None:  # refuse a misspelt name before any of the runs starts
+        from fastcsi.extractors import parse_spec
+
+        for label in labels:
+            parse_spec(label)
+    outdir = Path(outdir) if outdir is not None else None
+    new_outdir = outdir is not None and not outdir.exists()
+    if cache_dir is None and outdir is not None:
+        cache_dir = outdir / "cache"
+    results = {}
+    try:
+        for k, label in enumerate(labels, 1):
+            run_dir = None if outdir is None else outdir / "extractors" / f"{k}-{_safe_name(label)}"
+            one = dataclasses.replace(settings, backbone=None if extractors is not None else label)
+            results[label] = run_select(
+                downstream, upstreams, one, outdir=run_dir, cache_dir=cache_dir, use_cache=use_cache, trace=trace,
+                progress=progress, extractor=None if extractors is None else extractors[label], mix=mix,
+            )
+    except FastCSIError:
+        if new_outdir and int(os.environ.get("RANK", "0")) == 0:
+            shutil.rmtree(outdir, ignore_errors=True)
+        raise
+    report = agreement({label: r["ranking"] for label, r in results.items()})
+    report["extractor_runs"] = [
+        {"backbone": label, "extractor_name": r["settings"].get("extractor_name"),
+         "extractor": r["settings"].get("extractor"), "pretrained": r["settings"].get("pretrained"),
+         "feature_dim": r["settings"].get("feature_dim"),
+         "outdir": None if outdir is None else str(outdir / "extractors" / f"{k}-{_safe_name(label)}")}
+        for k, (label, r) in enumerate(results.items(), 1)
+    ]
+    result = dict(results[labels[0]])
+    result["warnings"] = [f"[{label}] {w}" for label, r in results.items() for w in r["warnings"]]
+    result["agreement"] = report
+    if outdir is not None and int(os.environ.get("RANK", "0")) == 0:
+        upstream_labels = [row["upstream"] for row in results[labels[0]]["ranking"]]
+        display = dict(zip(upstream_labels, display_names(upstream_labels, 28)))
+        plot_agreement(report, outdir / "agreement.png", display=display,
+                       title=f"Upstream rank under each extractor, downstream {Path(str(downstream)).name}")
+        result["profile"] = dict(result["profile"], outputs=["csi.json", "agreement.png"] + [
+            f"extractors/{Path(run['outdir']).name}/" for run in report["extractor_runs"]])
+        write_json(result, outdir / "csi.json")
+    return result
+
+
+def _safe_name(label: str) -> str:
+    """A backbone label as a folder name (a model file's path keeps only its file name)."""
+    name, _, model = label.partition(":")
+    text = name if not model else f"{name}-{Path(model).name}"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:48]
+
+
 def select(downstream, upstreams, settings: SelectSettings | None = None, *, outdir=None, checkpoint=None,
            cache_dir=None, progress: bool = False, mix=None, **options):
     """Rank ``upstreams`` by their CSI to ``downstream`` (paths of datasets or stats files).

@@ -81,3 +81,88 @@ def test_plot_is_written(tmp_path):
     path = tmp_path / "agreement.png"
     plot_agreement(report, path, title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------- through select, with two tiny extractors
+
+@pytest.fixture(scope="module")
+def seed1_checkpoint(tmp_path_factory):
+    """A second tiny GemNet-OC (other random weights than gemnet-oc-random's seed 0), as a file."""
+    import torch
+
+    from fastcsi.model import build_model, save_checkpoint
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = build_model("gemnet-oc-tiny")
+    return save_checkpoint(model, tmp_path_factory.mktemp("backbones") / "tiny-seed1.pt")
+
+
+@pytest.fixture(scope="module")
+def four_upstreams(tiny_data, tmp_path_factory):
+    """The two tiny upstreams plus a water-only and a methane/ammonia one (split from the organic set)."""
+    from ase.io import read, write
+
+    root = tmp_path_factory.mktemp("more_upstreams")
+    organic = read(tiny_data["organic"], index=":")
+    paths = [tiny_data["organic"], tiny_data["metal"]]
+    for name, keep in (("water", {"H2O"}), ("ch4_nh3", {"CH4", "H3N"})):
+        paths.append(root / f"{name}.extxyz")
+        write(paths[-1], [a for a in organic if a.get_chemical_formula() in keep], format="extxyz")
+    return [str(p) for p in paths]
+
+
+def test_select_with_two_backbones_ranks_with_each_and_reports_their_agreement(
+        tiny_data, four_upstreams, seed1_checkpoint, tmp_path, one_torch_thread):
+    from fastcsi.pipeline import SelectSettings
+    from fastcsi.pipeline.select import run_select_backbones
+
+    backbones = ["gemnet-oc-random", f"gemnet-oc:{seed1_checkpoint}"]
+    settings = SelectSettings(samples=None, seeds=(0,), batch_size=8)
+    result = run_select_backbones(tiny_data["down"], four_upstreams, settings, backbones, outdir=tmp_path / "run",
+                                  progress=False)
+    report = result["agreement"]
+    assert report["extractors"] == backbones and report["n_upstreams"] == 4 and report["correlation_meaningful"]
+    runs = report["extractor_runs"]
+    assert runs[0]["extractor"] != runs[1]["extractor"]  # two different feature spaces
+    # each extractor's ranking is its own select run; the agreement is computed from their CSI values
+    per_run = [json.loads((tmp_path / "run" / "extractors" / f"{k}-{name}" / "csi.json").read_text())
+               for k, name in ((1, "gemnet-oc-random"), (2, "gemnet-oc-tiny-seed1.pt"))]
+    assert [p["settings"]["extractor"] for p in per_run] == [r["extractor"] for r in runs]
+    csi = [{r["upstream"]: r["csi"] for r in p["ranking"]} for p in per_run]
+    order = sorted(four_upstreams)
+    pair = report["pairs"][0]
+    expected = kendalltau([csi[0][u] for u in order], [csi[1][u] for u in order]).statistic
+    assert pair["kendall_tau"] == pytest.approx(expected, abs=1e-12)
+    assert pair["spearman"] == pytest.approx(spearmanr([csi[0][u] for u in order],
+                                                       [csi[1][u] for u in order]).statistic, abs=1e-12)
+    assert report["top1"][backbones[0]] == [per_run[0]["ranking"][0]["upstream"]]
+    assert report["top1"][backbones[1]] == [per_run[1]["ranking"][0]["upstream"]]
+    moved = {c["upstream"] for c in report["rank_changes"]}
+    ranks = [{r["upstream"]: r["rank"] for r in p["ranking"]} for p in per_run]
+    assert moved == {u for u in order if ranks[0][u] != ranks[1][u]}
+    assert {r["upstream"]: r["csi"] for r in report["rankings"][backbones[1]]} == csi[1]  # kept apart, per extractor
+    saved = json.loads((tmp_path / "run" / "csi.json").read_text())
+    assert saved["agreement"] == json.loads(json.dumps(report)) and saved["ranking"] == per_run[0]["ranking"]
+    assert (tmp_path / "run" / "agreement.png").is_file()
+    assert result["warnings"] and all(w.startswith("[") for w in result["warnings"])  # each names its extractor
+
+    # one more run with the backbones swapped reuses every statistic from the shared cache
+    again = run_select_backbones(tiny_data["down"], four_upstreams[:2], settings, backbones[::-1],
+                                 outdir=tmp_path / "run", progress=False)
+    assert again["cache"]["computed"] == 0 and again["cache"]["hits"] > 0
+    assert not again["agreement"]["correlation_meaningful"]
+    assert again["agreement"]["pairs"][0]["kendall_tau"] is None
+    assert "not meaningful" in again["agreement"]["correlation_note"]
+
+
+def test_select_with_backbones_refuses_duplicates_and_unknown_names(tiny_data, tmp_path):
+    from fastcsi.pipeline.select import run_select_backbones
+
+    with pytest.raises(FastCSIError, match="twice"):
+        run_select_backbones(tiny_data["down"], [tiny_data["organic"]], None, ["gemnet-oc-random"] * 2,
+                             outdir=tmp_path / "a")
+    with pytest.raises(FastCSIError, match="unknown backbone"):
+        run_select_backbones(tiny_data["down"], [tiny_data["organic"]], None, ["gemnet-oc-random", "nosuch"],
+                             outdir=tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
