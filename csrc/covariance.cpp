@@ -35,6 +35,7 @@
 // of that dsyrk (bench/covariance.py measures both) and fuses the upcast and centring into the packing, so the copy and its extra passes over memory are
 // never paid.
 #include "cpu_features.h"
+#include "kernel_safety.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -419,13 +420,16 @@ void accumulate_rows(const Input& in, int64_t r0, int64_t r1, int64_t block_rows
 // same whatever the number of threads; enough of them (up to kMaxPieces) to keep every core busy
 // when another process takes a core away for a while.
 int64_t count_pieces(int64_t n, int64_t d_pad) {
-    const int64_t work = n * d_pad * (d_pad + kTilePanels * kPanel) / 2;
+    // in double: n d^2 overflows int64 for inputs that still fit in memory (n = 10^6, d = 10^7)
+    const double work = static_cast<double>(n) * static_cast<double>(d_pad) *
+                        static_cast<double>(d_pad + kTilePanels * kPanel) / 2.0;
+    const int64_t by_work = static_cast<int64_t>(std::min(work / kWorkPerPiece, static_cast<double>(kMaxPieces)));
     const int64_t by_rows = std::max<int64_t>(1, n / 2);  // every piece gets >= 2 rows
-    return std::max<int64_t>(1, std::min({work / kWorkPerPiece, kMaxPieces, by_rows}));
+    return std::max<int64_t>(1, std::min({by_work, kMaxPieces, by_rows}));
 }
 
 py::tuple covariance_moments(py::array x, int64_t block_rows, int num_threads, const std::string& kernel,
-                             int64_t depth) {
+                             int64_t depth, int64_t max_bytes) {
     if (x.ndim() != 2) throw std::invalid_argument("covariance_moments: x must be 2-D (n, d)");
     const bool single = py::isinstance<py::array_t<float>>(x);
     if (!single && !py::isinstance<py::array_t<double>>(x))
@@ -435,6 +439,26 @@ py::tuple covariance_moments(py::array x, int64_t block_rows, int num_threads, c
     const Kernels kernels = select_kernels(kernel);
     const Input in{static_cast<const char*>(x.data()), x.shape(0), x.shape(1), x.strides(0), x.strides(1), single};
     const int64_t n = in.rows, d = in.cols;
+    // Everything this call allocates, in double and before any of it: the d x d output, one padded
+    // d_pad^2 accumulator per piece and one packing panel per thread. A wide feature matrix (d in
+    // the tens of thousands) is refused here rather than killed by the OS halfway through.
+    const int64_t panels = (d + kPanel - 1) / kPanel;
+    const int64_t d_pad = panels * kPanel;  // whole panels: diagonal-crossing tiles stay in bounds
+    const int64_t pieces = n == 0 || d == 0 ? 0 : count_pieces(n, d_pad);
+    int64_t threads = num_threads;
+    if (threads <= 0) {
+        const unsigned hardware = std::thread::hardware_concurrency();
+        threads = hardware > 0 ? hardware : 1;
+    }
+    threads = std::max<int64_t>(1, std::min(threads, pieces));
+    const double dd = static_cast<double>(d), dp = static_cast<double>(d_pad);
+    const double needed =
+        8.0 * (dd * dd + 2.0 * dd + static_cast<double>(pieces) * (dp * dp + 2.0 * dd) +
+               static_cast<double>(threads) * (dp * static_cast<double>(depth) + dd));
+    MemoryBudget budget(max_bytes);
+    if (!budget.charge(needed))
+        throw InputError(std::to_string(d) + " features need " + gib(needed) + " for the d x d moments (budget " +
+                         gib(static_cast<double>(budget.max_bytes())) + "): too many features per sample?");
     py::array_t<double> mean_out(d);
     py::array_t<double> scatter_out({d, d});
     double* mean_ptr = mean_out.mutable_data();
@@ -443,34 +467,16 @@ py::tuple covariance_moments(py::array x, int64_t block_rows, int num_threads, c
     std::fill(scatter_ptr, scatter_ptr + d * d, 0.0);
     if (n == 0 || d == 0) return py::make_tuple(n, mean_out, scatter_out);
 
-    const int64_t panels = (d + kPanel - 1) / kPanel;
-    const int64_t d_pad = panels * kPanel;  // whole panels: diagonal-crossing tiles stay in bounds
     {
         py::gil_scoped_release release;
-        const int64_t pieces = count_pieces(n, d_pad);
-        int64_t threads = num_threads;
-        if (threads <= 0) {
-            const unsigned hardware = std::thread::hardware_concurrency();
-            threads = hardware > 0 ? hardware : 1;
-        }
-        threads = std::min(threads, pieces);
         std::vector<std::unique_ptr<Accumulator>> parts;
         for (int64_t i = 0; i < pieces; ++i) parts.push_back(std::make_unique<Accumulator>(d, d_pad));
         std::vector<std::unique_ptr<Workspace>> spaces;
         for (int64_t t = 0; t < threads; ++t) spaces.push_back(std::make_unique<Workspace>(d, d_pad, depth));
-        std::atomic<int64_t> next{0};
-        auto work = [&](int64_t t) {
-            for (int64_t i = next.fetch_add(1); i < pieces; i = next.fetch_add(1))
-                accumulate_rows(in, n * i / pieces, n * (i + 1) / pieces, block_rows, kernels, *spaces[t], *parts[i]);
-        };
-        if (threads == 1) {
-            work(0);
-        } else {
-            std::vector<std::thread> pool;
-            for (int64_t t = 1; t < threads; ++t) pool.emplace_back(work, t);
-            work(0);
-            for (std::thread& thread : pool) thread.join();
-        }
+        // a thread that cannot start leaves its pieces to the others (run_workers_indexed)
+        run_workers_indexed(threads, pieces, [&](int64_t t, int64_t i) {
+            accumulate_rows(in, n * i / pieces, n * (i + 1) / pieces, block_rows, kernels, *spaces[t], *parts[i]);
+        });
         Accumulator& total = *parts[0];
         for (int64_t i = 1; i < pieces; ++i) total.absorb(*parts[i]);  // fixed order: reproducible
         std::copy(total.mean.begin(), total.mean.end(), mean_ptr);
@@ -491,11 +497,13 @@ std::string covariance_kernel_isa() { return cpu_has_avx2_fma() ? "avx2" : "port
 void register_covariance(py::module_& m) {
     m.def("covariance_moments", &covariance_moments, py::arg("x"), py::arg("block_rows") = 1024,
           py::arg("num_threads") = 0, py::arg("kernel") = "auto", py::arg("depth") = kDefaultDepth,
+          py::arg("max_bytes") = 0,
           "Moments of the rows of x (n, d), float32 or float64, any strides: returns (count, mean (d,),\n"
           "centred scatter (d, d)), float64. Blocks of block_rows rows are centred by their own mean and\n"
           "merged exactly (Chan); the scatter is a one-triangle float64 SYRK. num_threads <= 0: all cores\n"
           "(fewer for small inputs). kernel: 'auto' | 'avx2' | 'portable'. depth: rows packed per pass (tuning).\n"
-          "The GIL is released.");
+          "max_bytes (<= 0: half the physical memory): a call that would allocate more (~8 (pieces + 1) d^2\n"
+          "bytes) raises fastcsi._C.InputError first. The GIL is released.");
     m.def("covariance_kernel_isa", &covariance_kernel_isa,
           "Which micro-kernel covariance_moments(kernel='auto') runs on this CPU: 'avx2' or 'portable'.");
 }

@@ -67,21 +67,22 @@ class MemoryBudget {
     std::atomic<int64_t> used_{0};
 };
 
-// body(task) for every task in [0, tasks) on up to `threads` threads (the caller is one of them),
-// tasks handed out dynamically. See the file comment for what happens on exceptions.
+// body(worker, task) for every task in [0, tasks) on up to `threads` threads (the caller is worker
+// 0), tasks handed out dynamically; `worker` < min(threads, tasks) indexes per-thread scratch. See the
+// file comment for what happens on exceptions and on threads that cannot be started.
 template <class Body>
-void run_workers(int64_t threads, int64_t tasks, Body&& body) {
+void run_workers_indexed(int64_t threads, int64_t tasks, Body&& body) {
     const int64_t workers = std::min<int64_t>(threads, tasks);
     if (workers <= 1) {
-        for (int64_t t = 0; t < tasks; ++t) body(t);
+        for (int64_t t = 0; t < tasks; ++t) body(int64_t(0), t);
         return;
     }
     std::atomic<int64_t> next{0};
     std::exception_ptr failure;
     std::mutex failure_lock;
-    auto work = [&] {
+    auto work = [&](int64_t worker) {
         try {
-            for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) body(t);
+            for (int64_t t = next.fetch_add(1); t < tasks; t = next.fetch_add(1)) body(worker, t);
         } catch (...) {
             std::lock_guard<std::mutex> hold(failure_lock);
             if (!failure) failure = std::current_exception();
@@ -91,13 +92,19 @@ void run_workers(int64_t threads, int64_t tasks, Body&& body) {
     std::vector<std::thread> pool;
     try {
         pool.reserve(workers - 1);
-        for (int64_t w = 1; w < workers; ++w) pool.emplace_back(work);
+        for (int64_t w = 1; w < workers; ++w) pool.emplace_back(work, w);
     } catch (const std::exception&) {
         // out of threads or memory for one: the workers already running (and this one) do the rest
     }
-    work();
+    work(0);
     for (std::thread& thread : pool) thread.join();
     if (failure) std::rethrow_exception(failure);
+}
+
+// body(task) for every task in [0, tasks), as run_workers_indexed.
+template <class Body>
+void run_workers(int64_t threads, int64_t tasks, Body&& body) {
+    run_workers_indexed(threads, tasks, [&](int64_t, int64_t task) { body(task); });
 }
 
 }  // namespace fastcsi

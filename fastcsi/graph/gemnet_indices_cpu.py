@@ -8,6 +8,11 @@ for mixed triplets and quadruplets). O(E log E + T) time with one write per outp
 output size), against a dozen passes over T-sized arrays for the torch formulation of
 ``gemnet_indices_cuda``. Outputs equal ``gemnet_indices_ref`` bit for bit (same elements, same
 order). Compiled on first use and cached on disk by numba.
+
+Limits: output sizes grow as degree^2 (triplets) and degree^3 (quadruplets), so a structure with many
+atoms at one spot asks for more than memory holds. Every count is int64 (no int32 anywhere), and
+each walk's output size is computed first and checked against
+:func:`fastcsi._native.memory_budget_bytes` before anything is allocated (:class:`FastCSIError`).
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import numba
 import numpy as np
 import torch
 
+from fastcsi._native import memory_budget_bytes
+from fastcsi.errors import FastCSIError
 from fastcsi.graph.ragged import csr_by_target, has_images, quadruplet_triplets
 
 __all__ = ["triplets_cpu", "mixed_triplets_cpu", "quadruplets_cpu"]
@@ -122,11 +129,22 @@ def _np(tensor: torch.Tensor):
     return tensor.detach().contiguous().numpy()
 
 
+def _check_size(what: str, count: int, arrays: int) -> None:
+    """Refuse a walk whose ``count`` elements of ``arrays`` int64 arrays exceed the memory budget."""
+    needed, budget = 8 * arrays * count, memory_budget_bytes()
+    if needed > budget:
+        raise FastCSIError(f"gemnet_indices: {count:.3g} {what} need {needed / 2**30:.3g} GiB (budget "
+                           f"{budget / 2**30:.3g} GiB): atoms at the same position, or a cutoff or "
+                           "max_neighbors far too large?")
+
+
 def triplets_cpu(graph: dict, num_atoms: int) -> dict:
     """See :func:`fastcsi.graph.gemnet_indices.triplets`."""
     idx_s, idx_t = graph["edge_index"]
     order, rowptr, counts = csr_by_target(idx_t, idx_s, num_atoms)
-    inn, out, agg = _walk_triplets(_np(order), _np(rowptr), _np(counts), _np(idx_t))
+    counts_np, idx_t_np = _np(counts), _np(idx_t)
+    _check_size("triplets", int(_visits(counts_np, idx_t_np)) - idx_t_np.shape[0], 3)
+    inn, out, agg = _walk_triplets(_np(order), _np(rowptr), counts_np, idx_t_np)
     return {"in": torch.from_numpy(inn), "out": torch.from_numpy(out), "out_agg": torch.from_numpy(agg)}
 
 
@@ -138,6 +156,7 @@ def mixed_triplets_cpu(graph_in: dict, graph_out: dict, num_atoms: int, to_outed
     order, rowptr, counts = csr_by_target(idx_in_t, idx_in_s, num_atoms)
     anchor = idx_out_s if to_outedge else idx_out_t
     other = idx_out_t if to_outedge else idx_out_s
+    _check_size("mixed triplets", int(_visits(_np(counts), _np(anchor))), 3)
     inn, out, agg = _walk_mixed_triplets(
         _np(order), _np(rowptr), _np(counts), _np(anchor), _np(other), _np(idx_in_s),
         _np(graph_out["cell_offset"]), _np(graph_in["cell_offset"]), 1 if to_outedge else -1,
@@ -152,6 +171,7 @@ def quadruplets_cpu(main_graph: dict, qint_graph: dict, num_atoms: int) -> dict:
     """See :func:`fastcsi.graph.gemnet_indices.quadruplets`."""
     idx_s = main_graph["edge_index"][0]
     trip_in, trip_out, start, per_qint = quadruplet_triplets(mixed_triplets_cpu, main_graph, qint_graph, num_atoms)
+    _check_size("quadruplets", int(_visits(_np(per_qint), _np(trip_out["in"]))), 4)
     out, to_out, to_in, agg = _walk_quadruplets(
         _np(trip_out["in"]), _np(trip_out["out"]), _np(start), _np(per_qint), _np(trip_in["in"]), _np(idx_s),
         _np(main_graph["cell_offset"]), _np(qint_graph["cell_offset"]), has_images(main_graph, qint_graph))

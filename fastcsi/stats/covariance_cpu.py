@@ -73,9 +73,11 @@ def chunk_moments_cpu(x, block_rows: int | None = None, method: str = "native", 
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if method == "native":
         if native_available():
-            count, mean, scatter = _native.native.covariance_moments(
-                _float_view(x), block_rows=int(block_rows or NATIVE_BLOCK_ROWS), num_threads=int(num_threads)
-            )
+            with _native.input_errors("covariance"):  # a d too wide for the memory budget
+                count, mean, scatter = _native.native.covariance_moments(
+                    _float_view(x), block_rows=int(block_rows or NATIVE_BLOCK_ROWS), num_threads=int(num_threads),
+                    max_bytes=_native.memory_budget_bytes(),
+                )
             return int(count), mean, scatter
         warnings.warn(
             f"covariance: native kernel unavailable ({_native.NATIVE_ERROR or 'fastcsi._C has no covariance_moments'}); "
