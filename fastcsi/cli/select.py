@@ -34,6 +34,7 @@ def _settings(kw, samples, seeds, threads, **sampling):
         samples=parse_samples(samples),
         seeds=seeds,
         agg=kw["agg"],
+        backbone=(kw["backbone"] or (None,))[0],  # several (select/demo): each run sets its own
         layer=kw["layer"],
         kind=kw["kind"],
         dtype=kw["dtype"],
@@ -41,6 +42,7 @@ def _settings(kw, samples, seeds, threads, **sampling):
         device=kw["device"],
         batch_size=kw["batch_size"],
         num_workers=kw["num_workers"],
+        max_atoms_per_batch=kw.get("max_atoms_per_batch"),
         threads=threads,
         format=kw["data_format"],
         data_options={"skip_unreadable": True} if kw.get("skip_unreadable") else {},
@@ -51,9 +53,12 @@ def _settings(kw, samples, seeds, threads, **sampling):
 def _model_options(func):
     """Options that define the features (shared by select, demo and stats compute)."""
     options = [
+        click.option("--backbone", multiple=True, metavar="NAME[:MODEL]",
+                     help="Feature extractor: sevennet-0 (default, pretrained, offline), gemnet-oc:FILE, "
+                     "gemnet-oc-random[:CONFIG] (untrained), chgnet[:0.3.0], mace:FILE. See README. select and "
+                     "demo: repeat it to rank with each and compare the rankings."),
         click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
-                     help="Backbone checkpoint (JMP, fairchem GemNet-OC or fastcsi). Default: the "
-                     "shipped default backbone, see README."),
+                     help="GemNet-OC checkpoint (JMP, fairchem or fastcsi): the same as --backbone gemnet-oc:FILE."),
         click.option("--agg", default="flat", show_default=True,
                      help="flat: every atom is a sample (the paper); mean|sum|max: one sample per structure."),
         click.option("--layer", default="final", show_default=True, help="Backbone block whose features are used."),
@@ -62,6 +67,9 @@ def _model_options(func):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--batch-size", type=int, default=16, show_default=True),
         click.option("--num-workers", type=int, default=0, show_default=True, help="Data-loading worker processes."),
+        click.option("--max-atoms-per-batch", type=int, default=None, metavar="N",
+                     help="Also cap every batch at N atoms (a larger structure goes alone): peak memory follows "
+                     "N, not the structures drawn. [default: no cap]"),
         click.option("--threads", default="auto", show_default=True,
                      help="CPU threads (torch intra-op; BLAS too when given). auto: 1 for a small backbone "
                      "(faster) and for the demo, else torch's default."),
@@ -84,7 +92,7 @@ def _select_options(func):
         click.option("--upstream", "upstreams", type=click.Path(), multiple=True,
                      help="Candidate upstream dataset or stats .npz (repeat). Default: the bundled demo upstreams."),
         click.option("--samples", default=None,
-                     help="Structures per dataset, or 'all' to stream everything. [default: 10000; demo: 32]"),
+                     help="Structures per dataset, or 'all' to stream everything. [default: 10000; demo: 96]"),
         click.option("--upstream-sampling", default="balanced", show_default=True,
                      help="random, balanced (equal quota per class) or all."),
         click.option("--downstream-sampling", default="random", show_default=True, help="random, balanced or all."),
@@ -95,6 +103,9 @@ def _select_options(func):
                      help="Where stats are cached and reused. [default: OUTDIR/cache]"),
         click.option("--no-cache", is_flag=True, help="Neither read nor write cached stats."),
         click.option("--trace", is_flag=True, help="Write a torch.profiler chrome trace into OUTDIR/trace."),
+        click.option("--drop-outlier-structures", is_flag=True,
+                     help="Rank without the structures whose atoms have feature norms over 100x the median "
+                     "(listed in csi.json feature_outliers); a second pass over those datasets."),
         click.option("--optimize-mix", is_flag=True,
                      help="Also the CSI-optimal mixture of the upstreams: OUTDIR/mix.json and mix.png."),
         click.option("--level", "mix_level", type=click.Choice(["dataset", "class"]), default="dataset",
@@ -172,25 +183,31 @@ def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
         threads=threads,
         upstream_sampling=kw["upstream_sampling"],
         downstream_sampling=kw["downstream_sampling"],
+        drop_outlier_structures=kw["drop_outlier_structures"],
     )
     outdir = outdir or DEFAULT_OUTDIR
-    result = run_select(
-        downstream,
-        list(upstreams),
-        settings,
-        checkpoint=kw["checkpoint"],
-        outdir=outdir,
-        cache_dir=kw["cache_dir"],
-        use_cache=not kw["no_cache"],
-        trace=kw["trace"],
-        progress=not kw["quiet"],
-        mix=mix,
-    )
+    run_options = dict(outdir=outdir, cache_dir=kw["cache_dir"], use_cache=not kw["no_cache"], trace=kw["trace"],
+                       progress=not kw["quiet"], mix=mix)
+    if len(kw["backbone"]) > 1:
+        if kw["checkpoint"]:
+            raise FastCSIError("--checkpoint with several --backbone options: name the file as --backbone gemnet-oc:FILE")
+        from fastcsi.pipeline.select import run_select_backbones
+
+        result = run_select_backbones(downstream, list(upstreams), settings, kw["backbone"], **run_options)
+    else:
+        result = run_select(downstream, list(upstreams), settings, checkpoint=kw["checkpoint"], **run_options)
     if not _is_main_rank():
         return
     for warning in result["warnings"]:
         click.echo(f"fastcsi: warning: {warning}", err=True)
-    click.echo(format_table(result))
+    if "agreement" in result:
+        from fastcsi.pipeline.agreement import format_agreement
+        from fastcsi.pipeline.report import display_names
+
+        labels = [row["upstream"] for row in result["ranking"]]
+        click.echo(format_agreement(result["agreement"], dict(zip(labels, display_names(labels, 40)))))
+    else:
+        click.echo(format_table(result))
     prof = result["profile"]
     click.echo(
         f"\nwall {prof['wall_s']:.1f} s, {prof['backbone_atoms_per_s']:,.0f} atoms/s through the backbone "
@@ -231,6 +248,8 @@ def compute(dataset, output, sampling, samples, seed, **kw):
     """Compute one dataset's feature statistics (for `fastcsi select` inputs computed elsewhere)."""
     from fastcsi.pipeline.settings import parse_threads
 
+    if len(kw["backbone"]) > 1:
+        raise FastCSIError("stats compute: give one --backbone (a stats file belongs to one extractor)")
     threads = parse_threads(kw["threads"])
     if threads is not None:
         _limit_blas_threads(threads)

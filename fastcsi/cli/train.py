@@ -10,8 +10,11 @@ from fastcsi.cli.data import unit_options, unit_reader_options
 from fastcsi.errors import FastCSIError
 
 _TRAIN_OPTIONS = [
-    click.option("--batch-size", type=int, default=None, help="Structures per optimizer step (global, over all ranks)."),
-    click.option("--lr", type=float, default=None, help="Peak learning rate of AdamW."),
+    click.option("--batch-size", type=int, default=None,
+                 help="Structures per optimizer step (global, over all ranks). [default: pretrain 8; finetune: the "
+                      "recipe's, 4 for rmd17]"),
+    click.option("--lr", type=float, default=None,
+                 help="Peak learning rate of AdamW. [default: pretrain 3e-4; finetune: the recipe's]"),
     click.option("--weight-decay", type=float, default=None),
     click.option("--ema", "ema_decay", type=float, default=None, help="EMA decay of the weights (0 = off)."),
     click.option("--energy-weight", type=float, default=None),
@@ -22,8 +25,8 @@ _TRAIN_OPTIONS = [
     click.option("--stop-after", "stop_after_steps", type=int, default=None,
                  help="Stop (with a checkpoint) after this many steps; continue later with --resume."),
     click.option("--layer-lr", "layer_lr", default=None, metavar="auto|jmp|none|NAME=SCALE,...",
-                 help="Layer-wise learning-rate scales (fine-tuning default auto: JMP's for a pretrained "
-                      "backbone, none from scratch)."),
+                 help="Layer-wise learning-rate scales. [default: pretrain none (one rate for every layer); "
+                      "finetune auto: JMP's scales for a pretrained backbone, none from scratch]"),
     click.option("--threads", "max_threads", default="auto", show_default=True,
                  help="torch CPU threads: a positive integer, or auto (one for a small model on CPU, else "
                       "torch's default)."),

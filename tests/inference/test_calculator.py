@@ -164,3 +164,25 @@ def test_properties_a_structure_or_model_cannot_give(alloy_calc, calc64, frames,
     broken.calc = calc64
     with pytest.raises(FastCSIError, match="NaN"):
         broken.get_forces()
+
+
+def test_readme_nve_snippet_runs_without_deprecation_warnings(ethanol_run, rmd17, tmp_path):
+    # The README's NVE example as a user copies it (model, data and trajectory paths swapped for the
+    # test's, 2 steps): ASE must not warn about a deprecated call in it.
+    import re
+    import warnings
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    snippet = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "VelocityVerlet" in block)
+    rundir, _ = ethanol_run
+    for old, new in (('"runs/ft_ethanol"', repr(str(rundir))),
+                     ('"../shared/data/rmd17/rmd17_ethanol_train_1.extxyz"', repr(str(rmd17))),
+                     ('"runs/ethanol_nve.traj"', repr(str(tmp_path / "nve.traj"))), ("dyn.run(500)", "dyn.run(2)")):
+        assert old in snippet, old
+        snippet = snippet.replace(old, new)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        warnings.simplefilter("error", FutureWarning)
+        exec(compile(snippet, "README.md", "exec"), {})
+    assert (tmp_path / "nve.traj").is_file()
