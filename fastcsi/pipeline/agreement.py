@@ -103,8 +103,10 @@ def format_agreement(report: dict, display=None) -> str:
         return display.get(u, u)
 
     names = report["extractors"]
-    lines = [f"Agreement across {len(names)} extractors ({report['n_upstreams']} upstreams; each ranks on its own "
-             "CSI scale):"]
+    lines = _rank_table(report, short) + [
+        "",
+        f"Agreement across {len(names)} extractors ({report['n_upstreams']} upstreams; each ranks on its own "
+        "CSI scale):"]
     for name in names:
         tops = report["top1"][name]
         lines.append(f"  top-1 under {name}: {', '.join(short(u) for u in tops)}{' (tied)' if len(tops) > 1 else ''}")
@@ -123,6 +125,24 @@ def format_agreement(report: dict, display=None) -> str:
     else:
         lines.append("  every upstream keeps its rank under every extractor")
     return "\n".join(lines)
+
+
+def _rank_table(report: dict, short) -> list:
+    """Rank and CSI of every upstream under every extractor, in the first extractor's order. The
+    CSI columns are not comparable with each other (different feature spaces)."""
+    names = report["extractors"]
+    cells = {name: {row["upstream"]: f"{row['rank']} ({row['csi']:.4g})" for row in report["rankings"][name]}
+             for name in names}
+    order = [row["upstream"] for row in report["rankings"][names[0]]]
+    header = ["upstream"] + [f"rank (CSI) {name}" for name in names]
+    rows = [[short(u)] + [cells[name][u] for name in names] for u in order]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+
+    def fmt(cells_):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells_, widths)))
+
+    return ["CSI ranking under each extractor (closest first; CSI values of different extractors are not "
+            "comparable)", "", fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
 
 
 def plot_agreement(report: dict, path, title: str = "", display=None) -> None:

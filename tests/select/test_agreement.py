@@ -166,3 +166,31 @@ def test_select_with_backbones_refuses_duplicates_and_unknown_names(tiny_data, t
         run_select_backbones(tiny_data["down"], [tiny_data["organic"]], None, ["gemnet-oc-random", "nosuch"],
                              outdir=tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_select_with_two_backbones_prints_both_rankings_and_their_agreement(
+        tiny_data, four_upstreams, seed1_checkpoint, tmp_path):
+    from click.testing import CliRunner
+
+    from fastcsi.cli import cli
+
+    out = tmp_path / "cli"
+    args = ["select", "--downstream", tiny_data["down"], "--samples", "all", "--seeds", "0", "-o", out, "--quiet",
+            "--threads", "1", "--backbone", "gemnet-oc-random", "--backbone", f"gemnet-oc:{seed1_checkpoint}"]
+    for u in four_upstreams:
+        args += ["--upstream", u]
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    assert "rank (CSI) gemnet-oc-random" in r.stdout and f"rank (CSI) gemnet-oc:{seed1_checkpoint}" in r.stdout
+    assert "Kendall tau" in r.stdout and "top-1 under gemnet-oc-random" in r.stdout
+    assert "agreement.png" in r.stdout
+    saved = json.loads((out / "csi.json").read_text())
+    assert saved["agreement"]["extractors"] == ["gemnet-oc-random", f"gemnet-oc:{seed1_checkpoint}"]
+    assert "[gemnet-oc-random]" in r.stderr  # warnings name their extractor
+
+    # --checkpoint is one GemNet-OC file: with several backbones it must be named as one of them
+    r = CliRunner().invoke(cli, [str(a) for a in args + ["--checkpoint", seed1_checkpoint]])
+    assert r.exit_code == 2 and "--backbone gemnet-oc:FILE" in r.stderr
+    r = CliRunner().invoke(cli, ["stats", "compute", str(tiny_data["organic"]), "-o", str(tmp_path / "s.npz"),
+                                 "--backbone", "gemnet-oc-random", "--backbone", "sevennet-0"])
+    assert r.exit_code == 2 and "give one --backbone" in r.stderr

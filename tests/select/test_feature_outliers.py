@@ -94,3 +94,19 @@ def test_non_finite_features_name_the_dataset_and_the_structure(tiny_data, tiny_
     assert message.startswith(f"{tiny_data['organic']}: the extractor returned NaN or inf features for structure")
     assert "(index 3)" in message and "\n" not in message
     assert not (tmp_path / "nan").exists()  # a refused run leaves no output directory
+
+
+def test_cli_drop_outlier_structures_is_a_recorded_setting(tiny_data, tmp_path):
+    from click.testing import CliRunner
+
+    from fastcsi.cli import cli
+
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(cli, ["select", "--downstream", str(tiny_data["down"]), "--upstream",
+                                 str(tiny_data["organic"]), "--samples", "all", "--seeds", "0", "-o", str(out),
+                                 "--quiet", "--threads", "1", "--backbone", "gemnet-oc-random",
+                                 "--drop-outlier-structures"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "csi.json").read_text())
+    assert saved["settings"]["drop_outlier_structures"] is True
+    assert all(e["checked"] and "dropped" not in e for e in saved["feature_outliers"])  # nothing to drop here
