@@ -302,6 +302,7 @@ def records_in(obj, limit: int = 100_000) -> list:
         elif isinstance(item, dict):
             stack.extend(item.keys())
             stack.extend(item.values())
+            stack.append(getattr(item, "__dict__", None))  # attributes of a dict subclass (a state_dict's _metadata)
         elif isinstance(item, (list, tuple, set, frozenset)):
             stack.extend(item)
     return found

@@ -252,7 +252,8 @@ def _fairchem_records(obj) -> dict:
     model_cfg = record_fields(model_cfg)
     if isinstance(model_cfg.get("backbone"), dict):  # hydra: {"name": "hydra", "backbone": {...}, "heads": ...}
         model_cfg = record_fields(model_cfg["backbone"])
-    return dict(model_cfg)
+    # fairchem's energy and force outputs are one Linear layer each
+    return {"head_num_mlps": 1, **model_cfg} if model_cfg else {}
 
 
 def _classify(obj, path: Path):
@@ -292,7 +293,7 @@ def load_backbone(path, base: str | None = None, weights: str = "raw", **hparams
         if layout == "fastcsi":
             raise FastCSIError(f"{path}: --weights ema: a fastcsi checkpoint holds one set of weights "
                                "(pretraining already saves its EMA weights as the backbone)")
-        if not isinstance(obj, dict):
+        if _is_state_dict(obj):
             raise FastCSIError(f"{path}: --weights ema: a bare state_dict holds no EMA weights")
         state = _apply_ema(state, _ema_tensors(obj, layout, path), path)
     if layout == "fairchem":

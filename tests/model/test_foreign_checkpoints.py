@@ -1,0 +1,284 @@
+"""The paper's checkpoints: JMP Lightning files and fairchem files, written in a child process that
+has the foreign classes (stand-ins under JMP's module names, pydantic's state layout, pathlib paths)
+and planted payloads; read here, where none of those classes exist and no payload may run."""
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from goc_helpers import batch_of, make_model
+from fastcsi.data.batch import batch_from_atoms
+from fastcsi.errors import FastCSIError
+from fastcsi.model import extract_features, load_backbone
+from fastcsi.model.gemnet_oc.configs import BACKBONE_DEFAULTS
+
+# Run by a child interpreter: argv = inputs.pt output.pt layout marker [--load]. It builds the file
+# as JMP's pretraining run (or a fairchem trainer) would, with a payload that runs `touch marker`
+# when unpickled by plain pickle, planted in the config, the callbacks and inside the state_dict.
+WRITER = textwrap.dedent(r'''
+    import collections, os, pathlib, sys, types
+    import torch
+
+    inputs, output, layout, marker = sys.argv[1:5]
+
+    def module(name):
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            sys.modules.setdefault(".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+        return sys.modules[name]
+
+    def define(qualified, base=object, **methods):
+        mod, _, name = qualified.rpartition(".")
+        cls = type(name, (base,), {"__module__": mod, **methods})
+        setattr(module(mod), name, cls)
+        return cls
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + marker,))
+
+    def pydantic_state(self):  # pydantic v2's BaseModel.__getstate__ layout
+        return {"__dict__": dict(self.__dict__), "__pydantic_extra__": None,
+                "__pydantic_fields_set__": set(self.__dict__), "__pydantic_private__": {"_is_draft_config": False}}
+
+    def init(self, **fields):
+        self.__dict__.update(fields)
+
+    Config = define("jmp.lightning.config.TypedConfig", __init__=init, __getstate__=pydantic_state)
+    Backbone = define("jmp.models.gemnet.config.BackboneConfig", Config)
+    Embedding = define("jmp.tasks.pretrain.module.EmbeddingConfig", Config)
+    Output = define("jmp.tasks.config.OutputConfig", Config)
+    Dataset = define("jmp.tasks.pretrain.module.PretrainDatasetConfig", Config)
+    Task = define("jmp.tasks.pretrain.module.TaskConfig", Config)
+    Pretrain = define("jmp.tasks.pretrain.module.PretrainConfig", Config)
+    EMA = define("jmp.lightning.callbacks.ema.EMA")
+
+    if "--load" in sys.argv:  # control: plain unpickling of the file runs the payload
+        torch.load(output, weights_only=False)
+        sys.exit(0)
+
+    given = torch.load(inputs, weights_only=True)
+    ours, hp = given["state_dict"], given["hparams"]
+    not_in_ema = lambda k: (k.endswith(("rbf.offset", "rbf.temps", "scale_factor")) or ".seq_energy_pre." in k
+                            or k.startswith("task_steps"))
+
+    if layout == "jmp":
+        state = collections.OrderedDict()
+        for key, value in ours.items():
+            if key.startswith(("out_energy.", "out_forces.")):
+                continue
+            state["embedding.atom_embedding.weight" if key == "embedding.weight" else key] = value
+        dtype = state["embedding.atom_embedding.weight"].dtype
+        atom, edge = hp["emb_size_atom"], hp["emb_size_edge"]
+        for t in range(2):  # one head pair per pretraining task, in TypedModuleList's key layout
+            state[f"output.out_energy._module_list.{t}.0.weight"] = torch.randn(atom, atom, dtype=dtype)
+            state[f"output.out_energy._module_list.{t}.2.weight"] = torch.randn(1, atom, dtype=dtype)
+            state[f"output.out_forces._module_list.{t}.0.weight"] = torch.randn(edge, edge, dtype=dtype)
+            state[f"output.out_forces._module_list.{t}.0.bias"] = torch.randn(edge, dtype=dtype)
+            state[f"output.out_forces._module_list.{t}.2.weight"] = torch.randn(1, edge, dtype=dtype)
+        for task in ("oc20", "ani1x"):
+            state[f"task_steps._module_dict._typed_moduledict_{task}.sum_value"] = torch.tensor(1234.0)
+        planted = torch.nn.Parameter(state["backbone.bases.mlp_rbf_tint.linear.weight"].clone())
+        planted.evil = Payload()  # tensor attribute state: rebuilt by _rebuild_parameter_with_state
+        state["backbone.bases.mlp_rbf_tint.linear.weight"] = planted
+        state._metadata = collections.OrderedDict({"": {"version": 1, "evil": Payload()}})
+        ema = tuple(v.detach() * 0.5 for k, v in state.items() if not not_in_ema(k))
+        fields = {k: v for k, v in hp.items() if k in given["backbone_fields"]}
+        tasks = [Task(name=n, train_dataset=Dataset(src=pathlib.PosixPath(f"/data/{n}/train"), metadata_path=None),
+                      energy_loss_scale=1.0) for n in ("oc20", "ani1x")]
+        config = Pretrain(id="abc123", name="jmp-test", backbone=Backbone(**fields, evil=Payload()),
+                          embedding=Embedding(num_elements=hp["num_elements"], embedding_size=atom),
+                          output=Output(num_mlps=hp["head_num_mlps"]), tasks=tasks, batch_size=4,
+                          meta={"note": Payload()})
+        ckpt = {
+            "epoch": 3, "global_step": 1000, "pytorch-lightning_version": "2.1.3",
+            "state_dict": state,
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"total": {"ready": 3}}}},
+            "callbacks": {"EMA": {"decay": 0.99}, "ModelCheckpoint{}": {"best_model_path": pathlib.PosixPath("/x")},
+                          "evil": Payload()},
+            "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-4}],
+                                  "ema": ema}],
+            "lr_schedulers": [{"last_epoch": 3}],
+            "hparams_name": "hparams",
+            "hyper_parameters": config,
+        }
+    else:  # fairchem: its module names, a DDP prefix, its Gaussian basis without widths
+        state = collections.OrderedDict()
+        rename = {"embedding.weight": "atom_emb.embeddings.weight", "out_energy.0.weight": "out_energy.linear.weight",
+                  "out_forces.0.weight": "out_forces.linear.weight"}
+        for key, value in ours.items():
+            if key.endswith("rbf.temps"):
+                continue
+            if key in rename:
+                new = rename[key]
+            elif key.startswith("backbone.bases."):
+                new = key[len("backbone.bases."):]
+            elif key.startswith(("backbone.out_mlp_E.out_mlp.", "backbone.out_mlp_F.out_mlp.")):
+                new = key[len("backbone."):].replace(".out_mlp.", ".", 1)
+            else:
+                new = key[len("backbone."):]
+            state["module." + new] = value
+        model_cfg = {k: v for k, v in hp.items() if k not in ("head_num_mlps", "scale_file")}
+        model_cfg.update(name="gemnet_oc", num_atoms=0, bond_feat_dim=0, scale_file=pathlib.PosixPath("/s.pt"))
+        ckpt = {
+            "state_dict": state, "epoch": 2, "step": 50,
+            "normalizers": {"target": {"mean": torch.tensor(0.0), "std": torch.tensor(1.0)}},
+            "config": {"model": model_cfg, "cmd": {"checkpoint_dir": "/ckpt", "evil": Payload()},
+                       "optim": {"batch_size": 4}},
+            "val_metrics": {"energy_mae": {"metric": 0.1}},
+            "ema": {"decay": 0.999, "num_updates": 50, "collected_params": [],
+                    "shadow_params": [v * 0.5 for k, v in state.items() if not not_in_ema(k[len("module."):])]},
+            "amp": None, "best_val_metric": 0.1, "primary_metric": "forces_mae",
+        }
+    torch.save(ckpt, output)
+''')
+
+FIELDS = sorted(BACKBONE_DEFAULTS)
+
+
+def direct_model(dtype=torch.float64):
+    # JMP's graph settings (12 Å, 30 neighbours): what a file that records none of them is read with
+    model = make_model(direct_forces=True, cutoff=12.0, absolute_rbf_cutoff=12.0)
+    return model.to(dtype)
+
+
+def write_foreign(tmp_path, model, layout, name):
+    inputs = tmp_path / f"{name}.inputs.pt"
+    torch.save({"state_dict": model.state_dict(), "hparams": model.hparams, "backbone_fields": FIELDS}, inputs)
+    (tmp_path / "writer.py").write_text(WRITER)
+    out, marker = tmp_path / f"{name}.ckpt", tmp_path / f"{name}.marker"
+    subprocess.run([sys.executable, str(tmp_path / "writer.py"), str(inputs), str(out), layout, str(marker)],
+                   check=True, capture_output=True, timeout=120)
+    return out, marker
+
+
+@pytest.fixture(scope="module")
+def jmp64(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("jmp64")
+    model = direct_model()
+    return (model, *write_foreign(tmp, model, "jmp", "jmp64"))
+
+
+def test_planted_payloads_are_live_but_never_run(jmp64, tmp_path):
+    from fastcsi.safe_pickle import Record, load_torch_foreign, record_fields, records_in
+
+    model = jmp64[0]
+    path, marker = write_foreign(tmp_path, model, "jmp", "control")  # its own marker: the control runs it
+    ckpt = load_torch_foreign(path)
+    assert not marker.exists()
+    commands = [r.args for r in records_in(ckpt) if r.name == "system"]
+    # config field, config meta, callbacks, state_dict metadata (a tensor's attribute state is not kept)
+    assert len(commands) == 4 and all(c == (f"touch {marker}",) for c in commands)
+    config = ckpt["hyper_parameters"]
+    assert isinstance(config, Record) and config.qualname == "jmp.tasks.pretrain.module.PretrainConfig"
+    backbone = record_fields(record_fields(config)["backbone"])
+    assert backbone["num_blocks"] == model.hparams["num_blocks"]
+    task = record_fields(record_fields(config)["tasks"][0])
+    assert record_fields(task["train_dataset"])["src"].qualname == "pathlib.PosixPath"
+    # the control: plain unpickling of the same file does run the payload
+    subprocess.run([sys.executable, str(tmp_path / "writer.py"), "-", str(path), "jmp", str(marker), "--load"],
+                   check=True, capture_output=True, timeout=120)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_jmp_pretraining_layout_without_base(tmp_path, structures, dtype, jmp64):
+    if dtype == torch.float64:
+        model, path, marker = jmp64
+    else:
+        model = direct_model(dtype)
+        path, marker = write_foreign(tmp_path, model, "jmp", "jmp32")
+    loaded = load_backbone(path).eval()
+    assert not marker.exists()
+    assert loaded.dtype == dtype and loaded.hparams == model.hparams
+    info = loaded.load_info
+    assert info["layout"] == "jmp" and info["hparams"] == "file" and info["graph_settings"] == "JMP defaults"
+    assert info["heads_initialized"] and info["weights"] == "raw"
+    assert info["dropped"] == {"pretraining heads (JMP's per-task output.out_energy / output.out_forces)": 10,
+                               "task_steps (JMP's per-task step counters)": 2}
+    assert "task_steps._module_dict._typed_moduledict_ani1x.sum_value" in info["dropped_keys"]
+    assert "evil" in info["ignored_settings"]
+    # the raw state_dict's features equal those of the same weights loaded as a plain state_dict
+    plain = {k: v for k, v in model.state_dict().items()}
+    torch.save(plain, tmp_path / "plain.pt")
+    reference = load_backbone(tmp_path / "plain.pt", **model.hparams).eval()
+    batch = batch_from_atoms([structures["slab"], structures["molecule"]], dtype=dtype)
+    got, want = extract_features(loaded, batch), extract_features(reference, batch)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10 if dtype == torch.float64 else 0)
+
+
+def test_jmp_ema_weights(jmp64):
+    model, path, marker = jmp64
+    raw = model.state_dict()
+    ema = load_backbone(path, weights="ema")
+    assert ema.load_info["weights"] == "ema" and not marker.exists()
+    state = ema.state_dict()
+    for key, value in state.items():
+        if key.startswith(("out_energy.", "out_forces.")):
+            continue
+        frozen = key.endswith(("rbf.offset", "rbf.temps", "scale_factor"))
+        torch.testing.assert_close(value, raw[key] if frozen else raw[key] * 0.5, rtol=0, atol=0, msg=key)
+    # seq_energy_pre is the same module as layers: it holds the EMA value too
+    alias = next(k for k in state if ".seq_energy_pre." in k)
+    torch.testing.assert_close(state[alias], raw[alias] * 0.5, rtol=0, atol=0)
+
+
+def test_fairchem_layout_without_base(tmp_path, structures):
+    model = make_model(direct_forces=True, head_num_mlps=1)
+    path, marker = write_foreign(tmp_path, model, "fairchem", "fair")
+    loaded = load_backbone(path).eval()
+    assert not marker.exists()
+    info = loaded.load_info
+    assert info["layout"] == "fairchem" and info["hparams"] == "file" and info["graph_settings"] == "file"
+    assert not info["heads_initialized"] and info["dropped"] == {}
+    assert info["filled_buffers"] and all(k.endswith("rbf.temps") for k in info["filled_buffers"])
+    assert {k: v for k, v in loaded.hparams.items() if k != "scale_file"} == \
+        {k: v for k, v in model.hparams.items() if k != "scale_file"}
+    batch = batch_of(structures["bulk"])
+    torch.testing.assert_close(extract_features(loaded, batch), extract_features(model, batch), rtol=0, atol=1e-10)
+    ema = load_backbone(path, weights="ema").state_dict()
+    raw = model.state_dict()
+    torch.testing.assert_close(ema["backbone.int_blocks.0.dense_ca.linear.weight"],
+                               raw["backbone.int_blocks.0.dense_ca.linear.weight"] * 0.5, rtol=0, atol=0)
+    torch.testing.assert_close(ema["out_energy.0.weight"], raw["out_energy.0.weight"] * 0.5, rtol=0, atol=0)
+
+
+def test_bare_state_dict_hyperparameters_inferred(tmp_path, structures):
+    model = make_model(direct_forces=False, cutoff=12.0, absolute_rbf_cutoff=12.0, num_concat=2,
+                       num_atom_emb_layers=0, quad_interaction=False)
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    loaded = load_backbone(tmp_path / "bare.pt").eval()
+    assert loaded.load_info["hparams"] == "inferred from tensor shapes"
+    assert "absolute_rbf_cutoff" in loaded.load_info["assumed_hparams"]
+    unused = {"emb_size_quad_in", "emb_size_quad_out", "emb_size_sbf"}  # no quadruplet interaction: no shapes
+    assert {k: v for k, v in loaded.hparams.items() if k not in unused} == \
+        {k: v for k, v in model.hparams.items() if k not in unused}
+    batch = batch_of(structures["molecule"])
+    torch.testing.assert_close(extract_features(loaded, batch), extract_features(model, batch), rtol=0, atol=0)
+
+
+def test_weights_errors(tmp_path, jmp64):
+    model = jmp64[0]
+    torch.save(model.state_dict(), tmp_path / "bare.pt")
+    with pytest.raises(FastCSIError, match="bare.pt: --weights ema: a bare state_dict holds no EMA"):
+        load_backbone(tmp_path / "bare.pt", weights="ema")
+    torch.save({"state_dict": model.state_dict(), "optimizer_states": [{"ema": (torch.zeros(1),)}]},
+               tmp_path / "short.ckpt")
+    with pytest.raises(FastCSIError, match=r"short.ckpt: --weights ema: 1 EMA tensors for \d+ parameters"):
+        load_backbone(tmp_path / "short.ckpt", weights="ema")
+    with pytest.raises(FastCSIError, match="choose raw or ema"):
+        load_backbone(tmp_path / "bare.pt", weights="best")
+
+
+def test_damaged_file_is_one_line(jmp64, tmp_path):
+    data = jmp64[1].read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(FastCSIError, match=r"cut.ckpt: not a readable checkpoint") as info:
+        load_backbone(tmp_path / "cut.ckpt")
+    assert "\n" not in str(info.value)
+    (tmp_path / "junk.ckpt").write_bytes(b"\x80\x02}q\x00(X\x01")
+    with pytest.raises(FastCSIError, match="junk.ckpt: not a readable checkpoint"):
+        load_backbone(tmp_path / "junk.ckpt")
