@@ -24,6 +24,7 @@ from fastcsi.train import backbones
 from fastcsi.train import checkpoint as ckpt
 from fastcsi.train.config import TrainConfig, recipe_for
 from fastcsi.train.loop import Trainer
+from fastcsi.train.metrics import MAE_UNITS, mae_unit
 from fastcsi.train.normalization import NormalizedModel, Normalizer
 from fastcsi.train.pretrain import start_run
 from fastcsi.train.splits import split_for_files, split_indices
@@ -70,7 +71,7 @@ def parse_targets(spec: str) -> tuple:
     return names
 
 
-UNITS = {"energy": ("meV", 1000.0), "forces": ("meV/Å", 1000.0)}
+UNITS = MAE_UNITS  # one convention for results.json, metrics.csv and the epoch lines
 
 
 def pretrain_record(pretrained_path: Path | None) -> dict:
@@ -262,22 +263,27 @@ def save_model(path, model: NormalizedModel, weights: dict, targets, elements, e
 
 
 def plot_learning_curve(history, path, metric: str, title: str = ""):
-    """Training loss and validation MAE per epoch (log scale)."""
+    """Training loss and validation MAE per epoch (log scale), the MAE in meV / meV/Å like
+    results.json; integer epoch ticks; the legend below the plot, clear of the title."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [r["epoch"] for r in history]
-    fig, ax1 = plt.subplots(figsize=(6, 4))
-    ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (normalised)")
+    fig, ax1 = plt.subplots(figsize=(6, 4.4))
+    handles = ax1.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss (normalised targets)")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("train loss")
+    ax1.set_ylabel("train loss (normalised)")
     ax1.set_yscale("log")
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
     key = f"val_{metric}_mae"
     if history and key in history[0]:
+        unit, factor = mae_unit(metric)
         ax2 = ax1.twinx()
-        ax2.plot(epochs, [r[key] for r in history], "s-", color="tab:red", label=f"val {metric} MAE")
-        ax2.set_ylabel(f"validation {metric} MAE (eV, eV/Å or native)")
+        handles += ax2.plot(epochs, [r[key] * factor for r in history], "s-", color="tab:red",
+                            label=f"validation {metric} MAE ({unit})")
+        ax2.set_ylabel(f"validation {metric} MAE ({unit})")
         ax2.set_yscale("log")
-        fig.legend(loc="upper right")
+    ax1.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     ax1.set_title(title, fontsize=9)
     save_figure(fig, path, dpi=100)
 

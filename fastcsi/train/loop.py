@@ -29,7 +29,7 @@ from fastcsi.train.config import TrainConfig
 from fastcsi.train.distributed import DistContext, all_reduce_gradients, rank_share
 from fastcsi.train.ema import EMA
 from fastcsi.train.losses import combine, loss_terms, normalized_labels
-from fastcsi.train.metrics import MetricsLogger
+from fastcsi.train.metrics import MetricsLogger, format_epoch_line
 from fastcsi.train.normalization import NormalizedModel
 from fastcsi.train.schedule import warmup_cosine_factor
 
@@ -351,10 +351,7 @@ class Trainer:
 
     @staticmethod
     def _format_row(row: dict) -> str:
-        parts = [f"epoch {row['epoch']}", f"step {row['step']}", f"loss {row['train_loss']:.4f}"]
-        parts += [f"{k} {v:.4g}" for k, v in row.items() if k.startswith("val_")]
-        parts.append(f"{row['train_structures_per_s']:.1f} structures/s")
-        return " | ".join(parts)
+        return format_epoch_line(row)  # MAEs in meV / meV/Å with their units, as results.json
 
     def ema_weights(self) -> dict:
         """State dict of the model with the EMA weights in place (what we release and test)."""
