@@ -128,11 +128,13 @@ def pretrain(data, mix, selection, sampling, samples, epochs, val_samples, model
 @click.option("--patience", type=int, default=None, help="Early-stopping patience in epochs (0 = off).")
 @click.option("--model", default="gemnet-oc-s", show_default=True, help="Architecture for --pretrained none.")
 @click.option("--base", default=None, help="Config name for a foreign checkpoint without hyperparameters.")
+@click.option("--weights", type=click.Choice(["raw", "ema"]), default="raw", show_default=True,
+              help="Weight set of a JMP / fairchem checkpoint: raw (its state_dict) or ema (its EMA weights).")
 @click.option("-o", "--out", "rundir", default="runs/finetune", show_default=True, type=click.Path())
 @_train_options
 @unit_options
 def finetune(pretrained, data, train_data, val_data, test_data, target, split, recipe, epochs, patience, model, base,
-             rundir, **kw):
+             weights, rundir, **kw):
     """Fine-tune a pretrained backbone (fresh heads) on a downstream task; report test MAE."""
     from fastcsi.train.config import recipe_for
     from fastcsi.train.finetune import FinetuneSettings, parse_targets, run_finetune
@@ -149,7 +151,7 @@ def finetune(pretrained, data, train_data, val_data, test_data, target, split, r
     settings = FinetuneSettings(
         pretrained=pretrained, data=data or train_data, val_data=val_data, test_data=test_data, target=target,
         split=split, recipe=chosen.name, model=model,
-        model_overrides=_model_overrides(kw["model_options"]), base=base, forces=kw["forces"],
+        model_overrides=_model_overrides(kw["model_options"]), base=base, weights=weights, forces=kw["forces"],
         device=kw["device"], rundir=rundir, train=cfg, trace=kw["trace"], progress=not kw["quiet"],
         data_options=unit_reader_options(kw["energy_unit"], kw["force_unit"]),
     )

@@ -52,15 +52,16 @@ def resolve_pretrained(spec) -> Path | None:
     return path
 
 
-def load_pretrained(path: Path, seed: int, overrides: dict, base: str | None = None):
-    """Load a backbone (ours or JMP / fairchem) and give it freshly initialised output heads.
+def load_pretrained(path: Path, seed: int, overrides: dict, base: str | None = None, weights: str = "raw"):
+    """Load a backbone (ours or JMP / fairchem; ``weights`` raw or ema, as ``load_backbone``) and
+    give it freshly initialised output heads.
 
     Fresh heads are seeded copies from a new model with the same hyperparameters, so the head
     initialisation is identical to a from-scratch model's with the same seed (a fair comparison).
     """
     from fastcsi.model import GemNetOC, load_backbone
 
-    model = load_backbone(path, base=base, **overrides)
+    model = load_backbone(path, base=base, weights=weights, **overrides)
     torch.manual_seed(seed)
     fresh = GemNetOC(**model.hparams)
     for name in HEADS:

@@ -28,7 +28,8 @@ from fastcsi.train.metrics import MAE_UNITS, mae_unit
 from fastcsi.train.normalization import NormalizedModel, Normalizer
 from fastcsi.train.pretrain import start_run
 from fastcsi.train.splits import split_for_files, split_indices
-from fastcsi.utils import atomic_write, load_torch_file, pyplot, save_figure, versions
+from fastcsi.safe_pickle import load_torch_foreign
+from fastcsi.utils import atomic_write, pyplot, save_figure, versions
 
 
 @dataclass
@@ -43,6 +44,7 @@ class FinetuneSettings:
     model: str = "gemnet-oc-s"  # architecture for --pretrained none
     model_overrides: dict = field(default_factory=dict)
     base: str | None = None  # config name for foreign checkpoints without hyperparameters
+    weights: str = "raw"  # raw | ema: which weight set of a JMP / fairchem checkpoint (load_backbone)
     forces: str = "auto"  # auto = the recipe's | direct | gradient
     device: str = "auto"
     rundir: str = "runs/finetune"
@@ -86,8 +88,10 @@ def pretrain_record(pretrained_path: Path | None) -> dict:
         info.update(kind="fastcsi-pretrain", rundir=str(record.parent.resolve()),
                     data=[d["path"] for d in data.get("data", [])], budget=data.get("budget", {}))
     else:
-        payload = load_torch_file(pretrained_path)  # already read once as the backbone: fails the same way
+        # a foreign checkpoint (JMP's Lightning files) holds pickled objects: read it as the backbone was
+        payload = load_torch_foreign(pretrained_path)
         extra = payload.get("extra", {}) if isinstance(payload, dict) else {}
+        extra = extra if isinstance(extra, dict) else {}
         info.update(kind=extra.get("kind", "foreign"), data=extra.get("data", []))
     return info
 
@@ -158,7 +162,8 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         gemnet = backbones.build(settings.model, cfg.seed, overrides)
         origin = f"fresh {settings.model} (no pretraining)"
     else:
-        gemnet = backbones.load_pretrained(pretrained, cfg.seed, overrides, base=settings.base)
+        gemnet = backbones.load_pretrained(pretrained, cfg.seed, overrides, base=settings.base,
+                                           weights=settings.weights)
         origin = f"pretrained backbone {pretrained} with fresh heads"
     if cfg.layer_lr == "auto":
         cfg = cfg.replace(layer_lr="jmp" if pretrained is not None else "none")

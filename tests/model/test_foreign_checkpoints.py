@@ -282,3 +282,17 @@ def test_damaged_file_is_one_line(jmp64, tmp_path):
     (tmp_path / "junk.ckpt").write_bytes(b"\x80\x02}q\x00(X\x01")
     with pytest.raises(FastCSIError, match="junk.ckpt: not a readable checkpoint"):
         load_backbone(tmp_path / "junk.ckpt")
+
+
+def test_finetune_starts_from_either_weight_set(jmp64):
+    from fastcsi.train.backbones import load_pretrained
+    from fastcsi.train.finetune import pretrain_record
+
+    model, path, marker = jmp64
+    key = "backbone.int_blocks.0.dense_ca.linear.weight"
+    raw, ema = (load_pretrained(path, 0, {}, weights=w) for w in ("raw", "ema"))
+    torch.testing.assert_close(raw.state_dict()[key], model.state_dict()[key], rtol=0, atol=0)
+    torch.testing.assert_close(ema.state_dict()[key], model.state_dict()[key] * 0.5, rtol=0, atol=0)
+    torch.testing.assert_close(raw.state_dict()["out_energy.0.weight"], ema.state_dict()["out_energy.0.weight"])
+    # the run's record of what the backbone was pretrained on reads the Lightning file too
+    assert pretrain_record(path)["kind"] == "foreign" and not marker.exists()
