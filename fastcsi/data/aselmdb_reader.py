@@ -27,7 +27,7 @@ import numpy as np
 
 from fastcsi.data.ase_readers import _AseLabels
 from fastcsi.data.base import Dataset, HeaderIndexed, formula_of
-from fastcsi.data.lmdb_reader import check_complete, forget_inherited
+from fastcsi.data.lmdb_reader import check_complete, forget_inherited, release_pages
 from fastcsi.errors import FastCSIError
 
 # in order of preference; see the module docstring for which dataset uses which
@@ -189,4 +189,5 @@ class AseLmdbDataset(HeaderIndexed, _AseLabels, Dataset):
                 numbers = _numbers_of(doc, where)
                 natoms[k] = len(numbers)
                 keys[k] = _class_of(doc, numbers)
+        release_pages(self.path)
         return keys, natoms

@@ -255,6 +255,28 @@ def forget_inherited(handles: dict, key, close):
         close(handles.pop(other))
 
 
+def release_pages(path):
+    """Drop this process's mapped pages of ``path`` (LMDB files are read through a shared mmap):
+    after a pass over every entry they would otherwise stay in the process's RSS, which a cluster
+    job's memory limit counts. The data stays in the page cache; a later read maps it again.
+    Linux only (/proc/self/maps and madvise); elsewhere nothing is done."""
+    import ctypes
+    import ctypes.util
+
+    target = str(Path(path).resolve())
+    try:
+        with open("/proc/self/maps") as maps:
+            ranges = [line.split()[0] for line in maps if line.rstrip().endswith(" " + target)]
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return
+    madvise = libc.madvise
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    for span in ranges:
+        start, end = (int(x, 16) for x in span.split("-"))
+        madvise(start, end - start, 4)  # MADV_DONTNEED: read-only file pages, refetched on access
+
+
 def check_complete(env, path):
     """Refuse a truncated file: pages past its end are no error to lmdb, reading one faults (SIGBUS)."""
     needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
@@ -366,6 +388,7 @@ class LmdbDataset(HeaderIndexed, Dataset):
                     keys[k], natoms[k] = self._unpickled_header(raw, i)
                 else:
                     keys[k], natoms[k] = str(sid), count
+        release_pages(self.path)
         return keys, natoms
 
     def _unpickled_header(self, raw: bytes, i: int):

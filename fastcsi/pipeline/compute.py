@@ -120,6 +120,7 @@ def dataset_stats(
     per_element: bool = True,
     batch_size: int = 16,
     num_workers: int = 0,
+    max_atoms: int | None = None,
     ctx=None,
     profiler=None,
     cache: StatsCache | None = None,
@@ -161,7 +162,7 @@ def dataset_stats(
     classes = _class_labels(dataset) if per_class else None
     stats, class_stats, n_structures, n_atoms = _accumulate(
         dataset, indices, label, extractor, agg=agg, track_groups=bool(per_element and agg == "flat"),
-        classes=classes, batch_size=batch_size, num_workers=num_workers, ctx=ctx, profiler=profiler,
+        classes=classes, batch_size=batch_size, num_workers=num_workers, max_atoms=max_atoms, ctx=ctx, profiler=profiler,
         bar=_progress_bar(label, spec, len(indices) * ctx.world_size) if progress and ctx.is_main else None,
         tracer=tracer or _NoTrace())
     _describe(stats, fields, key, dataset, label, extractor, n_structures, n_atoms)
@@ -209,7 +210,7 @@ def _progress_bar(label, spec: SampleSpec, total: int):
 
 
 def _accumulate(dataset, indices, label, extractor, *, agg, track_groups, classes, batch_size, num_workers, ctx,
-                profiler, bar, tracer):
+                profiler, bar, tracer, max_atoms=None):
     """One streaming pass: features of ``indices`` through ``extractor`` into FeatureStats (and
     per-class stats when ``classes`` = (names, class of each structure)), merged over ranks.
     Returns ``(stats, class_stats or None, n_structures, n_atoms)``."""
@@ -225,7 +226,7 @@ def _accumulate(dataset, indices, label, extractor, *, agg, track_groups, classe
     error = None
     try:
         batches = iter(iter_batches(dataset, indices, batch_size=batch_size, dtype=extractor.dtype,
-                                    device=extractor.device, num_workers=num_workers))
+                                    device=extractor.device, num_workers=num_workers, max_atoms=max_atoms))
         while True:
             with profiler.stage("read"):
                 batch = next(batches, None)

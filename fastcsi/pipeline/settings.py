@@ -111,6 +111,7 @@ class SelectSettings:
     device: str = "auto"
     batch_size: int = 16
     num_workers: int = 0
+    max_atoms_per_batch: int | None = None  # batches also capped in atoms: memory bounded by the budget
     threads: int | None = None  # intra-op CPU threads; None = auto (see backbone.apply_thread_policy)
     format: str | None = None
     data_options: dict = field(default_factory=dict)
@@ -131,6 +132,8 @@ class SelectSettings:
             raise FastCSIError(f"--threads {self.threads}: must be a positive integer or 'auto'")
         if self.num_workers < 0:
             raise FastCSIError(f"--num-workers {self.num_workers}: must be >= 0")
+        if self.max_atoms_per_batch is not None and self.max_atoms_per_batch < 1:
+            raise FastCSIError(f"--max-atoms-per-batch {self.max_atoms_per_batch}: must be a positive integer")
 
     def to_dict(self) -> dict:
         out = asdict(self)

@@ -77,7 +77,8 @@ def write_extxyz(path, frames=4):
 
 
 # --- LMDB written like fairchem does: pickled torch_geometric Data (faked module) -------------------
-def write_lmdb(path, n=3, pyg2=True, payload=None):
+def write_lmdb(path, n=3, pyg2=True, payload=None, entries=None):
+    """``n`` 4-atom entries, or one per ``entries`` item ``(atomic numbers, positions, cell or None, sid)``."""
     import lmdb
 
     data_mod = types.ModuleType("torch_geometric.data.data")
@@ -90,13 +91,22 @@ def write_lmdb(path, n=3, pyg2=True, payload=None):
         Data = type("Data", (), {"__module__": data_mod.__name__})
         Storage = type("GlobalStorage", (), {"__module__": storage_mod.__name__})
         data_mod.Data, storage_mod.GlobalStorage = Data, Storage
-        env = lmdb.open(str(path), subdir=False, map_size=1 << 24)
+        n = n if entries is None else len(entries)
+        env = lmdb.open(str(path), subdir=False, map_size=1 << 30)
         with env.begin(write=True) as txn:
             for i in range(n):
                 fields = {"pos": torch.randn(4, 3), "cell": 10 * torch.eye(3).unsqueeze(0),
                           "atomic_numbers": torch.tensor([29.0, 29.0, 8.0, 1.0]), "natoms": 4,
                           "tags": torch.tensor([0, 1, 2, 2]), "y": float(i), "force": torch.randn(4, 3),
                           "sid": 100 + i % 2, "fid": i}
+                if entries is not None:
+                    numbers, positions, cell, sid = entries[i]
+                    m = len(numbers)
+                    fields.update(pos=torch.as_tensor(positions, dtype=torch.float32), natoms=m, sid=sid,
+                                  atomic_numbers=torch.as_tensor(numbers, dtype=torch.float32),
+                                  tags=torch.full((m,), 2), force=torch.zeros(m, 3))
+                    fields["cell"] = (torch.as_tensor(cell, dtype=torch.float32).reshape(1, 3, 3) if cell is not None
+                                      else 10 * torch.eye(3).unsqueeze(0))
                 d = Data()
                 if pyg2:
                     store = Storage()
