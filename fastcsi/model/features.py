@@ -97,17 +97,30 @@ def _extract(model, batch, block, kind):
         return total / count[:, None]
 
 
+_HEAD_PREFIXES = ("out_energy.", "out_forces.")
+
+
 def extractor_fingerprint(model, layer: str = DEFAULT_LAYER, kind: str = DEFAULT_KIND) -> str:
-    """Stable hex digest of (hyperparameters, every weight and buffer, layer, kind): two CSI
-    statistics are comparable only when their fingerprints are equal."""
+    """Stable hex digest of (hyperparameters, every backbone weight and buffer, layer, kind): two
+    CSI statistics are comparable only when their fingerprints are equal. The output heads are left
+    out: no feature passes through them, and a head-less checkpoint (JMP's pretraining files,
+    fastcsi's released backbones) gets freshly drawn heads on every load."""
     _parse_layer(model, layer)
     _check_kind(model, kind)
     digest = hashlib.sha256()
     # the scale-factor values are hashed with the weights; where they were read from is not
-    hparams = {k: v for k, v in model.hparams.items() if k != "scale_file"}
+    hparams = {k: v for k, v in model.hparams.items() if k not in ("scale_file", "head_num_mlps")}
     digest.update(json.dumps(hparams, sort_keys=True).encode())
     digest.update(f"|{layer}|{kind}|".encode())
+    # The weight set taken from a file that holds two (JMP / fairchem: raw or EMA) names the features
+    # even where both sets happen to agree; the default (raw) adds nothing, so earlier fingerprints
+    # stay valid. Keys dropped on loading (task steps, pretraining heads) never reach the model.
+    weights = (getattr(model, "load_info", None) or {}).get("weights", "raw")
+    if weights != "raw":
+        digest.update(f"weights={weights}|".encode())
     for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(_HEAD_PREFIXES):
+            continue
         t = tensor.detach().to("cpu").contiguous()
         digest.update(name.encode())
         digest.update(str(t.dtype).encode())

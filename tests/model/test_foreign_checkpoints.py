@@ -296,3 +296,19 @@ def test_finetune_starts_from_either_weight_set(jmp64):
     torch.testing.assert_close(raw.state_dict()["out_energy.0.weight"], ema.state_dict()["out_energy.0.weight"])
     # the run's record of what the backbone was pretrained on reads the Lightning file too
     assert pretrain_record(path)["kind"] == "foreign" and not marker.exists()
+
+
+def test_fingerprint_names_the_weight_set_not_the_dropped_keys(jmp64, tmp_path):
+    from fastcsi.model import extractor_fingerprint
+
+    model, path, marker = jmp64
+    raw = load_backbone(path)
+    # the same weights without the task steps and pretraining heads: the same fingerprint
+    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith(("out_energy.", "out_forces."))},
+               tmp_path / "backbone_only.pt")
+    bare = load_backbone(tmp_path / "backbone_only.pt", **model.hparams)
+    # and loading a head-less file twice (fresh heads drawn each time) names the same features
+    assert extractor_fingerprint(raw) == extractor_fingerprint(bare) == extractor_fingerprint(load_backbone(path))
+    ema = load_backbone(path, weights="ema")
+    ema.load_state_dict(raw.state_dict())  # even identical weights: the weight set is part of the name
+    assert extractor_fingerprint(ema) != extractor_fingerprint(raw)
