@@ -49,7 +49,10 @@ def _targets(spec):
 @click.option("-o", "--out", required=True, type=click.Path(), help="OUT.extxyz (or .xyz) or OUT.db.")
 @_run_options
 @unit_options
-def predict(model_path, data, out, target, batch_size, device, dtype, threads, quiet, energy_unit, force_unit):
+@click.option("--max-atoms-per-batch", type=int, default=None, metavar="N",
+              help="Also cap every batch at N atoms (a larger structure goes alone): memory follows N.")
+def predict(model_path, data, out, target, batch_size, device, dtype, threads, quiet, energy_unit, force_unit,
+            max_atoms_per_batch):
     """Write every structure of DATA with the model's predictions under fastcsi_* keys."""
     from fastcsi.inference import predict_file
     from fastcsi.inference.predict import output_format
@@ -57,7 +60,7 @@ def predict(model_path, data, out, target, batch_size, device, dtype, threads, q
     output_format(out)  # a bad extension fails before the model loads
     model = _load(model_path, device, dtype, threads)
     record = predict_file(model, data, out, properties=_targets(target), batch_size=batch_size, progress=not quiet,
-                          data_options=unit_reader_options(energy_unit, force_unit))
+                          data_options=unit_reader_options(energy_unit, force_unit), max_atoms=max_atoms_per_batch)
     keys = ", ".join(record["written_keys"]) or "no predictions"
     click.echo(f"wrote {record['written']} structures with {keys} to {out} (record: {out}.json)")
 

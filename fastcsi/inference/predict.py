@@ -33,8 +33,9 @@ def output_format(out) -> str:
 
 
 def iter_predictions(model, dataset, properties=None, batch_size: int = 32, progress: bool = True,
-                     desc: str = "predict"):
-    """Yield ``(index, structure, prediction)`` in dataset order, reading ``batch_size`` at a time."""
+                     desc: str = "predict", max_atoms: int | None = None):
+    """Yield ``(index, structure, prediction)`` in dataset order, reading ``batch_size`` at a time
+    (and at most ``max_atoms`` atoms a batch when given: memory then follows that budget)."""
     from tqdm import tqdm
 
     if batch_size < 1:
@@ -44,10 +45,14 @@ def iter_predictions(model, dataset, properties=None, batch_size: int = 32, prog
     path = getattr(dataset, "path", "data")
     bar = None
     try:
-        for start in range(0, n, batch_size):
-            indices = range(start, min(n, start + batch_size))
+        from fastcsi.data import plan_batches
+
+        if max_atoms is not None and max_atoms < 1:
+            raise FastCSIError(f"--max-atoms-per-batch must be at least 1, got {max_atoms}")
+        natoms = dataset.n_atoms_per_structure() if max_atoms else None
+        for indices in plan_batches(range(n), batch_size, natoms, max_atoms):
             structures = [dataset[i] for i in indices]
-            results = model.predict(structures, properties, where=lambda k: f"{path}: structure {start + k}")
+            results = model.predict(structures, properties, where=lambda k: f"{path}: structure {indices[k]}")
             if bar is None:  # after the first batch: a mistake found there prints its one line alone
                 bar = tqdm(total=n, desc=desc, unit="structure", file=sys.stderr, disable=not progress,
                            dynamic_ncols=True)
@@ -77,7 +82,7 @@ def prediction_values(prediction: dict):
 
 
 def predict_file(model, data, out, properties=None, batch_size: int = 32, progress: bool = True,
-                 data_options: dict | None = None) -> dict:
+                 data_options: dict | None = None, max_atoms: int | None = None) -> dict:
     """Predict every structure of ``data`` (any readable format; ``data_options`` such as
     ``energy_unit`` go to its reader) into ``out`` (.extxyz/.xyz/.db); returns the record written
     to ``OUT.json``."""
@@ -89,14 +94,15 @@ def predict_file(model, data, out, properties=None, batch_size: int = 32, progre
         raise FastCSIError(f"{out}: the output would overwrite the input; choose another -o")
     properties = model.check_properties(properties or model.properties)
     dataset = open_dataset(data, **(data_options or {}))
-    stream = iter_predictions(model, dataset, properties, batch_size, progress)
+    stream = iter_predictions(model, dataset, properties, batch_size, progress, max_atoms=max_atoms)
     record = {"kind": "fastcsi-predict", "model": model.describe(),
               "data": {"path": str(Path(data).resolve()), "format": dataset.format, "structures": len(dataset),
                        "fingerprint": getattr(dataset, "fingerprint", None), "units_note": dataset.units_note,
                        "options": dict(data_options or {})},
               "keys": {p: PREFIX + p for p in properties},
               "units": {p: UNITS.get(p, "native") for p in properties},
-              "settings": {"batch_size": batch_size, "properties": list(properties)}, "versions": versions()}
+              "settings": {"batch_size": batch_size, "max_atoms_per_batch": max_atoms, "properties": list(properties)},
+              "versions": versions()}
     written_keys: set = set()  # stress only where a structure is fully periodic
 
     def annotated():

@@ -93,3 +93,27 @@ def test_header_pass_leaves_no_mapped_pages_behind(tmp_path, monkeypatch):
     assert mapped_kb() > 64  # (the measure sees pages when they are mapped)
     release_pages(path)
     assert mapped_kb() < 64
+
+
+def test_predict_batches_follow_the_atom_budget(tmp_path):
+    from fastcsi.inference.predict import iter_predictions
+
+    sizes = [3, 3, 10, 2, 2, 2, 7]
+
+    class CountingModel:
+        properties = ("energy",)
+        batches = []
+
+        def check_properties(self, properties):
+            return list(properties)
+
+        def predict(self, structures, properties, where):
+            self.batches.append([s.n_atoms for s in structures])
+            return [{"energy": 0.0} for _ in structures]
+
+    path = write_lmdb(tmp_path / "mixed.lmdb",
+                      entries=[([1] * m, np.arange(3 * m).reshape(m, 3), None, i) for i, m in enumerate(sizes)])
+    model = CountingModel()
+    done = list(iter_predictions(model, open_dataset(path), batch_size=4, progress=False, max_atoms=6))
+    assert [i for i, _, _ in done] == list(range(7))
+    assert model.batches == [[3, 3], [10], [2, 2, 2], [7]]  # never above 6 atoms but for a structure alone
