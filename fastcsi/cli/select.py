@@ -266,6 +266,11 @@ def compute(dataset, output, sampling, samples, seed, **kw):
     )
     if _is_main_rank():
         meta = stats.metadata
+        outliers = meta.get("feature_outliers") or {}
+        if outliers.get("n_outlier_atoms"):
+            from fastcsi.pipeline.select import outlier_warning
+
+            click.echo(f"fastcsi: warning: {outlier_warning(str(dataset), [outliers])}", err=True)
         click.echo(
             f"{output}: {meta.get('n_structures', 0):,} structures, {meta.get('n_atoms', 0):,} atoms, "
             f"{stats.count:,} samples of dimension {meta.get('feature_dim')} "

@@ -450,11 +450,11 @@ def _feature_outliers(down_src, up_srcs, per_seed_down, settings, provider, warn
     for label in dict.fromkeys(e["dataset"] for e in entries):
         found = [e for e in entries if e["dataset"] == label and e.get("n_outlier_atoms")]
         if found:
-            warnings.append(_outlier_warning(label, found))
+            warnings.append(outlier_warning(label, found))
     return entries
 
 
-def _outlier_warning(label: str, found: list) -> str:
+def outlier_warning(label: str, found: list) -> str:
     """One line for a dataset with outlier atoms (the worst of its samples)."""
     worst = max(found, key=lambda e: (e["trace_share"], e["n_outlier_atoms"]))
     text = (f"{label}: {worst['n_outlier_atoms']:,} atom(s) in {worst['n_outlier_structures']:,} structure(s) have "
@@ -465,7 +465,7 @@ def _outlier_warning(label: str, found: list) -> str:
                  "CSI trace term")
     if all(e.get("dropped") for e in found):
         return text + "; those structures were left out (--drop-outlier-structures)"
-    return text + "; see feature_outliers in csi.json, or rank without them with --drop-outlier-structures"
+    return text + " (listed under feature_outliers); --drop-outlier-structures ranks without them"
 
 
 def _pair_values(seed, down, up, res) -> dict:
