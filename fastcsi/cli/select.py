@@ -92,7 +92,7 @@ def _select_options(func):
         click.option("--upstream", "upstreams", type=click.Path(), multiple=True,
                      help="Candidate upstream dataset or stats .npz (repeat). Default: the bundled demo upstreams."),
         click.option("--samples", default=None,
-                     help="Structures per dataset, or 'all' to stream everything. [default: 10000; demo: 96]"),
+                     help="Structures per dataset, or 'all' to stream everything. [default: 10000; demo: 224]"),
         click.option("--upstream-sampling", default="balanced", show_default=True,
                      help="random, balanced (equal quota per class) or all."),
         click.option("--downstream-sampling", default="random", show_default=True, help="random, balanced or all."),

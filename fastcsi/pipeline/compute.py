@@ -131,6 +131,8 @@ def dataset_stats(
 ):
     """The :class:`FeatureStats` of ``spec``'s sample of ``dataset`` (from ``cache`` when present).
 
+    ``max_atoms``: batches hold at most this many atoms as well as ``batch_size`` structures (peak
+    memory then follows the atom budget, not the structures drawn; a larger structure goes alone).
     ``exclude``: dataset indices left out of the sample (the structures holding outlier atoms, for
     ``--drop-outlier-structures``); they are part of the cache key.
 
@@ -321,6 +323,8 @@ def _describe(stats, fields: dict, key: str, dataset, label, extractor, n_struct
         n_structures=int(n_structures),
         n_atoms=int(n_atoms),
         backbone=extractor.description,
+        extractor_name=extractor.name,
+        pretrained=bool(extractor.pretrained),
         feature_dim=extractor.dim,
     )
 

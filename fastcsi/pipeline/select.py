@@ -49,12 +49,19 @@ class _Source:
 def _check_settings_match(down, up, down_label, up_label):
     from fastcsi.stats import check_comparable
 
+    # CSI values of two extractors live in different feature spaces: never on one axis.
+    a_name, b_name = down.metadata.get("extractor_name"), up.metadata.get("extractor_name")
+    if a_name is not None and b_name is not None and a_name != b_name:
+        raise FastCSIError(
+            f"{up_label} was computed with extractor {b_name} but {down_label} with {a_name}; CSI values of "
+            "different extractors are not comparable (compute both with the same --backbone)"
+        )
     try:
         check_comparable(down, up)
     except FastCSIError as exc:
         raise FastCSIError(
             f"{up_label} cannot be compared with {down_label}: {exc} (compute both with the same "
-            "--checkpoint, --layer and --kind)"
+            "--backbone, --layer and --kind)"
         ) from None
     for name in _MUST_MATCH:
         a, b = down.metadata.get(name), up.metadata.get(name)
@@ -212,7 +219,8 @@ def run_select(
             def make_extractor():
                 if extractor is not None:
                     return extractor
-                return load_extractor(checkpoint, settings.layer, settings.kind, device, settings.dtype)
+                return load_extractor(settings.backbone, checkpoint, settings.layer, settings.kind, device,
+                                      settings.dtype)
 
             trace_cm = torch_trace(outdir / "trace" if outdir is not None else None,
                                    enabled=trace and ctx.is_main and outdir is not None)
@@ -239,7 +247,8 @@ def run_select(
             run_settings.update(provider.extractor.describe())
         else:  # every input was a stats file: describe the extractor they share
             meta = sources[0].obj.metadata
-            run_settings.update({k: meta.get(k) for k in ("backbone", "extractor", "layer", "kind", "feature_dim")})
+            run_settings.update({k: meta.get(k) for k in ("extractor_name", "pretrained", "backbone", "extractor",
+                                                          "layer", "kind", "feature_dim")})
         run_settings.update(
             checkpoint=None if checkpoint is None else str(checkpoint),
             device=str(device),
@@ -247,7 +256,12 @@ def run_select(
             threads=torch.get_num_threads(),
             cache_dir=None if cache.directory is None else str(cache.directory),
         )
+        if run_settings.get("pretrained") is False:
+            from fastcsi.pipeline.backbone import UNTRAINED_WARNING
+
+            result["warnings"].insert(0, UNTRAINED_WARNING)
         result.update(
+            extractor=run_settings.get("extractor_name"),
             settings=run_settings,
             versions=versions(),
             wall_s=wall,
@@ -391,6 +405,7 @@ def _precheck(sources, settings, provider):
         ext = provider.extractor
         reference = FeatureStats(ext.dim, metadata={
             "extractor": ext.fingerprint, "layer": ext.layer, "kind": ext.kind, "aggregation": settings.agg,
+            "extractor_name": ext.name,
         })
         ref_label = f"the backbone of this run ({ext.description})"
     for src in stats_sources:
@@ -655,7 +670,8 @@ def compute_stats_file(
         if kind_ != "dataset":
             raise FastCSIError(f"{dataset_path}: is already a stats file, not a dataset")
         try:
-            ext = extractor or load_extractor(checkpoint, settings.layer, settings.kind, dev, settings.dtype)
+            ext = extractor or load_extractor(settings.backbone, checkpoint, settings.layer, settings.kind, dev,
+                                              settings.dtype)
             apply_thread_policy(ext, settings.threads)
             spec = SampleSpec.make(sampling, settings.samples, seed, len(dataset))
             stats, _ = dataset_stats(

@@ -43,4 +43,4 @@ def tiny_data(tmp_path_factory):
 def extractor():
     from fastcsi.pipeline.backbone import load_extractor
 
-    return load_extractor(None, "final", "node", "cpu", "float64")
+    return load_extractor("gemnet-oc-random", None, "final", "node", "cpu", "float64")

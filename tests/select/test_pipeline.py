@@ -201,7 +201,7 @@ def test_default_backbone_is_reproducible_across_thread_counts():
         prints = set()
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            prints.add(load_extractor(None, "final", "node", "cpu", "float32").fingerprint)
+            prints.add(load_extractor("gemnet-oc-random", None, "final", "node", "cpu", "float32").fingerprint)
     finally:
         torch.set_num_threads(before)
     assert len(prints) == 1 and torch.get_num_threads() == before
