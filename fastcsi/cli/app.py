@@ -101,6 +101,9 @@ def _raise_interrupted(signum, frame):
 
 
 def main(argv=None):
+    from fastcsi.threads import prefer_passive_omp_wait
+
+    prefer_passive_omp_wait()  # the process is ours: idle OpenMP workers sleep, not spin (before torch loads)
     previous = signal.getsignal(signal.SIGINT)
     if previous is signal.default_int_handler:  # leave a handler the embedding program set alone
         signal.signal(signal.SIGINT, _raise_interrupted)

@@ -9,6 +9,11 @@ stress (fully periodic structures, models whose forces are -dE/dx) from the same
 asked for. ``calculate_many`` predicts a list of structures in batches. Bad input raises
 :class:`FastCSIError`; a property the model or structure cannot give raises ``NotAvailableError``,
 which is also ASE's ``PropertyNotImplementedError``.
+
+``threads``: torch's intra-op CPU threads while the calculator predicts (restored afterwards).
+``"auto"`` (default) gives a small model one thread on CPU: with torch's default, an MD run on a
+busy machine ran 5-700x slower (threads spinning against the other processes; see
+:mod:`fastcsi.threads`). An integer is used as given.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from fastcsi.errors import FastCSIError
 from fastcsi.inference.model import TrainedModel, load_model
+from fastcsi.threads import thread_policy
 
 
 class NotAvailableError(FastCSIError, PropertyNotImplementedError):
@@ -34,12 +40,16 @@ def structure_of(atoms, index: int = 0):
 class FastCSICalculator(Calculator):
     """ASE calculator of a fine-tuning (or pretraining) run directory, its ``final.pt``, or a
     loaded :class:`~fastcsi.inference.TrainedModel`. ``dtype``: float32 (as trained; fast) or
-    float64 (MD energy conservation, finite-difference checks)."""
+    float64 (MD energy conservation, finite-difference checks); ``threads``: ``"auto"`` or a count
+    (see the module docstring)."""
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model, device="auto", dtype="float32", batch_size: int = 32, **kwargs):
+    def __init__(self, model, device="auto", dtype="float32", batch_size: int = 32, threads="auto", **kwargs):
+        from fastcsi.pipeline.settings import parse_threads
+
         super().__init__(**kwargs)
+        self.threads = parse_threads(threads)  # checked before the model loads
         self.model = model if isinstance(model, TrainedModel) else load_model(model, device=device, dtype=dtype)
         if self.model.target != "energy":
             raise FastCSIError(f"{self.model.source.get('path', 'the model')} predicts {self.model.target!r}, not an "
@@ -73,7 +83,9 @@ class FastCSICalculator(Calculator):
         wanted = ("energy", "forces", "stress") if want_stress else ("energy", "forces")
         where = (lambda i: "atoms") if single else (lambda i: f"structure {offset + i}")
         results = []
-        for r in self.model.predict(structures, wanted, where=where):
+        with thread_policy(self.model.network, self.model.device, self.threads):
+            predictions = self.model.predict(structures, wanted, where=where)
+        for r in predictions:
             entry = {"energy": r["energy"], "free_energy": r["energy"], "forces": r["forces"]}
             if want_stress:
                 entry["stress"] = full_3x3_to_voigt_6_stress(r["stress"])

@@ -44,7 +44,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps; 0 = only at epoch ends and at the end
     early_stopping_patience: int = 0  # epochs without validation improvement; 0 = off
     stop_after_steps: int = 0  # interrupt (checkpoint then return) after this many steps; 0 = off
-    max_threads: int = 0  # torch.set_num_threads; 0 = leave alone
+    max_threads: int = 0  # torch intra-op threads; 0 = auto (fastcsi.threads: one for a small model on CPU)
     # Layer-wise learning-rate scales (layer_lr.py): "none" | "jmp" | "name=scale,..."; fine-tuning
     # recipes say "auto" = "jmp" for a pretrained backbone, "none" from scratch.
     layer_lr: str = "none"

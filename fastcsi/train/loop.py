@@ -23,6 +23,7 @@ import torch
 from fastcsi.data import collate
 from fastcsi.errors import FastCSIError
 from fastcsi.profiling import Profiler, torch_trace
+from fastcsi.threads import apply_threads
 from fastcsi.train import checkpoint as ckpt
 from fastcsi.train import layer_lr
 from fastcsi.train.config import TrainConfig
@@ -255,8 +256,8 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> FitResult:
         cfg = self.config
-        if cfg.max_threads:
-            torch.set_num_threads(cfg.max_threads)
+        # the one thread policy of every command (a tiny model on a busy CPU stalls with torch's default)
+        apply_threads(self.model, self.device, cfg.max_threads or None)
         last = self.rundir / ckpt.LAST
         if resume and not last.is_file():
             # an interrupt before the first checkpoint leaves nothing to continue: the same run from step 0
