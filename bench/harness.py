@@ -29,8 +29,12 @@ Row schema (one dict per kernel x case x method):
   ratios                               {baseline: baseline seconds / seconds}, same run, same case
   roofline                             achieved FLOP/s and B/s vs the measured peaks
   note                                 why skipped / failed, or what the row means
+  load_average, spread                 1-min load when the case was timed; (max - min) / median of times
+  timing_warnings                      why this row's time may not hold: load above the cores, wide spread
+  unreliable_ratios                    baselines whose ratio involves a row with timing warnings
 Ratios are only ever taken between rows of one run; a figure recorded elsewhere may appear as a
-note, never as a divisor.
+note, never as a divisor. A ratio from a loaded machine or from repeats that disagree is marked (†
+in the tables), not dropped: the reader decides, knowing it may not hold.
 """
 from __future__ import annotations
 
@@ -281,8 +285,9 @@ def run_case(case: Case, device: str = "cpu", log=_default_log) -> list[dict]:
                 timings[name] = measure(fn, device, case.repeats, case.warmup)
             except Exception as exc:
                 _raised(timed[name][0], exc, log, f"{case.kernel} / {case.name} / {name} (timing)")
+    load = _load_now()  # the 1-min load over the timing just done (with this process in it)
     for name, timing in timings.items():
-        timed[name][0].update(timing)
+        timed[name][0].update(timing, load_average=load)
     return rows
 
 
@@ -307,8 +312,36 @@ def setup_error_row(kernel: str, exc: Exception) -> dict:
             "note": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
 
 
+# (max - min) / median of the repeats above which a row's time is not one number (quiet runs: < 0.2)
+WIDE_SPREAD = 0.5
+
+
+def _load_now():
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
+def timing_warnings(row: dict, cores: int | None = None) -> list[str]:
+    """Why ``row``'s median may not hold: the machine was loaded beyond its cores while it was
+    timed, or its repeats disagree widely (other processes took the cores for part of the time)."""
+    cores = cores or os.cpu_count() or 1
+    out = []
+    load = row.get("load_average")
+    if load is not None and load > cores:
+        out.append(f"load {load:.1f} > {cores} cores")
+    if row.get("spread") is not None and row["spread"] > WIDE_SPREAD:
+        out.append(f"spread {100 * row['spread']:.0f}% over {len(row['times'])} repeats")
+    return out
+
+
 def finish_rows(rows: list[dict], peaks: dict | None) -> list[dict]:
-    """Fill throughput, ratios vs every baseline of the same kernel, case and size, and the roofline."""
+    """Fill throughput, ratios vs every baseline of the same kernel, case and size, and the roofline;
+    mark timings (and the ratios built on them) that a loaded machine or disagreeing repeats make
+    doubtful."""
+    for row in rows:
+        times = [t for t in row.get("times") or [] if t is not None]
+        row["spread"] = ((max(times) - min(times)) / row["seconds"]
+                         if len(times) >= 2 and row.get("seconds") else None)
+        row["timing_warnings"] = timing_warnings(row) if row["status"] == "ok" and row.get("seconds") else []
     for row in rows:
         ok = row["status"] == "ok" and row.get("seconds")
         row["throughput"] = row["items"] / row["seconds"] if ok and row.get("items") else None
@@ -323,6 +356,8 @@ def finish_rows(rows: list[dict], peaks: dict | None) -> list[dict]:
                     and other is not row \
                     and other["role"] == "baseline" and other["status"] == "ok" and other.get("seconds"):
                 row["ratios"][other["method"]] = other["seconds"] / row["seconds"]
+                if row["timing_warnings"] or other["timing_warnings"]:
+                    row.setdefault("unreliable_ratios", []).append(other["method"])
     return rows
 
 
@@ -481,7 +516,9 @@ def optional(module: str):
 def build_report(rows: list[dict], settings: dict, kernels: dict, peaks: dict | None, device: str,
                  seconds: float) -> dict:
     rows = finish_rows(rows, peaks)
-    return {"schema": "fastcsi.bench/2", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    doubtful = [f"{r['kernel']} / {r['case']} / {r['method']}: {'; '.join(r['timing_warnings'])}"
+                for r in rows if r.get("timing_warnings")]
+    return {"schema": "fastcsi.bench/2", "timing_warnings": doubtful, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "settings": settings, "machine": machine_info(device), "versions": package_versions(),
             "blas": blas_report(), "peaks": peaks, "kernels": kernels, "rows": rows, "failed": failed_rows(rows),
             "skipped": [f"{r['kernel']} / {r['method']}: {r['note']}" for r in rows if r["status"] == "skipped"],
@@ -524,18 +561,37 @@ def status_text(row: dict) -> str:
 def kernel_table(rows: list[dict], roofline_column: bool = True) -> list[str]:
     """Markdown table lines of one kernel's rows: time, CPU time, throughput, same-run ratios."""
     baselines = list(dict.fromkeys(m for r in rows for m in r.get("ratios", {})))
+    doubtful = any(r.get("timing_warnings") for r in rows)
     header = ["case", "size", "method", "role", "median s", "CPU s", "throughput",
               *[f"x vs {b}" for b in baselines], "correct (err)"] + (["roofline"] if roofline_column else [])
+    header += ["timing (†: may not hold)"] if doubtful else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["case"], f"{fmt(r['size'])} {r['size_unit']}", r["method"], r["role"], fmt(r.get("seconds")),
                  fmt(r.get("cpu_seconds")),
                  f"{si(r['throughput'])}{r['items_unit']}/s" if r.get("throughput") else "",
-                 *[fmt(r.get("ratios", {}).get(b)) for b in baselines], status_text(r)]
+                 *[_ratio_text(r, b) for b in baselines], status_text(r)]
         if roofline_column:
             cells.append(_roof_text(r.get("roofline") or {}))
+        if doubtful:
+            cells.append(("† " + "; ".join(r["timing_warnings"])) if r.get("timing_warnings") else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _ratio_text(row: dict, baseline: str) -> str:
+    text = fmt(row.get("ratios", {}).get(baseline))
+    return f"{text} †" if text and baseline in row.get("unreliable_ratios", []) else text
+
+
+def timing_caveat(report: dict) -> list[str]:
+    """The line above the tables when some timings may not hold (empty otherwise)."""
+    doubtful = report.get("timing_warnings") or []
+    if not doubtful:
+        return []
+    return [f"**{len(doubtful)} timing(s) marked †: taken with the load average above the cores or with "
+            f"repeats more than {100 * WIDE_SPREAD:.0f}% apart. Their ratios may not hold (they can "
+            "contradict each other); rerun on an idle machine before quoting them.**", ""]
 
 
 def _roof_text(roof: dict) -> str:
@@ -575,6 +631,7 @@ def markdown(report: dict) -> str:
         lines += [f"measured peaks ({peaks['device']}): bandwidth {si(peaks.get('bandwidth_Bps'))}B/s, "
                   f"float32 {si(peaks.get('flops_float32'))}FLOP/s, float64 {si(peaks.get('flops_float64'))}FLOP/s "
                   f"({'; '.join(peaks['method'].values())})", ""]
+    lines += timing_caveat(report)
     for kernel, rows in by_kernel(report["rows"]).items():
         meta = report["kernels"].get(kernel, {})
         lines += [f"## {kernel}", "", meta.get("description", ""), "", *kernel_table(rows)]

@@ -20,7 +20,7 @@ VERSIONS = ("fastcsi", "torch", "numpy", "scipy", "triton", "numba", "vesin", "m
 
 def render(report: dict, note: str | None = None) -> str:
     """The Markdown block (without the markers) for one bench.json report."""
-    from fastcsi._bench.harness import by_kernel, kernel_table, machine_line
+    from fastcsi._bench.harness import by_kernel, kernel_table, machine_line, timing_caveat
 
     settings = report["settings"]
     versions = report.get("versions") or {}
@@ -32,6 +32,7 @@ def render(report: dict, note: str | None = None) -> str:
         lines.append(f"- note: {note}")
     lines += ["- ratios (`x vs B`) are baseline seconds / our seconds from this run only; every row was "
               "checked against the op's reference on the timed inputs before it was timed", ""]
+    lines += timing_caveat(report)
     kernels = report.get("kernels") or {}
     for kernel, rows in by_kernel(report["rows"]).items():
         lines += [f"### {kernel}: {kernels.get(kernel, {}).get('title', kernel)}", "",
