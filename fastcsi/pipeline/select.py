@@ -220,7 +220,7 @@ def run_select(
                 if extractor is not None:
                     return extractor
                 return load_extractor(settings.backbone, checkpoint, settings.layer, settings.kind, device,
-                                      settings.dtype)
+                                      settings.dtype, base=settings.base, weights=settings.weights)
 
             trace_cm = torch_trace(outdir / "trace" if outdir is not None else None,
                                    enabled=trace and ctx.is_main and outdir is not None)
@@ -671,7 +671,7 @@ def compute_stats_file(
             raise FastCSIError(f"{dataset_path}: is already a stats file, not a dataset")
         try:
             ext = extractor or load_extractor(settings.backbone, checkpoint, settings.layer, settings.kind, dev,
-                                              settings.dtype)
+                                              settings.dtype, base=settings.base, weights=settings.weights)
             apply_thread_policy(ext, settings.threads)
             spec = SampleSpec.make(sampling, settings.samples, seed, len(dataset))
             stats, _ = dataset_stats(

@@ -145,3 +145,27 @@ def test_data_index_command_builds_ahead_and_data_sample_reuses_it(tmp_path, cac
     assert header_passes == [] and len(json.loads(out.read_text())["indices"]) == 4
     result = CliRunner().invoke(cli, ["data", "index", str(shards)])
     assert result.exit_code == 0 and "0 of 3 files indexed" in result.output
+
+
+@pytest.mark.slow
+def test_second_select_and_pretrain_do_no_per_entry_pass(tmp_path, cache, header_passes):
+    up = _shards(tmp_path / "up", (6, 5))
+    down = write_lmdb(tmp_path / "down.lmdb", 5)
+    runner = CliRunner()
+
+    def select(seed):
+        result = runner.invoke(cli, ["select", "--downstream", str(down), "--upstream", str(up), "--samples", "4",
+                                     "--seeds", str(seed), "-o", str(tmp_path / f"sel{seed}"), "--quiet",
+                                     "--threads", "1"])
+        assert result.exit_code == 0, result.output
+
+    select(0)
+    assert header_passes == [6, 5]  # the upstream's shards, once each (the downstream is drawn at random: no keys)
+    header_passes.clear()
+    select(1)  # another seed: a new draw, new stats, the same index
+    assert header_passes == []
+    result = runner.invoke(cli, ["pretrain", "--data", str(up), "--samples", "4", "--epochs", "1", "-o",
+                                 str(tmp_path / "pt"), "--model", "gemnet-oc-tiny", "--batch-size", "2",
+                                 "--threads", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert header_passes == []
