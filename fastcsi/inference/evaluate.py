@@ -114,15 +114,26 @@ PLOT_UNITS = {"energy": "eV", "forces": "eV/Å"}
 
 
 def _parity_plot(pred, ref, target: str, path: Path, metric: dict) -> Path:
+    """Predicted vs reference; total energies are shown relative to the mean reference energy
+    (-97,080 eV with a spread of 1 eV would otherwise need offset tick labels that collide)."""
     plt = pyplot()
 
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    unit = PLOT_UNITS.get(target, "native unit")
+    shift = float(np.mean(ref)) if ref.size else 0.0
+    spread = float(ref.max() - ref.min()) if ref.size else 0.0
+    if abs(shift) <= 10 * max(spread, 1e-12):
+        shift = 0.0  # forces, per-atom or referenced energies: shown as they are
+    ref, pred = ref - shift, pred - shift
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
     ax.scatter(ref, pred, s=4, alpha=0.5, linewidths=0)
     lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-    unit = PLOT_UNITS.get(target, "native unit")
-    ax.set_xlabel(f"reference {target} ({unit})")
-    ax.set_ylabel(f"predicted {target} ({unit})")
-    ax.set_title(f"{target}: MAE {metric['mae']:.4g} {metric['unit']}, RMSE {metric['rmse']:.4g}", fontsize=9)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.ticklabel_format(useOffset=False)
+    relative = f", relative to {shift:,.6g}" if shift else ""
+    ax.set_xlabel(f"reference {target} ({unit}{relative})")
+    ax.set_ylabel(f"predicted {target} ({unit}{relative})")
+    ax.set_title(f"{target}: MAE {metric['mae']:.4g} {metric['unit']}, RMSE {metric['rmse']:.4g} {metric['unit']}",
+                 fontsize=9)
     save_figure(fig, path, dpi=100)
     return path
