@@ -363,7 +363,7 @@ def run_select_backbones(
         upstream_labels = [row["upstream"] for row in results[labels[0]]["ranking"]]
         display = dict(zip(upstream_labels, display_names(upstream_labels, 28)))
         plot_agreement(report, outdir / "agreement.png", display=display,
-                       title=f"Upstream rank under each extractor, downstream {Path(str(downstream)).name}")
+                       title=f"Upstream rank under each extractor\ndownstream {Path(str(downstream)).name}")
         result["profile"] = dict(result["profile"], outputs=["csi.json", "agreement.png"] + [
             f"extractors/{Path(run['outdir']).name}/" for run in report["extractor_runs"]])
         write_json(result, outdir / "csi.json")

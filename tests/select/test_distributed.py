@@ -54,6 +54,11 @@ def test_two_gloo_ranks_match_single_process(tiny_data, extractor, tmp_path):
         np.testing.assert_allclose(a.mean, b.mean, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(a.covariance(), b.covariance(), rtol=1e-9, atol=1e-12)
         assert sorted(a.groups) == sorted(b.groups)
+        # the exploding-feature check merges its histograms over the ranks exactly too
+        norms_a, norms_b = a.metadata["feature_outliers"], b.metadata["feature_outliers"]
+        assert norms_a["n_atoms"] == norms_b["n_atoms"] == a.count
+        assert norms_a["median_norm"] == norms_b["median_norm"]
+        assert norms_a["max_norm"] == pytest.approx(norms_b["max_norm"], rel=1e-12)
 
     assert (tmp_path / "rank0" / "csi.json").is_file() and (tmp_path / "rank0" / "cache").is_dir()
     assert not (tmp_path / "rank1").exists()  # other ranks write nothing
