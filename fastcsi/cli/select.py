@@ -35,6 +35,8 @@ def _settings(kw, samples, seeds, threads, **sampling):
         seeds=seeds,
         agg=kw["agg"],
         backbone=(kw["backbone"] or (None,))[0],  # several (select/demo): each run sets its own
+        base=kw["base"],
+        weights=kw["weights"],
         layer=kw["layer"],
         kind=kw["kind"],
         dtype=kw["dtype"],
@@ -59,6 +61,12 @@ def _model_options(func):
                      "demo: repeat it to rank with each and compare the rankings."),
         click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
                      help="GemNet-OC checkpoint (JMP, fairchem or fastcsi): the same as --backbone gemnet-oc:FILE."),
+        click.option("--base", default=None, metavar="CONFIG",
+                     help="GemNet-OC config (gemnet-oc-s, gemnet-oc-l) for a checkpoint whose hyperparameters are "
+                     "neither recorded nor readable from its tensors (the error says when)."),
+        click.option("--weights", type=click.Choice(["raw", "ema"]), default="raw", show_default=True,
+                     help="Weight set of a JMP / fairchem checkpoint: raw (its state_dict, as the paper's "
+                     "extraction) or ema (its EMA weights, as JMP's fine-tuning)."),
         click.option("--agg", default="flat", show_default=True,
                      help="flat: every atom is a sample (the paper); mean|sum|max: one sample per structure."),
         click.option("--layer", default="final", show_default=True, help="Backbone block whose features are used."),

@@ -44,6 +44,14 @@ class GemNetOCExtractor(ExtractorBase):
     def coverage_text(self) -> str:
         return f"GemNet-OC embeds atomic numbers 1..{self.model.num_elements} only"
 
+    def describe(self) -> dict:
+        out = super().describe()
+        info = getattr(self.model, "load_info", None)
+        if info:  # read from a file: which weight set, where its settings came from, what was left out
+            out.update(weights=info.get("weights", "raw"), hparams_from=info.get("hparams"),
+                       graph_settings=info.get("graph_settings"), dropped_keys=dict(info.get("dropped", {})))
+        return out
+
     def features(self, batch, profiler=None) -> torch.Tensor:
         """(N_atoms, dim) per-atom features of ``batch`` (already on the device). With a
         ``profiler``, graph construction and the rest of the forward pass are timed as the separate

@@ -24,6 +24,7 @@ SAMPLING_STRATEGIES = ("random", "balanced", "all")
 AGGREGATIONS = ("flat", "mean", "sum", "max")
 FEATURE_KINDS = ("node", "edge")
 DTYPES = ("float32", "float64")
+WEIGHT_SETS = ("raw", "ema")
 # Below this many samples per feature dimension the covariance estimate is noisy enough that the
 # trace term is biased upwards; we warn rather than refuse (small data is a legitimate use).
 ADEQUATE_SAMPLES_PER_DIM = 10
@@ -101,6 +102,8 @@ class SelectSettings:
     downstream_sampling: str = "random"
     agg: str = "flat"  # flat: every atom is a sample; mean/sum/max: one sample per structure
     backbone: str | None = None  # NAME[:MODEL] (fastcsi.extractors); None: --checkpoint, else the default
+    base: str | None = None  # GemNet-OC config for a checkpoint whose hyperparameters cannot be read or inferred
+    weights: str = "raw"  # raw | ema: the weight set of a JMP / fairchem checkpoint
     layer: str = "final"
     kind: str = "node"
     seeds: tuple = (0,)
@@ -124,6 +127,7 @@ class SelectSettings:
         _choice("--agg", self.agg, AGGREGATIONS)
         _choice("--kind", self.kind, FEATURE_KINDS)
         _choice("--dtype", self.dtype, DTYPES)
+        _choice("--weights", self.weights, WEIGHT_SETS)
         if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 2):
             raise FastCSIError(f"--samples {self.samples!r}: need at least 2 structures per dataset (or 'all')")
         if not self.seeds:

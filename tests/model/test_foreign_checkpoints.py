@@ -312,3 +312,32 @@ def test_fingerprint_names_the_weight_set_not_the_dropped_keys(jmp64, tmp_path):
     ema = load_backbone(path, weights="ema")
     ema.load_state_dict(raw.state_dict())  # even identical weights: the weight set is part of the name
     assert extractor_fingerprint(ema) != extractor_fingerprint(raw)
+
+
+def test_select_reads_the_paper_layouts_without_base(jmp64, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from fastcsi.cli.app import cli
+    from fastcsi.data.demo import demo_downstream, demo_paths
+
+    files = {"jmp float64": jmp64[1:]}
+    files["jmp float32"] = write_foreign(tmp_path, direct_model(torch.float32), "jmp", "jmp32")
+    files["fairchem"] = write_foreign(tmp_path, make_model(direct_forces=True, head_num_mlps=1), "fairchem", "fair")
+    upstream = demo_paths()["upstream_organic"]
+    for k, (label, (path, marker)) in enumerate(files.items()):
+        weights = "ema" if label == "fairchem" else "raw"
+        out = tmp_path / f"run{k}"
+        result = CliRunner().invoke(cli, ["select", "--checkpoint", str(path), "--weights", weights, "--downstream",
+                                          str(demo_downstream()), "--upstream", str(upstream), "--samples", "3",
+                                          "--seeds", "0", "--threads", "1", "--no-cache", "--quiet", "-o", str(out)])
+        assert result.exit_code == 0, (label, result.output)
+        settings = json.loads((out / "csi.json").read_text())["settings"]
+        assert settings["weights"] == weights and settings["base"] is None and settings["hparams_from"] == "file"
+        if label.startswith("jmp"):
+            assert settings["graph_settings"] == "JMP defaults" and sum(settings["dropped_keys"].values()) == 12
+        assert not marker.exists()
+    result = CliRunner().invoke(cli, ["stats", "compute", str(demo_downstream()), "-o", str(tmp_path / "d.npz"),
+                                      "--checkpoint", str(jmp64[1]), "--base", "gemnet-oc-x"])
+    assert result.exit_code == 2 and "--base 'gemnet-oc-x': unknown GemNet-OC config" in result.output

@@ -283,9 +283,13 @@ def load_backbone(path, base: str | None = None, weights: str = "raw", **hparams
     """Build a GemNetOC from a checkpoint (see the module docstring for formats and rules)."""
     from fastcsi.model.gemnet_oc.configs import GRAPH_DEFAULTS, infer_hparams
 
+    from fastcsi.model.gemnet_oc.configs import CONFIGS
+
     path = Path(path)
     if weights not in WEIGHTS:
         raise FastCSIError(f"--weights {weights!r}: choose raw or ema")
+    if base is not None and base not in CONFIGS:
+        raise FastCSIError(f"--base {base!r}: unknown GemNet-OC config; choose one of {', '.join(CONFIGS)}")
     scale_file = hparams.get("scale_file")
     obj = _read(path)
     layout, state, records = _classify(obj, path)
@@ -327,6 +331,11 @@ def load_backbone(path, base: str | None = None, weights: str = "raw", **hparams
     else:
         merged.update(GRAPH_DEFAULTS)
         graph_settings = "JMP defaults"
+        import warnings
+
+        # Python shows one warning text once per process: once per file, however often it loads
+        warnings.warn(f"{path} records no graph settings: using JMP's defaults (cutoff {GRAPH_DEFAULTS['cutoff']:g} Å "
+                      f"for every graph, {GRAPH_DEFAULTS['max_neighbors']}/20/8/1000 neighbours)", stacklevel=2)
     with skip_weight_init():  # every initialised (backbone) weight is loaded below or it is an error
         model = GemNetOC(**{**merged, "scale_file": None})
     model.hparams["scale_file"] = merged.get("scale_file")
