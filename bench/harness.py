@@ -644,28 +644,43 @@ def markdown(report: dict) -> str:
 
 
 def plot_kernel(rows: list[dict], kernel: str, path: Path, title: str = "") -> bool:
-    """Time vs size, log-log, one line per method; False when there is nothing to draw."""
-    series: dict[str, list[tuple[float, float]]] = {}
+    """Time vs size, log-log, one line per method, ticks at the sizes run; points whose timing may
+    not hold (load, spread) hollow. False when there is nothing to draw."""
+    import textwrap
+
+    series: dict[str, list[tuple[float, float, bool]]] = {}
     unit = ""
     mine = [r for r in rows if r["kernel"] == kernel and r["status"] == "ok" and r.get("seconds")]
     several = len({r["case"] for r in mine}) > 1
     for r in mine:
         label = f"{r['method']} ({r['case']})" if several else r["method"]
-        series.setdefault(label, []).append((float(r["size"]), r["seconds"]))
+        series.setdefault(label, []).append((float(r["size"]), r["seconds"], bool(r.get("timing_warnings"))))
         unit = r["size_unit"]
     if not series:
         return False
+    from matplotlib.ticker import FixedLocator, NullLocator
+
     from fastcsi.utils import pyplot, save_figure
 
-    fig, ax = pyplot().subplots(figsize=(6, 4.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.6))
+    doubtful = False
     for method, points in series.items():
         points.sort()
-        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=method)
+        hollow = [p for p in points if p[2]]
+        doubtful = doubtful or bool(hollow)
+        ax.plot([p[0] for p in hollow], [p[1] for p in hollow], "o", color=line.get_color(), markerfacecolor="white",
+                linestyle="none")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(unit)
+    sizes = sorted({p[0] for points in series.values() for p in points})
+    ax.xaxis.set_major_locator(FixedLocator(sizes))  # the sizes run, not 3x10^1
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{s:g}" for s in sizes])
+    ax.set_xlabel(unit + ("  (hollow: timed under load or with scattered repeats, may not hold)" if doubtful else ""),
+                  fontsize=9 if doubtful else None)
     ax.set_ylabel("median seconds")
-    ax.set_title(title or kernel)
+    ax.set_title("\n".join(textwrap.wrap(title or kernel, 70)), fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=6 if several else 8)
     save_figure(fig, path)

@@ -76,3 +76,26 @@ def test_performance_doc_carries_the_caveat(monkeypatch, tmp_path):
     rows = [_row("ours", "ours", [0.010, 0.011], 64, CORES + 3.0), _row("scipy", "baseline", [0.0005, 0.0005], 64, 0.1)]
     block = performance_doc.render(_report(rows))
     assert "1 timing(s) marked †" in block and "0.0476 †" in block
+
+
+def test_plot_ticks_at_the_sizes_wraps_the_title_and_hollows_doubtful_points(tmp_path, monkeypatch):
+    import fastcsi.utils
+
+    figures = []
+    monkeypatch.setattr(fastcsi.utils, "save_figure", lambda fig, path, dpi=110: figures.append(fig))
+    from fastcsi._bench.harness import plot_kernel
+
+    rows = _report([_row("ours", "ours", [0.01, 0.03, 0.0101], 32, 0.1), _row("ours", "ours", [0.02, 0.02], 64, 0.1),
+                    _row("ours", "ours", [0.04, 0.04], 128, 0.1)])["rows"]
+    title = "Fréchet distance of two Gaussians, ours vs scipy.linalg.sqrtm(S1 @ S2) (pytorch-fid / the paper)"
+    assert plot_kernel(rows, "frechet", tmp_path / "bench_frechet.png", title)
+    ax = figures[0].axes[0]
+    figures[0].canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["32", "64", "128"]
+    assert "\n" in ax.get_title() and all(len(line) <= 70 for line in ax.get_title().splitlines())
+    hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "white"]
+    assert len(hollow) == 1 and list(hollow[0].get_xdata()) == [32.0]  # the scattered repeats only
+    assert "hollow" in ax.get_xlabel()
+    import matplotlib.pyplot as plt
+
+    plt.close(figures[0])
