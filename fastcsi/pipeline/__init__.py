@@ -8,12 +8,13 @@ from fastcsi.pipeline.ranking import Ranking, RankingEntry
 from fastcsi.pipeline.settings import SampleSpec, SelectSettings
 
 # ``fastcsi.select`` (the function) lives in the submodule of the same name: fastcsi.pipeline.select.select
-__all__ = ["Ranking", "RankingEntry", "SampleSpec", "SelectSettings", "compute_stats_file", "run_select"]
+__all__ = ["Ranking", "RankingEntry", "SampleSpec", "SelectSettings", "compute_stats_file", "run_select",
+           "run_select_backbones"]
 
 
 def __getattr__(name):
     # The heavy parts (torch, the model) load only when used.
-    if name in ("run_select", "compute_stats_file"):
+    if name in ("run_select", "run_select_backbones", "compute_stats_file"):
         import importlib
 
         return getattr(importlib.import_module("fastcsi.pipeline.select"), name)
