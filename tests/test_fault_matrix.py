@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from fastcsi.cli.app import cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
-from format_writers import write_ani1x, write_ase_db, write_extxyz, write_lmdb, write_sgdml_npz  # noqa: E402
+from format_writers import write_ani1x, write_ase_db, write_aselmdb, write_extxyz, write_lmdb, write_sgdml_npz  # noqa: E402
 
 # one file of each format family: written here (the core, which needs no ../shared), and the real samples
 GENERATED_FAMILIES = {
@@ -30,6 +30,7 @@ GENERATED_FAMILIES = {
     "npz": lambda root: write_sgdml_npz(root / "md22.npz"),
     "extxyz": lambda root: write_extxyz(root / "ref_keys.extxyz", 5) and root / "ref_keys.extxyz",  # cut mid-frame
     "db": lambda root: write_ase_db(root / "alloys.db"),
+    "aselmdb": lambda root: write_aselmdb(root / "omat.aselmdb"),  # fairchem's ASE-LMDB
 }
 SHARED_FAMILIES = {
     "hdf5": "ani1x/ani1x_n5.hdf5",
@@ -123,7 +124,7 @@ def bad_real_inputs(shared_data, tmp_path_factory):
 
 
 BAD_INPUT_NAMES = ["missing", "directory", "truncated-hdf5", "truncated-lmdb", "truncated-npz",
-                   "truncated-extxyz", "truncated-db", "random-bytes", "nan-positions", "zero-atoms",
+                   "truncated-extxyz", "truncated-db", "truncated-aselmdb", "random-bytes", "nan-positions", "zero-atoms",
                    *(f"real-truncated-{family}" for family in SHARED_FAMILIES)]
 
 
@@ -277,7 +278,7 @@ def test_inputs_are_never_written_locked_or_given_side_files(good, tmp_path, req
     sources = tmp_path / "inputs"
     sources.mkdir()
     if origin == "generated":
-        for family in ("hdf5", "lmdb", "npz", "db"):
+        for family in ("hdf5", "lmdb", "npz", "db", "aselmdb"):
             GENERATED_FAMILIES[family](sources)
         for lock in sources.glob("*-lock"):  # the writer's, which a copied file does not have
             lock.unlink()

@@ -140,3 +140,25 @@ def write_ase_db(path, frames=4):
         for a in images:
             db.write(a, energy_ev=float(a.info["REF_energy"]))
     return path
+
+
+def write_aselmdb(path, n=6, data=None, key_value_pairs=None, seed=0):
+    """fairchem's ASE-LMDB (``ase.db.connect(..., type="aselmdb")``, needs ase-db-backends): ``n`` rows
+    like OMat24's, a periodic cell, energy/forces/stress from a SinglePointCalculator, ``data`` per row
+    from ``data(i)`` (default: an OMat24-style ``sid`` shared by pairs of rows)."""
+    import ase.db
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    rng = np.random.default_rng(seed)
+    data = data or (lambda i: {"sid": f"mp-{i // 2}", "calc_id": i})
+    with ase.db.connect(str(path), type="aselmdb") as db:
+        for i in range(n):
+            symbols = ["Cu", "Cu", "O", "H", "Pt"][: 2 + i % 4]
+            atoms = Atoms(symbols, positions=rng.random((len(symbols), 3)) * 3, cell=np.eye(3) * (4 + i % 3), pbc=True)
+            atoms.calc = SinglePointCalculator(atoms, energy=-1.5 * i, forces=rng.normal(size=(len(symbols), 3)),
+                                               stress=np.arange(6.0) + i)
+            db.write(atoms, key_value_pairs=key_value_pairs(i) if key_value_pairs else {}, data=data(i))
+    for lock in path.parent.glob(path.name + "-lock"):
+        lock.unlink()
+    return path

@@ -4,6 +4,8 @@ through every route a user takes: the API, ``data info``/``sample``, and as a re
 import json
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,30 +13,12 @@ from click.testing import CliRunner
 
 pytest.importorskip("ase_db_backends")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from format_writers import write_aselmdb  # noqa: E402
+
 from fastcsi.cli.app import cli  # noqa: E402
 from fastcsi.data import detect_format, open_dataset  # noqa: E402
 from fastcsi.errors import FastCSIError  # noqa: E402
-
-
-def write_aselmdb(path, n=6, data=None, key_value_pairs=None, seed=0):
-    """``n`` rows like OMat24's: a periodic cell, energy/forces/stress from a SinglePointCalculator,
-    ``data`` per row from ``data(i)`` (default: an OMat24-style ``sid`` shared by pairs of rows)."""
-    import ase.db
-    from ase import Atoms
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    rng = np.random.default_rng(seed)
-    data = data or (lambda i: {"sid": f"mp-{i // 2}", "calc_id": i})
-    with ase.db.connect(str(path), type="aselmdb") as db:
-        for i in range(n):
-            symbols = ["Cu", "Cu", "O", "H", "Pt"][: 2 + i % 4]
-            atoms = Atoms(symbols, positions=rng.random((len(symbols), 3)) * 3, cell=np.eye(3) * (4 + i % 3), pbc=True)
-            atoms.calc = SinglePointCalculator(atoms, energy=-1.5 * i, forces=rng.normal(size=(len(symbols), 3)),
-                                               stress=np.arange(6.0) + i)
-            db.write(atoms, key_value_pairs=key_value_pairs(i) if key_value_pairs else {}, data=data(i))
-    for lock in path.parent.glob(path.name + "-lock"):
-        lock.unlink()
-    return path
 
 
 @pytest.fixture

@@ -162,3 +162,27 @@ def test_unreadable_input_is_one_line(tmp_path):
     result = CliRunner().invoke(cli, ["data", "info", target])
     assert result.exit_code == 2 and "Permission denied" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_aselmdb_refuses_damaged_rows_rather_than_skip(tmp_path):
+    # fairchem's ASE-LMDB: zlib-compressed JSON rows read on demand; damage anywhere is one error
+    # naming the file (or reads every row), never a shorter dataset
+    pytest.importorskip("ase_db_backends")
+    from format_writers import write_aselmdb
+
+    source = write_aselmdb(tmp_path / "omat.aselmdb", n=8)
+    _, intact = _read_all(source)
+    size = source.stat().st_size
+    rng = np.random.default_rng(5)
+    refused = 0
+    for k in range(25):
+        width = int(rng.choice([8, 64, 512]))
+        path = _damaged(tmp_path, source, int(rng.integers(0, size - width)), width, name=f"omat{k}")
+        try:
+            _, ids = _read_all(path)
+        except FastCSIError as exc:
+            assert f"omat{k}" in str(exc)
+            refused += 1
+            continue
+        assert len(ids) == len(intact), f"{path}: {len(ids)} of {len(intact)} structures"
+    assert refused > 0
