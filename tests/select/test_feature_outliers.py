@@ -110,3 +110,40 @@ def test_cli_drop_outlier_structures_is_a_recorded_setting(tiny_data, tmp_path):
     saved = json.loads((out / "csi.json").read_text())
     assert saved["settings"]["drop_outlier_structures"] is True
     assert all(e["checked"] and "dropped" not in e for e in saved["feature_outliers"])  # nothing to drop here
+
+
+def _cli_with_planted_extractor(monkeypatch, tiny_extractor, factor, args):
+    """Run the CLI with every backbone replaced by the tiny one with planted N features."""
+    from click.testing import CliRunner
+
+    import fastcsi.pipeline.backbone as backbone
+    from fastcsi.cli import cli
+
+    monkeypatch.setattr(backbone, "load_extractor",
+                        lambda *a, **k: _Planted(tiny_extractor, element=7, factor=factor))
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def test_cli_non_finite_features_are_one_line_and_exit_2(tiny_data, tiny_extractor, tmp_path, monkeypatch):
+    r = _cli_with_planted_extractor(monkeypatch, tiny_extractor, float("inf"), [
+        "select", "--downstream", tiny_data["down"], "--upstream", tiny_data["organic"], "--samples", "all",
+        "--seeds", "0", "-o", tmp_path / "out", "--quiet", "--threads", "1", "--backbone", "gemnet-oc-random"])
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fastcsi: error: {tiny_data['organic']}: the extractor returned "
+                                                   "NaN or inf features for structure")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_stats_compute_warns_about_outliers_and_keeps_the_check(tiny_data, tiny_extractor, tmp_path,
+                                                                    monkeypatch):
+    from fastcsi.stats import FeatureStats
+
+    out = tmp_path / "organic.npz"
+    r = _cli_with_planted_extractor(monkeypatch, tiny_extractor, 1e4, [
+        "stats", "compute", tiny_data["organic"], "-o", out, "--samples", "all", "--quiet", "--threads", "1",
+        "--backbone", "gemnet-oc-random"])
+    assert r.exit_code == 0, r.output
+    assert "3 atom(s) in 3 structure(s) have feature norms over 100x the median" in r.stderr
+    check = FeatureStats.load(out).metadata["feature_outliers"]
+    assert check["n_outlier_atoms"] == 3 and check["dominates_trace"]
