@@ -35,6 +35,9 @@ _TRAIN_OPTIONS = [
                  help="Override a model hyperparameter (JSON value), e.g. cutoff=6.0; repeatable."),
     click.option("--forces", type=click.Choice(["auto", "direct", "gradient"]), default="auto",
                  help="Direct force head or forces = -dE/dx."),
+    click.option("--max-atoms-per-batch", type=int, default=None, metavar="N",
+                 help="Memory only: run each step's structures in chunks of at most N atoms, gradients summed "
+                      "(the same update). [default: the whole step at once]"),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ..."),
     click.option("--resume", is_flag=True, help="Continue the interrupted run in the output directory."),
     click.option("--trace", is_flag=True, help="Write a chrome trace of a few steps (trace.json)."),
@@ -66,7 +69,8 @@ def _config(base, kw):
 
     kw = {**kw, "max_threads": parse_threads(kw.get("max_threads"))}  # the same rule as select's --threads
     fields = ("epochs", "batch_size", "lr", "weight_decay", "ema_decay", "energy_weight", "force_weight",
-              "warmup_fraction", "seed", "checkpoint_every", "stop_after_steps", "max_threads", "layer_lr")
+              "warmup_fraction", "seed", "checkpoint_every", "stop_after_steps", "max_threads", "layer_lr",
+              "max_atoms_per_batch")
     changes = {k: kw.get(k) for k in fields if kw.get(k) is not None}
     if kw.get("no_amp"):
         changes["amp"] = False

@@ -478,9 +478,12 @@ def outlier_warning(label: str, found: list) -> str:
     if worst["dominates_trace"]:
         text += (f" and carry {worst['trace_share']:.0%} of the dataset's feature variance, so they dominate its "
                  "CSI trace term")
+    complete = all(e.get("listing_complete") for e in found)
     if all(e.get("dropped") for e in found):
-        return text + "; those structures were left out (--drop-outlier-structures)"
-    return text + " (listed under feature_outliers); --drop-outlier-structures ranks without them"
+        left_out = "those structures were" if complete else "the listed structures (not all of them) were"
+        return text + f"; {left_out} left out (--drop-outlier-structures)"
+    listed = "listed under feature_outliers" if complete else "partly listed under feature_outliers"
+    return text + f" ({listed}); --drop-outlier-structures ranks without them"
 
 
 def _pair_values(seed, down, up, res) -> dict:

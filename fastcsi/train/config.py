@@ -48,6 +48,9 @@ class TrainConfig:
     # Layer-wise learning-rate scales (layer_lr.py): "none" | "jmp" | "name=scale,..."; fine-tuning
     # recipes say "auto" = "jmp" for a pretrained backbone, "none" from scratch.
     layer_lr: str = "none"
+    # memory only: a step's structures go through the model in chunks of at most this many atoms,
+    # gradients summed (the same update as one pass); None = the whole step at once
+    max_atoms_per_batch: int | None = None
 
     def __post_init__(self):
         self.betas = tuple(float(b) for b in self.betas)
@@ -55,6 +58,8 @@ class TrainConfig:
             raise FastCSIError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise FastCSIError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.max_atoms_per_batch is not None and self.max_atoms_per_batch < 1:
+            raise FastCSIError(f"--max-atoms-per-batch must be >= 1, got {self.max_atoms_per_batch}")
         if not self.lr > 0:
             raise FastCSIError(f"learning rate must be > 0, got {self.lr}")
         if self.clip_algorithm not in ("norm", "value", "none"):

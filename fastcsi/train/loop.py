@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastcsi.data import collate
+from fastcsi.data import atom_chunks, collate
 from fastcsi.errors import FastCSIError
 from fastcsi.profiling import Profiler, torch_trace
 from fastcsi.threads import apply_threads
@@ -211,6 +211,25 @@ class Trainer:
         return counts
 
     # ------------------------------------------------------------------ training
+    def _forward_backward(self, structures, counts) -> float:
+        with self.profiler.stage("data"):
+            batch, labels = self._batch(structures)
+        with self.profiler.stage("forward"), self._autocast():
+            pred = self.model(batch)
+            terms = loss_terms(pred, labels, self.normalizer, self.targets)
+            loss = combine(terms, self.weights, counts)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {self.step} (epoch {self.epoch})")
+        with self.profiler.stage("backward"):
+            loss.backward()
+        for t, (_, abs_sum, _, n_err) in terms.items():
+            self._running[f"{t}_abs"] += float(abs_sum)
+            self._running[f"{t}_n"] += int(n_err)
+        self._running["structures"] += batch.num_structures
+        self._running["atoms"] += batch.num_atoms
+        self.profiler.count(structures=batch.num_structures, atoms=batch.num_atoms)
+        return float(loss.detach())
+
     def train_step(self, global_idx) -> float:
         cfg = self.config
         local_idx = rank_share(global_idx, self.ctx)
@@ -223,22 +242,10 @@ class Trainer:
         if len(local_idx):
             with self.profiler.stage("data"):
                 structures = [self.train_set[i] for i in local_idx]
-                batch, labels = self._batch(structures)
-            with self.profiler.stage("forward"), self._autocast():
-                pred = self.model(batch)
-                terms = loss_terms(pred, labels, self.normalizer, self.targets)
-                loss = combine(terms, self.weights, self._global_counts(global_idx))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss at step {self.step} (epoch {self.epoch})")
-            with self.profiler.stage("backward"):
-                loss.backward()
-            loss_value = float(loss.detach())
-            for t, (_, abs_sum, _, n_err) in terms.items():
-                self._running[f"{t}_abs"] += float(abs_sum)
-                self._running[f"{t}_n"] += int(n_err)
-            self._running["structures"] += batch.num_structures
-            self._running["atoms"] += batch.num_atoms
-            self.profiler.count(structures=batch.num_structures, atoms=batch.num_atoms)
+            counts = self._global_counts(global_idx)
+            # the loss is a sum over structures divided by global counts: chunks add up to the whole
+            for chunk in atom_chunks(structures, cfg.max_atoms_per_batch):
+                loss_value += self._forward_backward(chunk, counts)
         with self.profiler.stage("optimizer"):
             if self.ctx.enabled:
                 all_reduce_gradients(self.model.parameters(), self.ctx)
