@@ -20,6 +20,10 @@ _SKIP = click.option("--skip-unreadable", is_flag=True,
                      help="HDF5: read a damaged file without the groups that cannot be read (warns, lists them).")
 
 
+# --energy-unit / --force-unit, for every command that opens datasets
+UNIT_OPTIONS = (_EUNIT, _FUNIT)
+
+
 def unit_options(command):
     """--energy-unit / --force-unit for commands that read labels (pretrain, finetune, predict, evaluate);
     pass ``unit_reader_options(energy_unit, force_unit)`` on to ``open_dataset``."""

@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from fastcsi.cli.data import UNIT_OPTIONS, unit_reader_options
 from fastcsi.errors import FastCSIError
 
 DEFAULT_OUTDIR = "runs/select"
@@ -47,7 +48,8 @@ def _settings(kw, samples, seeds, threads, **sampling):
         max_atoms_per_batch=kw.get("max_atoms_per_batch"),
         threads=threads,
         format=kw["data_format"],
-        data_options={"skip_unreadable": True} if kw.get("skip_unreadable") else {},
+        data_options={**({"skip_unreadable": True} if kw.get("skip_unreadable") else {}),
+                      **unit_reader_options(kw.get("energy_unit"), kw.get("force_unit"))},
         **sampling,
     )
 
@@ -84,6 +86,9 @@ def _model_options(func):
         click.option("--format", "data_format", default=None, help="Force the input format (default: detected)."),
         click.option("--skip-unreadable", is_flag=True,
                      help="HDF5: read damaged files without the groups that cannot be read (warns, lists them)."),
+        # labels play no part in the features; the units still belong to how the files are read (recorded,
+        # fingerprinted), so that pretrain --from-selection with the same options finds the same datasets
+        *UNIT_OPTIONS,
         click.option("--per-element/--no-per-element", default=True, show_default=True,
                      help="Also accumulate per-element statistics for a per-element CSI breakdown."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
