@@ -27,6 +27,9 @@ from fastcsi.errors import FastCSIError
 from fastcsi.utils import atomic_write, pyplot, read_json, save_figure, versions
 
 MIX_FORMAT = "fastcsi-mix/1"
+# ``select --budget`` reads at most this many chosen structures per dataset to count those without
+# force labels; beyond it, evenly spaced ones stand for the rest (the count is then an estimate)
+FORCE_LABEL_CHECKS = 2000
 SELECTION_FORMAT = "fastcsi-pretrain-set/1"
 LEVELS = ("dataset", "class")
 
@@ -213,6 +216,7 @@ def optimize_run(mix: MixSettings, sources, provider, settings) -> dict:
     component_spp = [c["samples_per_structure"] for c in components]
     structure_shares = _structure_shares(result.weights, component_spp)
     capped = False
+    capacity = None
     if mix.budget is not None:
         capacity = _capacity(components, [src.obj for src in up_srcs])
         for _ in range(5):  # fixed point: caps on atom shares depend on the set's atoms per structure
@@ -241,6 +245,12 @@ def optimize_run(mix: MixSettings, sources, provider, settings) -> dict:
         row = {"seed": seed, **{n: mixture_csi(ups_s, down_s, w) for n, w in weightings.items()}}
         row["single"] = {label: mixture_csi([u], down_s, [1.0]) for label, u in zip(labels, ups_s)}
         per_seed.append(row)
+    # the ranking above the mix reports each upstream's mean over the seeds: so does this summary
+    single_means = {label: float(np.mean([row["single"][label] for row in per_seed])) for label in labels}
+    best_mean = min(single_means, key=single_means.get)
+    seed_means = {"seeds": seeds, "best_single": {"upstream": best_mean, "csi": single_means[best_mean]},
+                  "single": single_means,
+                  **{name: float(np.mean([row[name] for row in per_seed])) for name in weightings}}
 
     payload = {
         "format": MIX_FORMAT,
@@ -266,6 +276,7 @@ def optimize_run(mix: MixSettings, sources, provider, settings) -> dict:
                       "n_components": len(components), "capped_by_budget": capped},
         "skipped_classes": skipped_classes,
         "per_seed": per_seed,
+        "seed_means": seed_means,
         "datasets": [{"path": label, "structures": size, "samples_per_structure": float(s),
                       "fingerprint": src.obj.fingerprint if src.kind == "dataset" else None}
                      for label, size, s, src in zip(labels, sizes, spp, up_srcs)],
@@ -279,6 +290,18 @@ def optimize_run(mix: MixSettings, sources, provider, settings) -> dict:
         chosen, quotas = draw_selection(datasets, plan, mix.budget, mix.seed)
         for entry, quota in zip(payload["components"], quotas):
             entry["structures"] = int(quota)
+        capped_components = np.zeros(len(datasets), dtype=np.int64)
+        for c, quota, cap in zip(components, quotas, capacity):
+            capped_components[c["dataset"]] += bool(quota > 0 and quota >= cap)
+        without_forces = [count_without_forces(d, idx) for d, idx in zip(datasets, chosen)]
+        # what was drawn, beside the weights: a share can round to no structure, a component can run out
+        payload["drawn"] = {
+            label: {"chosen": len(idx), "share": len(idx) / mix.budget, "structures": len(d),
+                    "components": sum(c["dataset"] == k for c in components),
+                    "capped_components": int(capped_components[k]),
+                    "without_forces": wf, "without_forces_exact": exact}
+            for k, (label, d, idx, (wf, exact)) in enumerate(zip(labels, datasets, chosen, without_forces))}
+        payload["budget"] = mix.budget
         payload["_selection"] = {
             "format": SELECTION_FORMAT,
             "budget": mix.budget,
@@ -288,13 +311,27 @@ def optimize_run(mix: MixSettings, sources, provider, settings) -> dict:
             "downstream": down_src.label,
             "datasets": [{"path": str(Path(label).resolve()), "given_as": label, "format": d.format,
                           "fingerprint": d.fingerprint, "structures": len(d), "chosen": len(idx),
+                          "without_forces": wf, "without_forces_exact": exact,
                           "indices": [int(i) for i in idx]}
-                         for label, d, idx in zip(labels, datasets, chosen)],
+                         for label, d, idx, (wf, exact) in zip(labels, datasets, chosen, without_forces)],
             "versions": versions(),
         }
     payload["mix_s"] = time.perf_counter() - t0
     payload["versions"] = versions()
     return payload
+
+
+def count_without_forces(dataset, indices) -> tuple[int, bool]:
+    """How many of the structures ``indices`` of ``dataset`` have no force labels (pretraining masks
+    their force loss), and whether that is exact (up to FORCE_LABEL_CHECKS of them are read; more
+    are estimated from evenly spaced ones)."""
+    indices = np.asarray(indices)
+    if not len(indices):
+        return 0, True
+    exact = len(indices) <= FORCE_LABEL_CHECKS
+    probe = indices if exact else indices[np.linspace(0, len(indices) - 1, FORCE_LABEL_CHECKS).astype(np.int64)]
+    missing = sum(dataset[int(i)].forces is None for i in probe)
+    return int(round(missing * len(indices) / len(probe))), exact
 
 
 # ------------------------------------------------------------------------------------- outputs
@@ -363,20 +400,55 @@ def read_selection(path) -> dict:
 
 
 def format_mix(summary: dict) -> str:
-    """The terminal lines for the ``"mix"`` summary of a select result."""
+    """The terminal lines for the ``"mix"`` summary of a select result: the optimal weights, what the
+    budget drew of each upstream (and where an upstream ran out), and the CSI of the mixtures as the
+    same statistic as the ranking above it (the mean over the seeds)."""
     from fastcsi.pipeline.report import display_names
 
     labels = list(summary["weights"])
-    names = display_names(labels)
-    lines = [f"CSI-optimal {summary['level']}-level mixture (analytic CSI, first seed; share of atoms / of structures):"]
-    for name, label in sorted(zip(names, labels), key=lambda p: -summary["weights"][p[1]]):
-        lines.append(f"  {name:<32} {summary['weights'][label]:7.1%}  {summary['structure_shares'][label]:7.1%}")
+    names = dict(zip(labels, display_names(labels)))
+    drawn, budget = summary.get("drawn"), summary.get("budget")
+    columns = "share of atoms / of structures" + (f" / drawn of the budget of {budget}" if drawn else "")
+    lines = [f"CSI-optimal {summary['level']}-level mixture (weights optimised on the first seed; {columns}):"]
+    width = len(str(budget)) if drawn else 0
+    for label in sorted(labels, key=lambda label: -summary["weights"][label]):
+        line = f"  {names[label]:<32} {summary['weights'][label]:7.1%}  {summary['structure_shares'][label]:7.1%}"
+        if drawn:
+            d = drawn[label]
+            line += f"  {d['chosen']:>{width}} ({d['share']:5.1%})"
+            if summary["level"] == "dataset" and d["chosen"] and d["chosen"] >= d["structures"]:
+                line += f"  capped: all {d['chosen']} of {d['structures']} structures"
+            elif d["capped_components"]:
+                line += f"  capped: {d['capped_components']} of {d['components']} class groups used up"
+        lines.append(line)
     csi = summary["csi"]
-    parts = [f"optimum {csi['optimum']:.4g}"]
-    if "dataset_optimum" in csi:
-        parts.append(f"dataset-level optimum {csi['dataset_optimum']:.4g}")
-    best = csi["best_single"]
-    parts.append(f"best single ({display_names([best['upstream']])[0]}) {best['csi']:.4g}")
-    parts += [f"{k} {v:.4g}" for k, v in csi.items() if k not in ("optimum", "dataset_optimum", "best_single")]
-    lines.append("  CSI: " + ", ".join(parts) + f"; optimising took {summary['mix_s']:.2f} s")
+    means = summary.get("seed_means")
+    if means:
+        seeds = means["seeds"]
+        where = f"mean over {len(seeds)} seeds, as the ranking" if len(seeds) > 1 else f"seed {seeds[0]}"
+        optimum = means["optimum (per dataset)"]
+        parts = [f"optimum {optimum:.4g}" if summary["level"] == "dataset" else f"optimum's dataset shares {optimum:.4g}"]
+        best = means["best_single"]
+        parts.append(f"best single ({display_names([best['upstream']])[0]}) {best['csi']:.4g}")
+        parts += [f"{k} {v:.4g}" for k, v in means.items()
+                  if k not in ("seeds", "best_single", "single", "optimum (per dataset)")]
+        text = f"  CSI ({where}): " + ", ".join(parts)
+        if summary["level"] == "class":
+            text += f"; class-level optimum {csi['optimum']:.4g} on the first seed (where it was optimised)"
+    else:  # a summary from before the seed means were recorded
+        parts = [f"optimum {csi['optimum']:.4g}"]
+        if "dataset_optimum" in csi:
+            parts.append(f"dataset-level optimum {csi['dataset_optimum']:.4g}")
+        best = csi["best_single"]
+        parts.append(f"best single ({display_names([best['upstream']])[0]}) {best['csi']:.4g}")
+        parts += [f"{k} {v:.4g}" for k, v in csi.items() if k not in ("optimum", "dataset_optimum", "best_single")]
+        text = "  CSI (first seed): " + ", ".join(parts)
+    lines.append(text + f"; optimising took {summary['mix_s']:.2f} s")
+    if drawn:
+        missing = {label: d for label, d in drawn.items() if d["without_forces"]}
+        if missing:
+            n = sum(d["without_forces"] for d in missing.values())
+            about = "" if all(d["without_forces_exact"] for d in missing.values()) else "about "
+            lines.append(f"  {about}{n} of the {budget} chosen structures have no force labels "
+                         f"({', '.join(names[label] for label in missing)}): pretraining masks their force loss")
     return "\n".join(lines)

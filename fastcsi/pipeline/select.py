@@ -268,7 +268,8 @@ def run_select(
             cache={"hits": provider.cache_hits, "computed": provider.computed},
         )
         if mix_payload is not None:
-            result["mix"] = {k: mix_payload[k] for k in ("level", "weights", "structure_shares", "csi", "mix_s")}
+            result["mix"] = {k: mix_payload[k] for k in ("level", "weights", "structure_shares", "csi", "mix_s",
+                                                         "seed_means", "drawn", "budget") if k in mix_payload}
         if ctx.is_main and outdir is None:  # the Python API without an output directory: nothing written
             result["profile"] = {"wall_s": wall, "stages_s": {k: v["total_s"] for k, v in
                                                               profiler.summary(run_settings)["stages"].items()}}

@@ -94,6 +94,9 @@ class Trainer:
         if not self.train_set:
             raise FastCSIError("the training set is empty")
         self.train_atoms = np.array([s.n_atoms for s in self.train_set], dtype=np.int64)
+        # atoms whose forces count in the loss (structures without force labels are masked out)
+        self.train_force_atoms = np.array([s.n_atoms if s.forces is not None else 0 for s in self.train_set],
+                                          dtype=np.int64)
         self.steps_per_epoch = math.ceil(len(self.train_set) / config.batch_size)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.warmup_steps = int(round(config.warmup_fraction * self.total_steps))
@@ -207,7 +210,7 @@ class Trainer:
     def _global_counts(self, global_idx) -> dict:
         counts = {}
         for t in self.targets:
-            counts[t] = int(self.train_atoms[global_idx].sum()) if t == "forces" else len(global_idx)
+            counts[t] = int(self.train_force_atoms[global_idx].sum()) if t == "forces" else len(global_idx)
         return counts
 
     # ------------------------------------------------------------------ training

@@ -3,7 +3,8 @@ and divide once by the global count: the result is then independent of how a bat
 
 - energy: MAE of the normalised energy (JMP's ``mae``), per structure.
 - forces: L2-MAE, the Euclidean norm of each atom's normalised force error averaged over atoms
-  (JMP's ``l2mae``).
+  (JMP's ``l2mae``). Structures without force labels (ANI-1 in a pretraining mixture) add nothing to
+  the force loss, its counts included: the mask is per structure, as in JMP's multi-task loss.
 - scalar targets: MAE of the standardised target.
 Reported errors are in physical units: energy MAE (eV, per structure), force MAE (eV/Å, per
 component, the convention of rMD17/MD22 tables), target MAE (native unit).
@@ -25,9 +26,11 @@ def normalized_labels(structures, normalizer: Normalizer, targets) -> dict:
         ref = element_counts([s.atomic_numbers for s in structures]) @ normalizer.linear_reference
         out["energy"] = (energies - ref) / normalizer.energy_std
     if "forces" in targets:
-        out["forces"] = (
-            np.concatenate([s.forces for s in structures]) / normalizer.force_std if structures else np.zeros((0, 3))
-        )
+        forces = [s.forces if s.forces is not None else np.zeros((s.n_atoms, 3)) for s in structures]
+        out["forces"] = np.concatenate(forces) / normalizer.force_std if structures else np.zeros((0, 3))
+        if any(s.forces is None for s in structures):
+            # 1 for the atoms of structures with force labels, 0 for the rest (only when needed)
+            out["forces_mask"] = np.concatenate([np.full(s.n_atoms, float(s.forces is not None)) for s in structures])
     for name in targets:
         if name not in ("energy", "forces"):
             values = np.array([float(s.targets[name]) for s in structures], dtype=np.float64)
@@ -44,9 +47,13 @@ def loss_terms(pred: dict, labels: dict, normalizer: Normalizer, targets) -> dic
     for name in targets:
         if name == "forces":
             diff = pred["forces_norm"].to(torch.float32) - labels["forces"]
+            n_labelled = diff.shape[0]
+            if "forces_mask" in labels:
+                diff = diff * labels["forces_mask"].unsqueeze(-1)
+                n_labelled = int(labels["forces_mask"].sum())
             loss_sum = torch.linalg.vector_norm(diff, dim=-1).sum()
             abs_sum = diff.detach().abs().sum().to(torch.float64) * normalizer.force_std
-            terms[name] = (loss_sum, abs_sum, diff.shape[0], 3 * diff.shape[0])
+            terms[name] = (loss_sum, abs_sum, n_labelled, 3 * n_labelled)
         else:
             diff = pred[name + "_norm"].to(torch.float32) - labels[name]
             std = normalizer.energy_std if name == "energy" else normalizer.target_std[name]

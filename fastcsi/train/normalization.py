@@ -72,9 +72,10 @@ class Normalizer:
             residual = np.asarray(energies) - element_counts(numbers) @ norm.linear_reference
             norm.energy_std = _safe_std(residual)
         if "forces" in targets:
-            if any(s.forces is None for s in structures):
-                raise FastCSIError("training sample has structures without force labels")
-            forces = np.concatenate([s.forces for s in structures]) if structures else np.zeros((0, 3))
+            # structures without force labels are masked out of the force loss (losses.py): the scale
+            # comes from those that have them
+            labelled = [s.forces for s in structures if s.forces is not None]
+            forces = np.concatenate(labelled) if labelled else np.zeros((0, 3))
             norm.force_std = _safe_std(forces, rms=True)
         for name in targets:
             if name in ("energy", "forces"):

@@ -111,29 +111,41 @@ def _check_room(datasets, n_train: int) -> None:
 
 
 def draw_samples(datasets, n_train: int, n_val: int, weights, strategy: str, seed: int):
-    """(train, val) lists of (dataset, index) pairs: train by the mixture, val at random from
-    what training did not draw (so validation measures held-out structures)."""
+    """(train, val) lists of (dataset, index) pairs: train by the mixture, val by the same weights
+    from what training did not draw (so validation measures held-out structures of that mixture)."""
     from fastcsi.data import mixture_indices
 
     _check_room(datasets, n_train)
     train = mixture_indices(datasets, n_train, weights=weights, seed=seed, strategy=strategy)
     if len(train) != n_train:
         raise FastCSIError(f"could draw only {len(train)} of {n_train} training structures from the data")
-    return train, held_out(datasets, train, n_val, seed)
+    return train, held_out(datasets, train, n_val, seed, weights)
 
 
-def held_out(datasets, train, n_val: int, seed: int):
-    """``n_val`` (dataset, index) pairs at random among the structures ``train`` does not hold."""
-    parts = []
+def held_out(datasets, train, n_val: int, seed: int, weights=None):
+    """``n_val`` (dataset, index) pairs at random among the structures ``train`` does not hold,
+    split across the datasets by ``weights`` (the mixture's per-dataset shares of structures), so
+    that validation measures the mixture that was trained, not whatever is left over: an upstream
+    of weight 0 gives none. A dataset with too few left hands its part on to the others; what the
+    weighted ones cannot give comes from any held-out structure (a small validation set measures
+    nothing). ``weights=None``: in proportion to what is left."""
+    from fastcsi.data.sampling import _apportion
+
+    free_per_dataset = []
     for k, d in enumerate(datasets):  # vectorised: upstreams can hold millions of structures
         free = np.ones(len(d), dtype=bool)
         free[train[train[:, 0] == k, 1]] = False
-        idx = np.flatnonzero(free)
-        parts.append(np.stack([np.full(len(idx), k, dtype=np.int64), idx], axis=1))
-    rest = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
-    n_val = min(n_val, len(rest))
-    pick = np.sort(np.random.default_rng([seed, 0xFA1]).choice(len(rest), size=n_val, replace=False))
-    return rest[pick]
+        free_per_dataset.append(np.flatnonzero(free))
+    capacity = np.array([len(f) for f in free_per_dataset], dtype=np.int64)
+    shares = capacity.astype(np.float64) if weights is None else np.asarray(weights, dtype=np.float64)
+    quotas = _apportion(n_val, shares, capacity)
+    if quotas.sum() < min(n_val, capacity.sum()):
+        left = capacity - quotas
+        quotas += _apportion(n_val - int(quotas.sum()), left.astype(np.float64), left)
+    rng = np.random.default_rng([seed, 0xFA1])
+    parts = [np.stack([np.full(q, k, dtype=np.int64), np.sort(rng.choice(free, size=q, replace=False))], axis=1)
+             for k, (free, q) in enumerate(zip(free_per_dataset, quotas)) if q]
+    return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
 
 
 def _check_fingerprint(dataset, expected, path, source) -> None:
@@ -221,7 +233,8 @@ def _draw_training_data(settings, plan, datasets, n_val: int, seed: int):
             raise FastCSIError(f"{plan['file']}: lists {len(train)} structures but says its budget is {settings.samples}")
         _check_room(datasets, settings.samples)
         weights = np.array([(train[:, 0] == k).sum() for k in range(len(datasets))], dtype=np.float64)
-        return train, held_out(datasets, train, n_val, seed), weights / weights.sum()
+        weights /= weights.sum()
+        return train, held_out(datasets, train, n_val, seed, weights), weights
     if plan["kind"] == "csi":
         for path, d in zip(settings.data, datasets):
             _check_fingerprint(d, plan["fingerprints"].get(str(Path(path).resolve())), path, plan["file"])
@@ -240,23 +253,35 @@ def _draw_training_data(settings, plan, datasets, n_val: int, seed: int):
         chosen, _ = draw_selection(datasets, components, settings.samples, seed)
         train = np.concatenate([np.stack([np.full(len(idx), k, dtype=np.int64), idx], axis=1)
                                 for k, idx in enumerate(chosen)])
-        return train, held_out(datasets, train, n_val, seed), weights
+        return train, held_out(datasets, train, n_val, seed, weights), weights
     weights = mixture_weights(settings.mix, [len(d) for d in datasets])
     train, val = draw_samples(datasets, settings.samples, n_val, weights, settings.sampling, seed)
     return train, val, weights
 
 
-def _read(datasets, pairs, paths, what: str, progress: bool, needs_forces: bool):
+def _read(datasets, pairs, paths, what: str, progress: bool):
+    """The structures of ``pairs``. Each needs an energy; one without forces (ANI-1, which a mixture
+    may choose) trains on its energy alone: the force loss masks it (losses.py)."""
     from tqdm import tqdm
 
     out = []
     for k, i in tqdm(pairs, desc=f"reading {what}", unit="structure", disable=not progress, leave=False):
         s = datasets[k][int(i)]
-        if s.energy is None or (needs_forces and s.forces is None):
-            label = "an energy" if s.energy is None else "forces"
-            raise FastCSIError(f"{paths[k]}: structure {int(i)} has no {label} label; pretraining needs energy and forces")
+        if s.energy is None:
+            raise FastCSIError(f"{paths[k]}: structure {int(i)} has no energy label; pretraining needs energies "
+                               "(forces where the data has them)")
         out.append(s)
     return out
+
+
+def forces_note(structures, what: str) -> str | None:
+    """A line saying how many of ``structures`` have no force labels (None when all have them)."""
+    missing = sum(s.forces is None for s in structures)
+    if not missing:
+        return None
+    if missing == len(structures):
+        return f"no {what} structure has force labels: the force loss is off (energy only)"
+    return f"{missing} of {len(structures)} {what} structures have no force labels: their force loss is masked"
 
 
 def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) -> dict:
@@ -290,8 +315,8 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
         datasets = [open_dataset(p, skip_unreadable=settings.skip_unreadable, **settings.data_options) for p in settings.data]
         n_val = settings.val_samples if settings.val_samples is not None else min(max(settings.samples // 10, 1), 1000)
         train_pairs, val_pairs, weights = draw_training_data(settings, source, datasets, n_val, cfg.seed)
-        train = _read(datasets, train_pairs, settings.data, "training sample", settings.progress and ctx.is_main, True)
-        val = _read(datasets, val_pairs, settings.data, "validation sample", settings.progress and ctx.is_main, True)
+        train = _read(datasets, train_pairs, settings.data, "training sample", settings.progress and ctx.is_main)
+        val = _read(datasets, val_pairs, settings.data, "validation sample", settings.progress and ctx.is_main)
 
     targets = ("energy", "forces")
     normalizer = Normalizer.fit(train, targets)
@@ -311,7 +336,15 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
         f"{budget['steps']} optimizer steps of {cfg.batch_size} ({steps_per_epoch} per epoch) on {ctx.world_size} "
         f"process(es), {device}; validation on {len(val)} held-out structures")
     log("training sample per dataset: " + ", ".join(f"{Path(p).name}: {n}" for p, n in per_dataset.items()))
+    budget["validation_per_dataset"] = {str(settings.data[k]): int((val_pairs[:, 0] == k).sum())
+                                        for k in range(len(datasets))}
+    log("validation sample per dataset (by the same weights): "
+        + ", ".join(f"{Path(p).name}: {n}" for p, n in budget["validation_per_dataset"].items()))
     log(describe_source(source))
+    for structures, what in ((train, "training"), (val, "validation")):
+        budget[f"{what}_without_forces"] = sum(s.forces is None for s in structures)
+        if forces_note(structures, what):
+            log(forces_note(structures, what))
     if ctx.is_main:
         rundir.mkdir(parents=True, exist_ok=True)
         _write_record(record, settings, budget, datasets, normalizer, gemnet, status="running")
