@@ -35,6 +35,16 @@ def plan_batches(indices: Sequence[int], batch_size: int, n_atoms: np.ndarray | 
     return batches
 
 
+def atom_chunks(structures: Sequence, max_atoms: int | None) -> list:
+    """``structures`` in order, cut into runs of at most ``max_atoms`` atoms (one larger structure
+    goes alone); all of them in one run when ``max_atoms`` is None."""
+    if max_atoms is None or not structures:
+        return [list(structures)] if structures else []
+    sizes = np.array([s.n_atoms for s in structures], dtype=np.int64)
+    plan = plan_batches(range(len(structures)), len(structures), sizes, max_atoms)
+    return [[structures[i] for i in part] for part in plan]
+
+
 def _already_collated(batch):
     return batch
 
