@@ -146,7 +146,9 @@ def _rank_table(report: dict, short) -> list:
 
 
 def plot_agreement(report: dict, path, title: str = "", display=None) -> None:
-    """Rank (not CSI: the scales differ) of every upstream under every extractor, one line per upstream."""
+    """Rank (not CSI: the scales differ) of every upstream under every extractor, one line per
+    upstream; the upstreams are named on the left in the first extractor's order and on the right
+    in the last one's (tick labels, so the layout makes room for long names)."""
     from fastcsi.utils import pyplot, save_figure
 
     plt = pyplot()
@@ -154,26 +156,44 @@ def plot_agreement(report: dict, path, title: str = "", display=None) -> None:
     names = report["extractors"]
     upstreams = [row["upstream"] for row in report["rankings"][names[0]]]
     k = len(upstreams)
-    fig, ax = plt.subplots(figsize=(2.0 + 1.8 * len(names), 1.4 + 0.42 * max(k, 2)))
+    def label(u, width=40):
+        text = display.get(u, u)
+        return text if len(text) <= width else "…" + text[-(width - 1):]
+
+    widest = max(len(f"{k}. {label(u)}") for u in upstreams)
+    # room for the tick labels on both sides (~0.07 in per character at 8 pt)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.6 * len(names) + 2 * 0.07 * widest, 1.6 + 0.42 * max(k, 2)))
     x = np.arange(len(names))
     colours = plt.get_cmap("tab10" if k <= 10 else "tab20")
     ranks = {name: {row["upstream"]: row["rank"] for row in report["rankings"][name]} for name in names}
     for i, u in enumerate(upstreams):
-        y = [ranks[name][u] for name in names]
-        ax.plot(x, y, marker="o", color=colours(i % colours.N), linewidth=2)
-        ax.text(x[0] - 0.08, y[0], display.get(u, u), ha="right", va="center", fontsize=8)
-        ax.text(x[-1] + 0.08, y[-1], display.get(u, u), ha="left", va="center", fontsize=8)
-    ax.set_xticks(x, names, fontsize=8)
-    ax.set_yticks(range(1, k + 1))
-    ax.set_ylim(k + 0.5, 0.5)  # rank 1 (closest) on top
-    ax.set_xlim(-1.2, len(names) - 1 + 1.2)
-    ax.set_ylabel("rank (1 = closest)")
-    ax.set_title(title or "Upstream rank under each extractor", fontsize=10)
+        ax.plot(x, [ranks[name][u] for name in names], marker="o", color=colours(i % colours.N), linewidth=2)
+
+    def side_labels(name):
+        at_rank = {}
+        for u in upstreams:
+            at_rank.setdefault(ranks[name][u], []).append(label(u))
+        return list(at_rank), [f"{r}. {', '.join(us)}" for r, us in at_rank.items()]
+
+    positions, labels = side_labels(names[0])
+    ax.set_yticks(positions, labels, fontsize=8)
+    right = ax.twinx()
+    positions, labels = side_labels(names[-1])
+    right.set_yticks(positions, labels, fontsize=8)
+    for axis in (ax, right):
+        axis.set_ylim(k + 0.5, 0.5)  # rank 1 (closest) on top
+        axis.spines["top"].set_visible(False)
+    ax.set_xticks(x, [_short_extractor(name) for name in names], fontsize=8)
+    ax.set_xlim(-0.3, len(names) - 1 + 0.3)
+    ax.set_title(title or "Upstream rank under each extractor (1 = closest)", fontsize=10)
     if report["correlation_meaningful"] and len(names) == 2:
         p = report["pairs"][0]
         if p["kendall_tau"] is not None:
-            ax.text(0.5, -0.12, f"Kendall tau {p['kendall_tau']:+.2f}, Spearman {p['spearman']:+.2f}",
-                    transform=ax.transAxes, ha="center", va="top", fontsize=8)
-    for side in ("top", "right"):
-        ax.spines[side].set_visible(False)
+            ax.set_xlabel(f"Kendall tau {p['kendall_tau']:+.2f}, Spearman {p['spearman']:+.2f}", fontsize=8)
     save_figure(fig, path, dpi=120)
+
+
+def _short_extractor(name: str) -> str:
+    """``NAME:/some/dir/model.pt`` -> ``NAME:model.pt`` for an axis label."""
+    base, sep, model = name.partition(":")
+    return f"{base}{sep}{model.replace(chr(92), '/').rsplit('/', 1)[-1]}" if sep else name
