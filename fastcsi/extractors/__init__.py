@@ -13,8 +13,9 @@ Backbones are named by a spec ``NAME[:MODEL]`` (``--backbone``):
 * ``gemnet-oc-random[:CONFIG]`` a seeded random initialisation (default config gemnet-oc-tiny) for
   tests and speed work; its CSI is flagged as coming from untrained weights;
 * ``sevennet-0`` SevenNet-0 (11 Jul 2024), weights from the ``sevenn`` wheel;
-* ``chgnet[:VERSION]`` CHGNet (default 0.3.0), weights from the ``chgnet`` wheel (extra ``chgnet``);
-* ``mace:FILE`` a MACE model file (e.g. MACE-MP-0; ``mace-torch`` in its own environment).
+* ``chgnet[:VERSION]`` CHGNet (default 0.3.0), weights from the ``chgnet`` wheel (extra ``chgnet``).
+
+MACE and fairchem adapters are not written (see the README's Backbones section).
 
 Foreign packages are imported only when their backbone is asked for, and no adapter ever downloads:
 a model that is not on disk is a one-line error.
@@ -121,7 +122,6 @@ BACKBONES = {
         Backbone("sevennet-0", "sevennet", "none", "", None),
         Backbone("chgnet", "chgnet", "optional", "a CHGNet version shipped in the chgnet wheel (default 0.3.0)",
                  "chgnet"),
-        Backbone("mace", "mace", "required", "a MACE model file (e.g. MACE-MP-0)", "mace"),
     )
 }
 

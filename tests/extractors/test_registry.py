@@ -12,7 +12,6 @@ from helpers import check_invariance_and_batching, check_protocol
 @pytest.mark.parametrize("spec, message", [
     ("orb", "unknown backbone 'orb'"),
     ("gemnet-oc", "give a GemNet-OC checkpoint file"),
-    ("mace", "give a MACE model file"),
     ("sevennet-0:x.pth", "takes no model part"),
 ])
 def test_bad_specs_are_one_sentence(spec, message):
