@@ -1,9 +1,9 @@
 """fairchem LMDB reader (OC20/OC22 S2EF): values are pickled torch_geometric ``Data`` objects.
 
-They are read without torch_geometric and without running arbitrary pickles: a restricted
-unpickler admits only the classes such a file holds (stand-ins for ``Data``, its attribute
-classes and storage; torch's tensor rebuild functions; ``OrderedDict``; numpy scalars/arrays)
-and raises :class:`FastCSIError` naming the file and key for anything else. The serialized
+They are read without torch_geometric and without running arbitrary pickles: fastcsi's allow-list
+unpickler (:mod:`fastcsi.safe_pickle`: torch's tensor rebuild functions, ``OrderedDict`` and plain
+containers, numpy scalars/arrays) with stand-ins for ``Data``, its attribute classes and storage,
+which raises :class:`FastCSIError` naming the file and key for anything else. The serialized
 tensor storages inside are decoded with ``torch.load(weights_only=True)``, itself restricted.
 
 Both layouts are handled: PyG 2 (fields in ``_store._mapping``) and PyG 1.x (fields directly in
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from fastcsi.data.base import Dataset, HeaderIndexed
 from fastcsi.data.structure import Structure
 from fastcsi.errors import FastCSIError
+from fastcsi.safe_pickle import AllowListUnpickler
 
 LMDB_MAGIC = 0xBEEFC0DE  # at byte 16 of an LMDB data file (meta page), little endian
 
@@ -96,33 +96,28 @@ _STAND_INS = {
 }
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what a fairchem LMDB entry holds. ``lazy=True`` leaves tensors undecoded."""
+class RestrictedUnpickler(AllowListUnpickler):
+    """fastcsi's one allow-list unpickler (:mod:`fastcsi.safe_pickle`: torch's rebuilds, plain
+    containers, numpy) plus what a fairchem LMDB entry holds: stand-ins for PyG's classes and
+    storages decoded by ``torch.load(weights_only=True)``. Any other global is refused instead of
+    recorded: an entry is data, and an object of any other class means the file is not what it
+    claims. ``lazy=True`` leaves tensors undecoded."""
 
     def __init__(self, data: bytes, where: str, lazy: bool = False):
         super().__init__(io.BytesIO(data))
         self.where = where
         self.lazy = lazy
 
-    def find_class(self, module, name):
+    def extra_global(self, module, name):
         if (module, name) in _STAND_INS:
             return _STAND_INS[(module, name)]
         if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
             return _safe_rebuild_tensor_v2
         if (module, name) == ("torch.storage", "_load_from_bytes"):
             return _LazyStorage if self.lazy else _safe_load_from_bytes
-        if (module, name) == ("collections", "OrderedDict"):
-            import collections
+        return None
 
-            return collections.OrderedDict
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in ("scalar", "_reconstruct"):
-            import importlib
-
-            # numpy 2 moved numpy.core to numpy._core; pickles name either.
-            multiarray = importlib.import_module("numpy._core.multiarray" if hasattr(np, "_core") else module)
-            return getattr(multiarray, name)
-        if (module, name) in (("numpy", "dtype"), ("numpy", "ndarray")):
-            return getattr(np, name)
+    def unknown_global(self, module, name):
         raise FastCSIError(
             f"{self.where}: unexpected object {module}.{name} in the pickled entry; refusing to load it"
         )
@@ -255,6 +250,9 @@ def forget_inherited(handles: dict, key, close):
         close(handles.pop(other))
 
 
+RELEASE_EVERY = 4096  # entries a header pass reads between two release_pages calls
+
+
 def release_pages(path):
     """Drop this process's mapped pages of ``path`` (LMDB files are read through a shared mmap):
     after a pass over every entry they would otherwise stay in the process's RSS, which a cluster
@@ -383,6 +381,8 @@ class LmdbDataset(HeaderIndexed, Dataset):
                 raw = txn.get(str(i).encode("ascii"))
                 if raw is None:
                     raise FastCSIError(f"{self.path}: entry {i}: key missing from the LMDB")
+                if k % RELEASE_EVERY == RELEASE_EVERY - 1:  # RSS bounded by the pages of a few thousand entries
+                    release_pages(self.path)
                 sid, count = _int_after_key(raw, _SID_KEYS), _int_after_key(raw, _NATOMS_KEYS)
                 if sid is None or count is None:
                     keys[k], natoms[k] = self._unpickled_header(raw, i)
