@@ -122,6 +122,13 @@ WRITER = textwrap.dedent(r'''
             state["module." + new] = value
         model_cfg = {k: v for k, v in hp.items() if k not in ("head_num_mlps", "scale_file")}
         model_cfg.update(name="gemnet_oc", num_atoms=0, bond_feat_dim=0, scale_file=pathlib.PosixPath("/s.pt"))
+        if layout == "hydra":  # fairchem 1.x: one backbone, the output MLPs and layers moved into named heads
+            heads = {"out_mlp_E": "energy", "out_energy": "energy", "out_mlp_F": "forces", "out_forces": "forces"}
+            state = collections.OrderedDict(
+                (f"module.output_heads.{heads[k.split('.')[1]]}.{k[len('module.'):]}" if k.split(".")[1] in heads
+                 else "module.backbone." + k[len("module."):], v) for k, v in state.items())
+            model_cfg = {"name": "hydra", "backbone": {**model_cfg, "model": "gemnet_oc_backbone"},
+                         "heads": {"energy": {"module": "gemnet_oc_energy_and_grad_force_head"}}}
         ckpt = {
             "state_dict": state, "epoch": 2, "step": 50,
             "normalizers": {"target": {"mean": torch.tensor(0.0), "std": torch.tensor(1.0)}},
@@ -132,7 +139,7 @@ WRITER = textwrap.dedent(r'''
                     "shadow_params": [v * 0.5 for k, v in state.items() if not not_in_ema(k[len("module."):])]},
             "amp": None, "best_val_metric": 0.1, "primary_metric": "forces_mae",
         }
-    torch.save(ckpt, output)
+    torch.save(ckpt, output, _use_new_zipfile_serialization=not output.endswith(".legacy"))
 ''')
 
 FIELDS = sorted(BACKBONE_DEFAULTS)
@@ -144,11 +151,12 @@ def direct_model(dtype=torch.float64):
     return model.to(dtype)
 
 
-def write_foreign(tmp_path, model, layout, name):
+def write_foreign(tmp_path, model, layout, name, legacy=False):
+    """(file, marker) for ``model`` in ``layout`` (jmp, fairchem, hydra), zip or torch's legacy format."""
     inputs = tmp_path / f"{name}.inputs.pt"
     torch.save({"state_dict": model.state_dict(), "hparams": model.hparams, "backbone_fields": FIELDS}, inputs)
     (tmp_path / "writer.py").write_text(WRITER)
-    out, marker = tmp_path / f"{name}.ckpt", tmp_path / f"{name}.marker"
+    out, marker = tmp_path / f"{name}.ckpt{'.legacy' if legacy else ''}", tmp_path / f"{name}.marker"
     subprocess.run([sys.executable, str(tmp_path / "writer.py"), str(inputs), str(out), layout, str(marker)],
                    check=True, capture_output=True, timeout=120)
     return out, marker
@@ -161,11 +169,13 @@ def jmp64(tmp_path_factory):
     return (model, *write_foreign(tmp, model, "jmp", "jmp64"))
 
 
-def test_planted_payloads_are_live_but_never_run(jmp64, tmp_path):
+@pytest.mark.parametrize("legacy", [False, True])
+def test_planted_payloads_are_live_but_never_run(jmp64, tmp_path, legacy):
     from fastcsi.safe_pickle import Record, load_torch_foreign, record_fields, records_in
 
     model = jmp64[0]
-    path, marker = write_foreign(tmp_path, model, "jmp", "control")  # its own marker: the control runs it
+    # its own marker: the control runs it
+    path, marker = write_foreign(tmp_path, model, "jmp", "control", legacy=legacy)
     ckpt = load_torch_foreign(path)
     assert not marker.exists()
     commands = [r.args for r in records_in(ckpt) if r.name == "system"]
@@ -341,3 +351,13 @@ def test_select_reads_the_paper_layouts_without_base(jmp64, tmp_path):
     result = CliRunner().invoke(cli, ["stats", "compute", str(demo_downstream()), "-o", str(tmp_path / "d.npz"),
                                       "--checkpoint", str(jmp64[1]), "--base", "gemnet-oc-x"])
     assert result.exit_code == 2 and "--base 'gemnet-oc-x': unknown GemNet-OC config" in result.output
+
+
+def test_fairchem_hydra_layout(tmp_path, structures):
+    model = make_model(direct_forces=True, head_num_mlps=1)
+    path, marker = write_foreign(tmp_path, model, "hydra", "hydra")
+    loaded = load_backbone(path).eval()
+    assert loaded.load_info["layout"] == "fairchem" and not loaded.load_info["heads_initialized"]
+    batch = batch_of(structures["molecule"])
+    torch.testing.assert_close(extract_features(loaded, batch), extract_features(model, batch), rtol=0, atol=1e-10)
+    torch.testing.assert_close(loaded.state_dict()["out_forces.0.weight"], model.state_dict()["out_forces.0.weight"])
