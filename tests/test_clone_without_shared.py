@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # a path built to ../shared anywhere but the shared_data fixture would be read whether or not it is there
-SHARED_PATH = re.compile(r"""/\s*["']shared["']|["']\.\./shared""")
+# (a quoted README path inside a string, '"../shared/...', is text, not a path)
+SHARED_PATH = re.compile(r"""/\s*["']shared["']|(?<!')["']\.\./shared""")
 
 
 def test_only_the_fixture_names_the_shared_folder():
