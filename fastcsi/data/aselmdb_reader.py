@@ -27,7 +27,7 @@ import numpy as np
 
 from fastcsi.data.ase_readers import _AseLabels
 from fastcsi.data.base import Dataset, HeaderIndexed, formula_of
-from fastcsi.data.lmdb_reader import RELEASE_EVERY, check_complete, forget_inherited, release_pages
+from fastcsi.data.lmdb_reader import RELEASE_EVERY, PageReleaser, check_complete, forget_inherited
 from fastcsi.errors import FastCSIError
 
 # in order of preference; see the module docstring for which dataset uses which
@@ -177,9 +177,10 @@ class AseLmdbDataset(HeaderIndexed, _AseLabels, Dataset):
         ids = self._ids[start:stop]
         keys, natoms = [None] * len(ids), np.zeros(len(ids), dtype=np.int64)
         with self._connect().env.begin(buffers=True) as txn:
+            release = PageReleaser(self.path)
             for k, row_id in enumerate(ids):
-                if k % RELEASE_EVERY == RELEASE_EVERY - 1:  # RSS bounded by the pages of a few thousand rows
-                    release_pages(self.path)
+                if k % RELEASE_EVERY == RELEASE_EVERY - 1:  # RSS bounded by the pages of a few hundred rows
+                    release()
                 where = f"{self.path}: row id {row_id}"
                 raw = txn.get(str(int(row_id)).encode("ascii"))
                 if raw is None:
@@ -191,5 +192,5 @@ class AseLmdbDataset(HeaderIndexed, _AseLabels, Dataset):
                 numbers = _numbers_of(doc, where)
                 natoms[k] = len(numbers)
                 keys[k] = _class_of(doc, numbers)
-        release_pages(self.path)
+            release()
         return keys, natoms

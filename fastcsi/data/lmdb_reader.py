@@ -250,29 +250,45 @@ def forget_inherited(handles: dict, key, close):
         close(handles.pop(other))
 
 
-RELEASE_EVERY = 4096  # entries a header pass reads between two release_pages calls
+RELEASE_EVERY = 256  # entries a header pass reads between two releases of its mapped pages
+
+
+class PageReleaser:
+    """Drops this process's mapped pages of one file (LMDB files are read through a shared mmap).
+
+    After a pass over every entry they would otherwise stay in the process's RSS, which a cluster
+    job's memory limit counts; with the file in the page cache, every fault also maps its cached
+    neighbours (fault-around), so the pass's RSS grows much faster than the bytes it reads. The data
+    stays in the page cache and a later read maps it again. The file's mappings are looked up once
+    (/proc/self/maps), then each call is one madvise(MADV_DONTNEED) per mapping. Linux only;
+    elsewhere a call does nothing."""
+
+    def __init__(self, path):
+        import ctypes
+        import ctypes.util
+
+        target = " " + str(Path(path).resolve())
+        self.spans = []
+        try:
+            with open("/proc/self/maps") as maps:
+                for line in maps:
+                    if line.rstrip().endswith(target):
+                        start, end = (int(x, 16) for x in line.split()[0].split("-"))
+                        self.spans.append((start, end - start))
+            self.madvise = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).madvise
+        except OSError:
+            self.spans = []
+            return
+        self.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+    def __call__(self):
+        for start, length in self.spans:
+            self.madvise(start, length, 4)  # MADV_DONTNEED: read-only file pages, refetched on access
 
 
 def release_pages(path):
-    """Drop this process's mapped pages of ``path`` (LMDB files are read through a shared mmap):
-    after a pass over every entry they would otherwise stay in the process's RSS, which a cluster
-    job's memory limit counts. The data stays in the page cache; a later read maps it again.
-    Linux only (/proc/self/maps and madvise); elsewhere nothing is done."""
-    import ctypes
-    import ctypes.util
-
-    target = str(Path(path).resolve())
-    try:
-        with open("/proc/self/maps") as maps:
-            ranges = [line.split()[0] for line in maps if line.rstrip().endswith(" " + target)]
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
-        return
-    madvise = libc.madvise
-    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    for span in ranges:
-        start, end = (int(x, 16) for x in span.split("-"))
-        madvise(start, end - start, 4)  # MADV_DONTNEED: read-only file pages, refetched on access
+    """Drop this process's mapped pages of ``path`` now (see :class:`PageReleaser`)."""
+    PageReleaser(path)()
 
 
 def check_complete(env, path):
@@ -377,18 +393,19 @@ class LmdbDataset(HeaderIndexed, Dataset):
         stop = len(self) if stop is None else stop
         keys, natoms = [None] * (stop - start), np.zeros(stop - start, dtype=np.int64)
         with self._environment().begin() as txn:
+            release = PageReleaser(self.path)
             for k, i in enumerate(range(start, stop)):
                 raw = txn.get(str(i).encode("ascii"))
                 if raw is None:
                     raise FastCSIError(f"{self.path}: entry {i}: key missing from the LMDB")
-                if k % RELEASE_EVERY == RELEASE_EVERY - 1:  # RSS bounded by the pages of a few thousand entries
-                    release_pages(self.path)
+                if k % RELEASE_EVERY == RELEASE_EVERY - 1:  # RSS bounded by the pages of a few hundred entries
+                    release()
                 sid, count = _int_after_key(raw, _SID_KEYS), _int_after_key(raw, _NATOMS_KEYS)
                 if sid is None or count is None:
                     keys[k], natoms[k] = self._unpickled_header(raw, i)
                 else:
                     keys[k], natoms[k] = str(sid), count
-        release_pages(self.path)
+            release()
         return keys, natoms
 
     def _unpickled_header(self, raw: bytes, i: int):
