@@ -134,13 +134,32 @@ def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces
     click.echo(f"selected {len(indices)} of {len(ds)} structures ({strategy}, seed {seed}) -> {out}")
 
 
+class _RankGroup:
+    """What ``build_indices`` needs of a torchrun job."""
+
+    def __init__(self, ctx):
+        self.ctx, self.rank, self.world_size = ctx, ctx.rank, ctx.world_size
+
+    def raise_if_any_failed(self, error):
+        self.ctx.raise_if_any_failed(error)
+
+    def all_gather(self, obj) -> list:
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+
 @data.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("-j", "--jobs", type=int, default=1, show_default=True,
               help="Worker processes (over shards, and entry ranges of large files).")
 @_reader_options
 def index(path, jobs, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable):
-    """Build the dataset index (class keys, atom counts) ahead of time, into the cache directory."""
+    """Build the dataset index (class keys, atom counts) ahead of time, into the cache directory.
+
+    Under torchrun the ranks split the files and exchange what they built."""
     import time
 
     from fastcsi.data.index import build_indices, cache_root
@@ -148,11 +167,19 @@ def index(path, jobs, fmt, energy_key, forces_key, level, split, energy_unit, fo
 
     if jobs < 1:
         raise FastCSIError(f"-j {jobs}: give at least 1 worker process")
+    from fastcsi.distributed import init_distributed
+
     start = time.perf_counter()
-    with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable) as ds:
-        report = build_indices(ds, workers=jobs)
+    ctx = init_distributed("cpu")  # under torchrun the ranks split the files (one process: no-op)
+    try:
+        with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable) as ds:
+            report = build_indices(ds, workers=jobs, group=_RankGroup(ctx) if ctx.enabled else None)
+    finally:
+        ctx.close()
     wall = time.perf_counter() - start
     where = cache_root()
+    if not ctx.is_main:
+        return
     click.echo(f"{path}: {len(ds)} structures; {report['built']} of {report['files']} files indexed "
                f"({report['entries_built']} entries in {wall:.2f} s) -> "
                + (f"{where}/index" if where is not None else "nowhere (FASTCSI_CACHE_DIR=off)"))

@@ -10,8 +10,9 @@ header pass on a dataset it has seen.
   atomically; a file that does not load or does not match its dataset is rebuilt, never trusted.
 - Where: ``$FASTCSI_CACHE_DIR`` (``off`` disables it), else ``$XDG_CACHE_HOME/fastcsi``, else
   ``~/.cache/fastcsi``; the index lives in its ``index/`` folder. The inputs are never written.
-- ``build_indices(datasets, workers)`` builds the missing ones in worker processes over shards and
-  entry ranges (``fastcsi data index PATH -j N``).
+- ``build_indices(dataset, workers)`` builds the missing ones in worker processes over shards and
+  entry ranges (``fastcsi data index PATH -j N``); under torchrun the ranks split the files and
+  exchange what they built.
 - Atom counts only (random draws with an atom budget) come from fairchem's ``metadata.npz``
   (``natoms`` per entry of the directory's shards, in sorted file order) when it is present and
   its length matches, without any pass over the entries.
@@ -146,12 +147,46 @@ def _plan_parts(datasets, workers: int, min_part: int):
     return parts
 
 
-def build_indices(dataset, workers: int = 1, progress=None, min_part: int = 20_000) -> dict:
+def build_indices(dataset, workers: int = 1, progress=None, min_part: int = 20_000, group=None) -> dict:
     """Build and store the index of every file of ``dataset`` that has none, with ``workers``
     processes. Returns ``{"files", "built", "entries_built", "paths"}``. ``progress(n)`` is called
-    with the entries done as parts finish."""
+    with the entries done as parts finish.
+
+    ``group``: the ranks of a torchrun job (``rank``, ``world_size``, ``raise_if_any_failed(error)``,
+    ``all_gather(obj) -> list``): each rank builds every ``world_size``-th missing file, the ranks
+    exchange what they built, and every rank stores all of it (idempotent atomic writes, so a cache
+    directory shared by the ranks of a node is fine)."""
     files = indexable_files(dataset)
     missing = [d for d in files if load_index(d) is None]
+    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
+    built = {}
+    error = None
+    try:
+        built = _build(missing[rank::world], workers, progress, min_part)
+    except Exception as exc:  # every rank must reach the exchange, or the healthy ones wait forever
+        if group is None:
+            raise
+        error = exc
+    if group is not None:
+        from fastcsi.errors import FastCSIError
+
+        if error is not None and not isinstance(error, FastCSIError):
+            error = FastCSIError(f"{dataset.path}: building the index failed on rank {rank} ({type(error).__name__}: {error})")
+        group.raise_if_any_failed(error)
+        shares = group.all_gather({k * world + rank: (i.class_table, i.class_codes, i.natoms) for k, i in built.items()})
+        built = {k: DatasetIndex(*arrays) for share in shares for k, arrays in share.items()}
+    else:
+        built = {k * world + rank: index for k, index in built.items()}
+    paths = []
+    for k, d in enumerate(missing):
+        d._header_index = built[k]
+        paths.append(store_index(d, built[k]))
+    return {"files": len(files), "built": len(missing), "entries_built": int(sum(len(d) for d in missing)),
+            "paths": [str(p) for p in paths if p is not None]}
+
+
+def _build(missing, workers, progress, min_part) -> dict:
+    """``{position in missing: DatasetIndex}`` built with ``workers`` processes."""
     results = {k: [] for k in range(len(missing))}
     parts = _plan_parts(missing, workers, min_part)
     if workers <= 1 or len(parts) <= 1:
@@ -172,16 +207,13 @@ def build_indices(dataset, workers: int = 1, progress=None, min_part: int = 20_0
                 results[k].append((start, future.result()))
                 if progress:
                     progress(stop - start)
-    paths = []
-    for k, d in enumerate(missing):
+    built = {}
+    for k in range(len(missing)):
         pieces = [piece for _, piece in sorted(results[k], key=lambda item: item[0])]
         keys = np.concatenate([p[0] for p in pieces]) if pieces else np.zeros(0, dtype=str)
         natoms = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, dtype=np.int64)
-        index = DatasetIndex.from_keys(keys, natoms)
-        d._header_index = index
-        paths.append(store_index(d, index))
-    return {"files": len(files), "built": len(missing), "entries_built": int(sum(len(d) for d in missing)),
-            "paths": [str(p) for p in paths if p is not None]}
+        built[k] = DatasetIndex.from_keys(keys, natoms)
+    return built
 
 
 def metadata_natoms(directory, length: int) -> np.ndarray | None:

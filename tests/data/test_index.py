@@ -169,3 +169,33 @@ def test_second_select_and_pretrain_do_no_per_entry_pass(tmp_path, cache, header
                                  "--threads", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     assert header_passes == []
+
+
+def _index_rank(rank, world_size, port, path, cache):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank), FASTCSI_CACHE_DIR=os.path.join(cache, f"rank{rank}"))
+    import torch
+
+    torch.set_num_threads(1)
+    result = CliRunner().invoke(cli, ["data", "index", path])
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_ranks_split_the_files_and_each_keeps_every_index(tmp_path, cache):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    shards = _shards(tmp_path / "shards", (4, 6, 5))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # separate cache folders, as on two nodes: each rank must end with all three indices
+    mp.spawn(_index_rank, args=(2, port, str(shards), str(tmp_path / "caches")), nprocs=2, join=True)
+    expected = open_dataset(shards)
+    for rank in (0, 1):
+        os.environ["FASTCSI_CACHE_DIR"] = str(tmp_path / "caches" / f"rank{rank}")
+        assert len(list((tmp_path / "caches" / f"rank{rank}" / "index").glob("*.npz"))) == 3
+        again = open_dataset(shards)
+        assert list(again.class_keys()) == list(expected.class_keys())
