@@ -169,6 +169,20 @@ def jmp64(tmp_path_factory):
     return (model, *write_foreign(tmp, model, "jmp", "jmp64"))
 
 
+@pytest.fixture(scope="module")
+def jmp32(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("jmp32")
+    model = direct_model(torch.float32)
+    return (model, *write_foreign(tmp, model, "jmp", "jmp32"))
+
+
+@pytest.fixture(scope="module")
+def fair(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fair")
+    model = make_model(direct_forces=True, head_num_mlps=1)
+    return (model, *write_foreign(tmp, model, "fairchem", "fair"))
+
+
 @pytest.mark.parametrize("legacy", [False, True])
 def test_planted_payloads_are_live_but_never_run(jmp64, tmp_path, legacy):
     from fastcsi.safe_pickle import Record, load_torch_foreign, record_fields, records_in
@@ -194,12 +208,8 @@ def test_planted_payloads_are_live_but_never_run(jmp64, tmp_path, legacy):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_jmp_pretraining_layout_without_base(tmp_path, structures, dtype, jmp64):
-    if dtype == torch.float64:
-        model, path, marker = jmp64
-    else:
-        model = direct_model(dtype)
-        path, marker = write_foreign(tmp_path, model, "jmp", "jmp32")
+def test_jmp_pretraining_layout_without_base(tmp_path, structures, dtype, jmp64, jmp32):
+    model, path, marker = jmp64 if dtype == torch.float64 else jmp32
     loaded = load_backbone(path).eval()
     assert not marker.exists()
     assert loaded.dtype == dtype and loaded.hparams == model.hparams
@@ -236,9 +246,8 @@ def test_jmp_ema_weights(jmp64):
     torch.testing.assert_close(state[alias], raw[alias] * 0.5, rtol=0, atol=0)
 
 
-def test_fairchem_layout_without_base(tmp_path, structures):
-    model = make_model(direct_forces=True, head_num_mlps=1)
-    path, marker = write_foreign(tmp_path, model, "fairchem", "fair")
+def test_fairchem_layout_without_base(structures, fair):
+    model, path, marker = fair
     loaded = load_backbone(path).eval()
     assert not marker.exists()
     info = loaded.load_info
@@ -324,7 +333,7 @@ def test_fingerprint_names_the_weight_set_not_the_dropped_keys(jmp64, tmp_path):
     assert extractor_fingerprint(ema) != extractor_fingerprint(raw)
 
 
-def test_select_reads_the_paper_layouts_without_base(jmp64, tmp_path):
+def test_select_reads_the_paper_layouts_without_base(jmp64, jmp32, fair, tmp_path):
     import json
 
     from click.testing import CliRunner
@@ -332,9 +341,7 @@ def test_select_reads_the_paper_layouts_without_base(jmp64, tmp_path):
     from fastcsi.cli.app import cli
     from fastcsi.data.demo import demo_downstream, demo_paths
 
-    files = {"jmp float64": jmp64[1:]}
-    files["jmp float32"] = write_foreign(tmp_path, direct_model(torch.float32), "jmp", "jmp32")
-    files["fairchem"] = write_foreign(tmp_path, make_model(direct_forces=True, head_num_mlps=1), "fairchem", "fair")
+    files = {"jmp float64": jmp64[1:], "jmp float32": jmp32[1:], "fairchem": fair[1:]}
     upstream = demo_paths()["upstream_organic"]
     for k, (label, (path, marker)) in enumerate(files.items()):
         weights = "ema" if label == "fairchem" else "raw"
