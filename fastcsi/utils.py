@@ -72,7 +72,9 @@ def load_torch_file(path, what: str = "checkpoint"):
     """``torch.load(path, weights_only=True)`` on CPU, with every failure as one
     :class:`~fastcsi.errors.FastCSIError` line: a file that holds anything but tensors and plain
     containers is refused before any of its code can run (torch's own advice to retry with
-    ``weights_only=False`` is the opposite of what a user should do, so it is not quoted)."""
+    ``weights_only=False`` is the opposite of what a user should do, so it is not quoted). For the
+    files fastcsi writes; other programs' checkpoints (JMP, fairchem) are read with
+    :func:`fastcsi.safe_pickle.load_torch_foreign`."""
     import pickle
     import warnings
 

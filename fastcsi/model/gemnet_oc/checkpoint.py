@@ -183,7 +183,8 @@ def _apply_ema(state: dict, ema: list, path: Path) -> dict:
     """``state`` with its optimised parameters replaced by ``ema`` (same order, as JMP matches them)."""
     names = [k for k in state if not _NOT_IN_EMA.search(k)]
     if len(names) != len(ema):
-        raise FastCSIError(f"{path}: --weights ema: {len(ema)} EMA tensors for {len(names)} parameters in the state_dict")
+        raise FastCSIError(f"{path}: --weights ema: {len(ema)} EMA tensors for {len(names)} parameters "
+                           "in the state_dict")
     out = dict(state)
     for index, (name, value) in enumerate(zip(names, ema)):
         if tuple(value.shape) != tuple(state[name].shape) or value.dtype != state[name].dtype:
