@@ -9,6 +9,7 @@ import click
 
 from fastcsi.cli.data import UNIT_OPTIONS, unit_reader_options
 from fastcsi.errors import FastCSIError
+from fastcsi.pipeline.settings import DEMO_SAMPLES, DEMO_SEEDS, PAPER_SAMPLES  # light: no torch, no numpy
 
 DEFAULT_OUTDIR = "runs/select"
 
@@ -105,11 +106,13 @@ def _select_options(func):
         click.option("--upstream", "upstreams", type=click.Path(), multiple=True,
                      help="Candidate upstream dataset or stats .npz (repeat). Default: the bundled demo upstreams."),
         click.option("--samples", default=None,
-                     help="Structures per dataset, or 'all' to stream everything. [default: 10000; demo: 224]"),
+                     help=f"Structures per dataset, or 'all' to stream everything. [default: {PAPER_SAMPLES}; "
+                     f"demo: {DEMO_SAMPLES}]"),
         click.option("--upstream-sampling", default="balanced", show_default=True,
                      help="random, balanced (equal quota per class) or all."),
         click.option("--downstream-sampling", default="random", show_default=True, help="random, balanced or all."),
-        click.option("--seeds", default=None, help="Comma-separated sampling seeds. [default: 0,1,2; demo: 0,1]"),
+        click.option("--seeds", default=None, help="Comma-separated sampling seeds. [default: 0,1,2; demo: "
+                     f"{','.join(str(seed) for seed in DEMO_SEEDS)}]"),
         click.option("-o", "--outdir", type=click.Path(file_okay=False), default=None,
                      help=f"Output directory. [default: {DEFAULT_OUTDIR}; demo: runs/demo]"),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
