@@ -106,6 +106,8 @@ class Trainer:
         for t in self.targets:
             self.weights.setdefault(t, config.target_weight)
         self.metric_name = primary_metric(self.targets)
+        if self.metric_name == "forces" and self.val_set and all(s.forces is None for s in self.val_set):
+            self.metric_name = "energy"  # pretraining validation on structures without forces (ANI-1)
         self.metrics = MetricsLogger(self.rundir, enabled=self.ctx.is_main)
         self.step = 0
         self.epoch = 0
@@ -392,4 +394,6 @@ class Trainer:
         self.model.train(was_training)
         self.ctx.all_reduce_sum(sums)
         n_t = len(self.targets)
-        return {t: float(sums[j]) / max(float(sums[n_t + j]), 1.0) for j, t in enumerate(self.targets)}
+        # a target that none of these structures has a label for (forces of ANI-1) has no error to report
+        return {t: float(sums[j]) / max(float(sums[n_t + j]), 1.0) for j, t in enumerate(self.targets)
+                if sums[n_t + j] > 0 or not structures}

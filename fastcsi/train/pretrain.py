@@ -280,8 +280,10 @@ def forces_note(structures, what: str) -> str | None:
     if not missing:
         return None
     if missing == len(structures):
-        return f"no {what} structure has force labels: the force loss is off (energy only)"
-    return f"{missing} of {len(structures)} {what} structures have no force labels: their force loss is masked"
+        effect = "the force loss is off (energy only)" if what == "training" else "it measures energies only"
+        return f"no {what} structure has force labels: {effect}"
+    effect = "their force loss is masked" if what == "training" else "force errors are over the others"
+    return f"{missing} of {len(structures)} {what} structures have no force labels: {effect}"
 
 
 def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) -> dict:

@@ -128,6 +128,25 @@ def test_pretraining_on_the_selection_masks_forces_and_validates_by_its_weights(
     assert val["forces"] == min(wanted_forces, left["forces"]) and val["no_forces"] == 6 - val["forces"]
 
 
+def _without_forces(s):
+    return type(s)(s.atomic_numbers, s.positions, energy=s.energy, forces=None, id=s.id)
+
+
+def test_validation_without_force_labels_reports_and_selects_on_energy(tmp_path):
+    from fastcsi.model import build_model
+    from fastcsi.train.config import TrainConfig
+    from fastcsi.train.loop import Trainer
+    from fastcsi.train.normalization import NormalizedModel
+
+    train = lj_structures(4, seed=8)
+    val = [_without_forces(s) for s in lj_structures(2, seed=9)]
+    model = NormalizedModel(build_model("gemnet-oc-tiny", direct_forces=True), Normalizer.fit(train))
+    trainer = Trainer(model, TrainConfig(epochs=1, batch_size=2, amp=False, max_threads=1), train, val,
+                      ("energy", "forces"), tmp_path, device="cpu", progress=False, log=lambda *a, **k: None)
+    assert trainer.metric_name == "energy"  # not a force error of 0 that never changes
+    assert set(trainer.evaluate(val)) == {"energy"} and set(trainer.evaluate(train)) == {"energy", "forces"}
+
+
 def test_the_force_loss_masks_structures_without_forces():
     structures = lj_structures(3, seed=7)
     normalizer = Normalizer.fit(structures)
@@ -141,8 +160,7 @@ def test_the_force_loss_masks_structures_without_forces():
                           ("energy", "forces"))["forces"]
 
     unlabelled = list(structures)
-    unlabelled[1] = type(structures[1])(structures[1].atomic_numbers, structures[1].positions,
-                                        energy=structures[1].energy, forces=None, id="1")
+    unlabelled[1] = _without_forces(structures[1])
     masked = terms(unlabelled, pred["forces_norm"])
     cut = np.cumsum([0, *n_atoms])
     only_labelled = terms([structures[0], structures[2]],
