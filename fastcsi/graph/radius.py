@@ -25,7 +25,10 @@ The family: ``radius_ref.py`` (oracle), ``radius_cpu.py`` (C++, csrc/radius.cpp)
 """
 from __future__ import annotations
 
+import re
+
 from fastcsi import _native
+from fastcsi.errors import FastCSIError
 from fastcsi.backend import resolve_backend, triton_usable
 from fastcsi.graph.nearest import select_neighbors
 from fastcsi.graph.periodic import RadiusGraph, check_inputs
@@ -55,6 +58,28 @@ def radius_graph(batch, cutoff: float, max_neighbors: int | None = None, backend
     "triton" (per structure: all pairs for molecules and small cells, a cell list for structures of
     512+ atoms; see ``radius_triton``). See the module docstring for the exact semantics and edge order.
     """
+    try:
+        return _radius_graph(batch, cutoff, max_neighbors, backend, strict, degeneracy_tolerance)
+    except FastCSIError as exc:
+        raise _with_structure_id(exc, batch) from None
+
+
+# how every backend's input errors name a structure (csrc/radius.cpp, periodic.py, the wrappers)
+_STRUCTURE = re.compile(r"structure (\d+) of the batch")
+
+
+def _with_structure_id(exc: FastCSIError, batch) -> FastCSIError:
+    """``exc`` with the structure's dataset id (``batch.ids``) next to its index in the batch, so that
+    a refused input can be found in its file."""
+    found = _STRUCTURE.search(str(exc))
+    ids = getattr(batch, "ids", None) or []
+    if found is None or int(found.group(1)) >= len(ids) or ids[int(found.group(1))] in (None, ""):
+        return exc
+    k = int(found.group(1))
+    return FastCSIError(str(exc).replace(found.group(0), f"structure {ids[k]!r} (index {k} of the batch)", 1))
+
+
+def _radius_graph(batch, cutoff, max_neighbors, backend, strict, degeneracy_tolerance) -> RadiusGraph:
     check_inputs(batch, cutoff)
     device = batch.pos.device
     # auto: Triton on CUDA devices, the C++ kernel on the CPU (never the Triton interpreter: it is a
