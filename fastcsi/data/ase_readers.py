@@ -53,6 +53,12 @@ def _scalar(value):
     return float(arr.reshape(-1)[0])
 
 
+def _unit_option(force_unit) -> dict:
+    # only when given: the options are part of the fingerprint, which must not change for files
+    # opened without it (caches, pretrain_set.json)
+    return {"force_unit": force_unit} if force_unit else {}
+
+
 class _AseLabels:
     """Mixin: pull energy/forces/targets out of an ``ase.Atoms`` the same way for every format."""
 
@@ -137,7 +143,7 @@ class ExtxyzDataset(_AseLabels, Dataset):
 
     def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
-                         force_unit=force_unit, **options)
+                         **_unit_option(force_unit), **options)
         self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self._offsets, self._natoms, self._comments = self._scan()
         self._class_cache = None
@@ -244,7 +250,7 @@ class AseDbDataset(_AseLabels, Dataset):
 
     def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
-                         force_unit=force_unit, **options)
+                         **_unit_option(force_unit), **options)
         self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self._db = None
         self._class_cache = None
@@ -302,7 +308,7 @@ class TrajDataset(HeaderIndexed, _AseLabels, Dataset):
 
     def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
-                         force_unit=force_unit, **options)
+                         **_unit_option(force_unit), **options)
         self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self._traj = None
         self._length = len(self._trajectory())
@@ -363,7 +369,7 @@ class AseIoDataset(_AseLabels, Dataset):
     def __init__(self, path, ase_format=None, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
         super().__init__(path, ase_format=ase_format, energy_key=energy_key, forces_key=forces_key,
                          energy_unit=energy_unit,
-                         force_unit=force_unit, **options)
+                         **_unit_option(force_unit), **options)
         self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self.ase_format = ase_format
         if ase_format == "cif":

@@ -69,7 +69,8 @@ class _NpzDataset(Dataset):
     def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, length_unit=None, force_unit=None,
                  **options):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
-                         length_unit=length_unit, force_unit=force_unit, **options)
+                         length_unit=length_unit, **({"force_unit": force_unit} if force_unit else {}),
+                         **options)  # force_unit only when given: files opened without it keep their fingerprint
         self._keys = set(npz_keys(self.path))
         self.energy_key = energy_key or self.ENERGIES
         self.forces_key = forces_key or self.FORCES

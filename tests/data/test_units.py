@@ -88,6 +88,8 @@ def test_data_info_warns_once_and_the_unit_options_apply(tmp_path):
     ds = open_dataset(path, energy_unit="kcal/mol", force_unit="hartree/bohr")
     assert ds[0].energy == pytest.approx(energy_kcal * KCAL_MOL_EV)
     assert ds[0].forces[0, 0] == pytest.approx(0.5 * HARTREE_EV / BOHR_ANGSTROM)
+    # a file opened without --force-unit keeps the fingerprint it had before the option existed
+    assert "force_unit" not in open_dataset(path).options
     # without --force-unit the forces follow the energy unit per Å
     assert open_dataset(path, energy_unit="kcal/mol")[0].forces[0, 0] == pytest.approx(0.5 * KCAL_MOL_EV)
 
