@@ -110,12 +110,23 @@ def implausible_energy_unit(numbers, energy_ev: float, factor: float = 1.0) -> s
     return min(_LIKELY_UNITS, key=mismatch)
 
 
+# (directory, likely unit) already warned about: a directory of 1000 such files gets one line, not 1000
+_WARNED_DIRECTORIES: set = set()
+
+
 def warn_if_implausible_energy(where, numbers, energy_ev, factor: float = 1.0, unit_given: str | None = None,
                                option: str = "--energy-unit") -> bool:
-    """One warning line (an :class:`EnergyUnitWarning`) when ``energy_ev`` cannot be eV; True then."""
+    """One warning line (an :class:`EnergyUnitWarning`) when ``energy_ev`` cannot be eV; True then.
+    Further files of the same directory with the same likely unit are not warned about again."""
+    from pathlib import Path
+
     likely = implausible_energy_unit(numbers, energy_ev, factor)
     if likely is None:
         return False
+    directory = (str(Path(where).resolve().parent), likely)
+    if directory in _WARNED_DIRECTORIES:
+        return True
+    _WARNED_DIRECTORIES.add(directory)
     read_as = f"read as {unit_given} and converted" if unit_given else "read as eV"
     per_atom = energy_ev / len(numbers)
     warnings.warn(

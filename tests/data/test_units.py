@@ -14,6 +14,14 @@ from fastcsi.data.units import (BOHR_ANGSTROM, HARTREE_EV, KCAL_MOL_EV, KJ_MOL_E
                                 atomic_energy_ev, implausible_energy_unit)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_warning_memory(monkeypatch):
+    # the once-per-directory memory is per process: each test starts without it
+    import fastcsi.data.units
+
+    monkeypatch.setattr(fastcsi.data.units, "_WARNED_DIRECTORIES", set())
+
+
 @pytest.mark.parametrize("z, hartree_fock", [(6, -37.689), (8, -74.809), (29, -1638.96), (79, -17865.4)])
 def test_atomic_energy_is_close_to_hartree_fock(z, hartree_fock):
     # Hartree-Fock ground-state energies of the neutral atoms (Clementi-Roetti / Koga tables), in Ha
@@ -111,3 +119,16 @@ def test_md22_sample_is_flagged(shared_data):
     assert result.exit_code == 0 and "likely kcal/mol" in result.stderr
     fixed = _invoke_showing_warnings("data", "info", "--energy-unit", "kcal/mol", path)
     assert "warning" not in fixed.stderr
+
+
+def test_a_directory_of_such_files_gets_one_line(tmp_path):
+    from fastcsi.data import open_dataset as open_any
+
+    for name in ("a.extxyz", "b.extxyz", "c.extxyz"):
+        _write_kcal_file(tmp_path / name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = open_any(tmp_path)
+        for i in range(len(ds)):
+            ds[i]
+    assert len([w for w in caught if issubclass(w.category, EnergyUnitWarning)]) == 1
