@@ -148,8 +148,9 @@ def _reconstructor(cls, base, state=None):
     raise pickle.UnpicklingError("copyreg._reconstructor on an allowed class")
 
 
-_BUILTINS = {"set", "frozenset", "list", "dict", "tuple", "bytearray", "bytes", "complex", "slice", "int",
-             "float", "str", "bool", "object"}
+# Containers and numbers that protocol-2 pickles build by calling their type (newer protocols have
+# opcodes for them). Nothing that allocates by a size argument (bytes, bytearray) or looks up names.
+_BUILTINS = {"set", "frozenset", "list", "dict", "tuple", "complex"}
 _TORCH_REBUILDS = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,

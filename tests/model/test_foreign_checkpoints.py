@@ -368,3 +368,37 @@ def test_fairchem_hydra_layout(tmp_path, structures):
     batch = batch_of(structures["molecule"])
     torch.testing.assert_close(extract_features(loaded, batch), extract_features(model, batch), rtol=0, atol=1e-10)
     torch.testing.assert_close(loaded.state_dict()["out_forces.0.weight"], model.state_dict()["out_forces.0.weight"])
+
+
+class _Plain:
+    """An ordinary object: pickled by protocols 0/1 through copyreg._reconstructor, later ones by NEWOBJ."""
+
+    def __init__(self, payload):
+        self.payload, self.size = payload, 3
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [0, 1, 2, 4, 5])
+def test_every_pickle_protocol_gives_records(tmp_path, protocol):
+    import pickle
+
+    from fastcsi.safe_pickle import Record, loads, record_fields
+
+    marker = tmp_path / "marker"
+    obj = loads(pickle.dumps({"x": _Plain(_Payload(marker)), "s": {1, 2}, "b": b"\x00\xff", "c": 1 + 2j},
+                             protocol=protocol))
+    assert not marker.exists()
+    plain = obj["x"]
+    assert isinstance(plain, Record) and plain.name == "_Plain" and record_fields(plain)["size"] == 3
+    payload = record_fields(plain)["payload"]
+    assert payload.name == "system" and payload.args == (f"touch {marker}",)
+    assert obj["s"] == {1, 2} and obj["b"] == b"\x00\xff" and obj["c"] == 1 + 2j
