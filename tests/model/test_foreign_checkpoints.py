@@ -402,3 +402,17 @@ def test_every_pickle_protocol_gives_records(tmp_path, protocol):
     payload = record_fields(plain)["payload"]
     assert payload.name == "system" and payload.args == (f"touch {marker}",)
     assert obj["s"] == {1, 2} and obj["b"] == b"\x00\xff" and obj["c"] == 1 + 2j
+
+
+def test_jmp_graph_defaults_are_warned_once_per_file(jmp32):
+    import warnings
+
+    from fastcsi.model.gemnet_oc import checkpoint
+
+    checkpoint._WARNED_GRAPH_DEFAULTS.discard(str(jmp32[1].resolve()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            load_backbone(jmp32[1])
+    said = [str(w.message) for w in caught if "graph settings" in str(w.message)]
+    assert len(said) == 1 and "JMP's defaults (cutoff 12 Å for every graph, 30/20/8/1000 neighbours)" in said[0]

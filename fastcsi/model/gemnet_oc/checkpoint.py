@@ -99,6 +99,7 @@ _NOT_IN_EMA = re.compile(r"(rbf\.offset$|rbf\.temps$|\.seq_energy_pre\.|^task_st
 _GRAPH_KEYS = ("cutoff", "max_neighbors", "cutoff_aeaint", "cutoff_qint", "cutoff_aint", "max_neighbors_aeaint",
                "max_neighbors_qint", "max_neighbors_aint")
 WEIGHTS = ("raw", "ema")
+_WARNED_GRAPH_DEFAULTS: set = set()
 
 
 def _read(path: Path):
@@ -332,11 +333,13 @@ def load_backbone(path, base: str | None = None, weights: str = "raw", **hparams
     else:
         merged.update(GRAPH_DEFAULTS)
         graph_settings = "JMP defaults"
-        import warnings
+        if str(path.resolve()) not in _WARNED_GRAPH_DEFAULTS:  # once per file and process, however often it loads
+            import warnings
 
-        # Python shows one warning text once per process: once per file, however often it loads
-        warnings.warn(f"{path} records no graph settings: using JMP's defaults (cutoff {GRAPH_DEFAULTS['cutoff']:g} Å "
-                      f"for every graph, {GRAPH_DEFAULTS['max_neighbors']}/20/8/1000 neighbours)", stacklevel=2)
+            _WARNED_GRAPH_DEFAULTS.add(str(path.resolve()))
+            warnings.warn(f"{path} records no graph settings: using JMP's defaults (cutoff "
+                          f"{GRAPH_DEFAULTS['cutoff']:g} Å for every graph, {GRAPH_DEFAULTS['max_neighbors']}/20/8/1000 "
+                          "neighbours)", stacklevel=2)
     with skip_weight_init():  # every initialised (backbone) weight is loaded below or it is an error
         model = GemNetOC(**{**merged, "scale_file": None})
     model.hparams["scale_file"] = merged.get("scale_file")
