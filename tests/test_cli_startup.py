@@ -53,3 +53,15 @@ def test_every_command_help_imports_nothing_heavy():
     loaded = {" ".join(path): report for path in paths
               for report in [_probe([*path, "--help"])[1]] if report != "exit 0 heavy []"}
     assert loaded == {}
+
+
+def test_data_info_reads_a_file_without_torch(tmp_path):
+    # counting and listing a dataset's structures needs the readers, not the batching code
+    from ase.build import molecule
+    from ase.io import write
+
+    path = tmp_path / "water.extxyz"
+    write(path, [molecule("H2O")] * 3)
+    stdout, report = _probe(["data", "info", str(path)])
+    assert "structures   3" in stdout
+    assert report.startswith("exit 0 heavy [") and "torch" not in report, report
