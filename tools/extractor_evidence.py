@@ -1,7 +1,7 @@
 """Does the CSI ranking of the real samples hold across pretrained extractors? The issue-23 evidence table.
 
-For every pretrained extractor given (default: every one that loads here, among sevennet-0 and
-chgnet), each downstream sample in ../shared/data (rMD17 ethanol, QM9, MD22 Ac-Ala3-NHMe, SPICE,
+For every extractor given (default: every pretrained one that loads here, among sevennet-0 and
+chgnet, plus the untrained gemnet-oc-random for contrast), each downstream sample in ../shared/data (rMD17 ethanol, QM9, MD22 Ac-Ala3-NHMe, SPICE,
 QMOF) is ranked against the same upstream samples (ANI-1x, ANI-1, Transition-1x, SPICE, OC20,
 OC22) with ``run_select`` (one seed; a shared stats cache, so every upstream is extracted once per
 extractor). Writes ``OUT/extractor_evidence.json`` and ``.md`` (one table per extractor: CSI,
@@ -37,6 +37,8 @@ UPSTREAMS = {
     "OC22*": "generated/oc22/s2ef_total",
 }
 PRETRAINED = ("sevennet-0", "chgnet")
+# for contrast: the untrained tiny GemNet-OC that was the default before (issue 23: wrong rankings)
+CONTRAST = "gemnet-oc-random"
 START, END = "<!-- extractor-evidence:start -->", "<!-- extractor-evidence:end -->"
 
 
@@ -74,7 +76,8 @@ def rank_all(spec, data: Path, samples: int, out: Path) -> dict:
         }
         print(f"{spec} / {down_name}: {time.perf_counter() - t0:.0f} s, closest "
               f"{min(tables[down_name]['rows'].items(), key=lambda kv: kv[1]['csi'])[0]}")
-    return {"extractor": spec, "feature_dim": extractor.dim, "description": extractor.description, "tables": tables}
+    return {"extractor": spec, "feature_dim": extractor.dim, "description": extractor.description,
+            "pretrained": bool(extractor.pretrained), "tables": tables}
 
 
 def fmt(value: float) -> str:
@@ -85,7 +88,8 @@ def markdown(results: list, samples: int) -> str:
     lines = []
     for res in results:
         dim, need = res["feature_dim"], 10 * res["feature_dim"]
-        lines += [f"**{res['extractor']}** ({res['description']}; {dim} features, adequate at >= {need:,} atoms). "
+        untrained = "" if res.get("pretrained", True) else " UNTRAINED, for contrast only"
+        lines += [f"**{res['extractor']}**{untrained} ({res['description']}; {dim} features, adequate at >= {need:,} atoms). "
                   "CSI (rank), lower = closer; _italic_: fewer atoms than 10x the feature dimension on either side.",
                   "", "| downstream (atoms) | " + " | ".join(f"{u} ({atoms})" for u, atoms in
                                                           _upstream_atoms(res).items()) + " |",
@@ -102,13 +106,18 @@ def markdown(results: list, samples: int) -> str:
     lines.append(f"One seed, at most {samples} structures per dataset (fewer when the sample is smaller). "
                  "\\* generated sample (real layout, synthetic geometries): ../shared/data has no real "
                  "Transition-1x or OC22 file.")
+    results = [r for r in results if r.get("pretrained", True)]  # agreement among the real extractors only
     if len(results) > 1:
-        lines += ["", "Where the extractors disagree (closest upstream per downstream):", ""]
+        lines += ["", "Where the pretrained extractors disagree: the closest upstream per downstream, and the upstreams "
+                  "whose rank differs (ranks in the order " + ", ".join(r["extractor"] for r in results) + "):", ""]
         for down in DOWNSTREAMS:
             tops = {r["extractor"]: min(r["tables"][down]["rows"].items(), key=lambda kv: kv[1]["csi"])[0]
                     for r in results}
-            agree = "agree" if len(set(tops.values())) == 1 else "DISAGREE"
-            lines.append(f"- {down}: " + ", ".join(f"{e}: {t}" for e, t in tops.items()) + f" ({agree})")
+            agree = "same top-1" if len(set(tops.values())) == 1 else "top-1 DIFFERS"
+            moved = [f"{up} {'/'.join(str(r['tables'][down]['rows'][up]['rank']) for r in results)}"
+                     for up in UPSTREAMS if len({r["tables"][down]["rows"][up]["rank"] for r in results}) > 1]
+            lines.append(f"- {down}: " + ", ".join(f"{e}: {t}" for e, t in tops.items()) + f" ({agree}); rank changes: "
+                         + ("; ".join(moved) if moved else "none"))
     return "\n".join(lines) + "\n"
 
 
@@ -141,7 +150,7 @@ def main():
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    specs = args.backbone or [s for s in PRETRAINED if loadable(s)]
+    specs = args.backbone or [s for s in PRETRAINED if loadable(s)] + [CONTRAST]
     results = [rank_all(spec, Path(args.data), args.samples, out) for spec in specs]
     block = markdown(results, args.samples)
     with atomic_write(out / "extractor_evidence.json") as handle:

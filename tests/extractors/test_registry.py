@@ -48,3 +48,23 @@ def test_random_gemnet_is_flagged_untrained_and_passes_the_checks(structures):
     check_invariance_and_batching(ext, structures[:4], atol=1e-9)
     with pytest.raises(FastCSIError, match="cannot embed atomic number"):
         ext.check_elements(torch.tensor([1, 200]), where="x.xyz")
+
+
+def test_stats_of_another_extractor_are_refused_by_name(tmp_path, structures):
+    # before any feature of the run's own extractor is computed; the error names both extractors
+    from ase.io import write
+
+    from fastcsi.pipeline import SelectSettings
+    from fastcsi.pipeline.select import compute_stats_file, run_select
+
+    data = tmp_path / "mols.extxyz"
+    write(data, structures[:4] * 3, format="extxyz")
+    settings = SelectSettings(samples=None, seeds=(0,), backbone="gemnet-oc-random", per_element=False)
+    stats = compute_stats_file(data, tmp_path / "random.npz", settings, sampling="all", progress=False)
+    assert stats.metadata["extractor_name"] == "gemnet-oc-random" and stats.metadata["pretrained"] is False
+    pytest.importorskip("sevenn")
+    other = SelectSettings(samples=None, seeds=(0,), backbone="sevennet-0", per_element=False)
+    with pytest.raises(FastCSIError, match="extractor gemnet-oc-random but .* with sevennet-0"):
+        run_select(data, [tmp_path / "random.npz"], other, outdir=None, progress=False)
+    with pytest.raises(FastCSIError, match="not comparable"):
+        run_select(tmp_path / "random.npz", [data], other, outdir=None, progress=False)
