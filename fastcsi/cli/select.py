@@ -249,7 +249,7 @@ def select(downstream, upstreams, samples, seeds, outdir, **kw):
 @click.command("demo")
 @_select_options
 def demo(downstream, upstreams, samples, seeds, outdir, **kw):
-    """The CSI ranking on the bundled demo datasets (seconds on a laptop CPU).
+    """The CSI ranking on the bundled demo datasets, offline, on the pretrained default backbone.
 
     It is `fastcsi select` with the demo's defaults (bundled datasets, samples, seeds, runs/demo,
     one thread): every option below applies as in select; --downstream / --upstream replace the

@@ -122,7 +122,7 @@ def plot_ranking(result: dict, path) -> None:
     else:
         spread = "no error bars: all seeds share one sample" if n_seeds > 1 else "one seed, no error bars"
     ax.set_xlabel(f"CSI (lower = closer{scale}; {spread})")
-    ax.set_title(f"CSI to {_short(result['downstream']['path'], 60)}", fontsize=10)
+    ax.set_title(f"CSI to {_short(result['downstream']['path'], 60)}{_by_extractor(result)}", fontsize=10)
     for yi, v, e in zip(y, values, errors):
         ax.text(v + e, yi, f"  {v:.4g}", va="center", fontsize=8)
     if log:
@@ -167,8 +167,15 @@ def plot_per_element(result: dict, path) -> None:
                     ax.text(j, i, f"{grid[i, j]:.3g}", ha="center", va="center", fontsize=7,
                             color="white" if grid[i, j] > mid else "black")
         fig.colorbar(image, ax=ax, label="CSI (lower = closer)")
-        ax.set_title(f"Per-element CSI to {_short(result['downstream']['path'], 50)}", fontsize=10)
+        ax.set_title(f"Per-element CSI to {_short(result['downstream']['path'], 50)}{_by_extractor(result)}",
+                     fontsize=10)
     save_figure(fig, path, dpi=120)
+
+
+def _by_extractor(result) -> str:
+    """A title line naming the extractor: CSI values of different extractors never share an axis."""
+    name = result.get("settings", {}).get("extractor_name")
+    return f"\n(extractor {name})" if name else ""
 
 
 def format_table(result: dict) -> str:
@@ -199,7 +206,8 @@ def format_table(result: dict) -> str:
     out = [
         f"CSI ranking (closest first) for downstream {down['path']} "
         f"({down['n_structures']:,} structures, {down['n_atoms']:,} atoms per seed)",
-        f"backbone: {s.get('backbone')}; layer {s.get('layer')}, {s.get('kind')} features, agg {s.get('agg')}, "
+        f"extractor {s.get('extractor_name')}, backbone: {s.get('backbone')}; layer {s.get('layer')}, "
+        f"{s.get('kind')} features, agg {s.get('agg')}, "
         f"dim {s.get('feature_dim')}, {s.get('dtype')}; samples {s.get('samples')} "
         f"(upstream {s.get('upstream_sampling')}, downstream {s.get('downstream_sampling')}); "
         f"seeds {','.join(str(x) for x in s.get('seeds', []))}",
