@@ -217,8 +217,8 @@ void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, int64_t 
     }
     if (!(images <= kMaxImages))
         throw InputError(structure_name(index) + " needs " + format_number(images) +
-                         " periodic images per atom pair (limit " + format_number(kMaxImages) +
-                         "): its cell is far thinner than the cutoff");
+                         " periodic images per atom pair (the limit is " +
+                         std::to_string(static_cast<int64_t>(kMaxImages)) + "): its cell is far thinner than the cutoff");
     p.wrapped.resize(3 * n);
     p.frac.resize(3 * n);
     p.wrap_shift.assign(3 * n, 0);

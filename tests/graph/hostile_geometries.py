@@ -210,3 +210,30 @@ def check_against_reference(atoms_list, cutoff: float, dtype, backends=("cpu",))
             difference = same_edges(graph, reference, cutoff)
             assert difference is None, f"{backend} vs ref at cutoff {cutoff}: {difference}"
     return outcomes
+
+
+def representatives() -> dict:
+    """One fixed structure of every family (name -> ase.Atoms), for the CLI runs: files need
+    concrete structures, and a few seconds per command allow one of each, not a hypothesis search."""
+    rng = np.random.default_rng(26)
+    chain_far = repro_structure()
+    molecule = rng.uniform(0, 4, (12, 3))
+    thin = np.diag([5.0, 6.0, 0.05])
+    skewed = np.array([[6.0, 0, 0], [40.0, 6.0, 0], [-15.0, 20.0, 7.0]])[[1, 0, 2]]  # left-handed
+    small = np.diag([1.3, 1.6, 2.0]) + 0.2
+    slab = np.diag([9.0, 9.0, 30.0])
+    return {
+        "issue-26 span": chain_far,
+        "offset 1e10": _atoms(molecule + [1e10, 0, 0]),
+        "scaled 1e-200": _atoms(molecule * 1e-200),
+        "60 coincident": _atoms(np.ones((60, 3))),
+        "thin cell 1e-4": _atoms(rng.uniform(0, 1, (2, 3)) @ np.diag([5.0, 6.0, 1e-4]),
+                                 cell=np.diag([5.0, 6.0, 1e-4]), pbc=True),
+        "thin cell 0.05": _atoms(rng.uniform(0, 1, (2, 3)) @ thin, cell=thin, pbc=True),
+        "skewed left-handed": _atoms(rng.uniform(0, 1, (60, 3)) @ skewed + 1e4 * skewed[0], cell=skewed, pbc=True),
+        "singular": _atoms(rng.uniform(0, 3, (3, 3)), cell=np.diag([5.0, 0.0, 5.0]), pbc=True),
+        "cell below cutoff": _atoms(rng.uniform(0, 1, (2, 3)) @ small, cell=small, pbc=True),
+        "one atom": _atoms([[0.5, 0.5, 0.5]]),
+        "one atom periodic": _atoms([[0.5, 0.5, 0.5]], cell=np.eye(3) * 2.5, pbc=True),
+        "slab": _atoms(rng.uniform(0, 1, (40, 3)) @ np.diag([9.0, 9.0, 8.0]), cell=slab, pbc=(True, True, False)),
+    }
