@@ -295,6 +295,6 @@ def compute(dataset, output, sampling, samples, seed, **kw):
         click.echo(
             f"{output}: {meta.get('n_structures', 0):,} structures, {meta.get('n_atoms', 0):,} atoms, "
             f"{stats.count:,} samples of dimension {meta.get('feature_dim')} "
-            f"(sampling {meta.get('sampling')}, seed {meta.get('seed')}, extractor {meta.get('extractor')})"
+            f"(sampling {meta.get('sampling')}, seed {meta.get('seed')}, extractor {meta.get('extractor_name')} {meta.get('extractor')})"
         )
 
