@@ -74,16 +74,17 @@ def _own_path(extractor):
     return lambda frames: torch.cat([extractor.features(batch_from_atoms([a])) for a in frames])
 
 
-def cases(quick: bool = True, device: str = "cpu", sizes=None):
+def cases(quick: bool = True, device: str = "cpu", sizes=None, extractors=EXTRACTORS):
+    """``sizes``: (molecules, slabs) instead of the mode's; ``extractors``: the specs to run."""
     import torch
 
     from fastcsi.data import batch_from_atoms
 
     if device != "cpu":
         raise SystemExit("bench/extractors.py: CPU only (the packages' own paths build graphs on the CPU)")
-    n_mol, n_slab = (32, 2) if quick else (128, 8)
+    n_mol, n_slab = sizes or ((32, 2) if quick else (128, 8))
     inputs = {"molecules": molecules(n_mol), "slab": slabs(n_slab)}
-    for spec in EXTRACTORS:
+    for spec in extractors:
         extractor, why = _loaded(spec)
         for name, frames in inputs.items():
             n_atoms = sum(len(a) for a in frames)
