@@ -30,6 +30,12 @@ Row schema (one dict per kernel x case x method):
   roofline                             achieved FLOP/s and B/s vs the measured peaks
   note                                 why skipped / failed, or what the row means
   load_average, spread                 1-min load when the case was timed; (max - min) / median of times
+  peak_rss_bytes, peak_rss_delta_bytes  host memory of the method's correctness call: the process's
+                                       peak resident set during the call, and that peak minus the RSS
+                                       just before it (what the call itself needed on top of the
+                                       inputs); peak_rss_method says how it was measured;
+                                       reference_peak_rss_delta_bytes: the same for the reference
+  peak_cuda_bytes                      CUDA: torch's peak allocated bytes during that call
   timing_warnings                      why this row's time may not hold: load above the cores, wide spread
   unreliable_ratios                    baselines whose ratio involves a row with timing warnings
 Ratios are only ever taken between rows of one run; a figure recorded elsewhere may appear as a
@@ -220,6 +226,60 @@ def _counting_flops(fn):
     return output, (float(counter.get_total_flops()) or None)
 
 
+# ------------------------------------------------------------------------------------- memory
+# Peak memory per call, without a child process per method: Linux resets a process's peak RSS
+# (VmHWM) to its current RSS when "5" is written to /proc/self/clear_refs, so the VmHWM read after
+# the call is the peak during it. Elsewhere ru_maxrss is the fallback: the process's lifetime
+# maximum, so a call's delta shows only when it raised that maximum (a lower bound).
+def _status_bytes(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def memory_mark(device: str = "cpu") -> dict:
+    """Start measuring one call's peak memory (host RSS; CUDA allocations on a CUDA device)."""
+    mark = {"method": "VmHWM after /proc/self/clear_refs=5 (per call)"}
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        mark["rss"] = _status_bytes("VmRSS")
+    except OSError:
+        import resource
+
+        mark["method"] = "ru_maxrss (lifetime maximum: a lower bound per call)"
+        mark["rss"] = None
+        mark["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if _cuda(device):
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+    return mark
+
+
+def memory_since(mark: dict, device: str = "cpu") -> dict:
+    """Peak memory since ``mark`` (see the row schema in the module doc)."""
+    out = {"peak_rss_method": mark["method"]}
+    if mark.get("rss") is not None:
+        peak = _status_bytes("VmHWM")
+        out.update(peak_rss_bytes=peak, peak_rss_delta_bytes=None if peak is None else max(0, peak - mark["rss"]))
+    else:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out.update(peak_rss_bytes=peak, peak_rss_delta_bytes=max(0, peak - mark["maxrss"]))
+    if _cuda(device):
+        import torch
+
+        out["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated(device))
+    return out
+
+
 # -------------------------------------------------------------------------------------- runner
 def _default_log(message: str, err: bool = False):
     print(message, file=sys.stderr if err else sys.stdout, flush=True)
@@ -243,10 +303,13 @@ def _raised(row: dict, exc: Exception, log, where: str):
 def run_case(case: Case, device: str = "cpu", log=_default_log) -> list[dict]:
     """Check every method on the case's inputs, then time those that passed (see the module doc)."""
     inputs = case.inputs()
+    mark = memory_mark(device)
     expected = case.reference(inputs)
+    reference_memory = memory_since(mark, device)
     rows, timed = [], {}
     for m in case.methods:
         row = _row(case, m)
+        row["reference_peak_rss_delta_bytes"] = reference_memory.get("peak_rss_delta_bytes")
         rows.append(row)
         where = f"{case.kernel} / {case.name} / {m.name}"
         if m.skip:
@@ -255,11 +318,13 @@ def run_case(case: Case, device: str = "cpu", log=_default_log) -> list[dict]:
         try:
             if m.reset:
                 m.reset(inputs)
+            mark = memory_mark(device)
             if m.count_flops:
                 output, row["flops"] = _counting_flops(lambda m=m: m.fn(inputs))
             else:
                 output = m.fn(inputs)
             sync(device)
+            row.update(memory_since(mark, device))
             error = float(case.error(output, expected))
         except Exception as exc:  # one broken method must not hide the rest of the report
             _raised(row, exc, log, where)
@@ -563,20 +628,37 @@ def kernel_table(rows: list[dict], roofline_column: bool = True) -> list[str]:
     baselines = list(dict.fromkeys(m for r in rows for m in r.get("ratios", {})))
     doubtful = any(r.get("timing_warnings") for r in rows)
     header = ["case", "size", "method", "role", "median s", "CPU s", "throughput",
-              *[f"x vs {b}" for b in baselines], "correct (err)"] + (["roofline"] if roofline_column else [])
+              *[f"x vs {b}" for b in baselines], "correct (err)", "peak RSS (+call)"] + \
+        (["roofline"] if roofline_column else [])
     header += ["timing (†: may not hold)"] if doubtful else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["case"], f"{fmt(r['size'])} {r['size_unit']}", r["method"], r["role"], fmt(r.get("seconds")),
                  fmt(r.get("cpu_seconds")),
                  f"{si(r['throughput'])}{r['items_unit']}/s" if r.get("throughput") else "",
-                 *[_ratio_text(r, b) for b in baselines], status_text(r)]
+                 *[_ratio_text(r, b) for b in baselines], status_text(r), memory_text(r)]
         if roofline_column:
             cells.append(_roof_text(r.get("roofline") or {}))
         if doubtful:
             cells.append(("† " + "; ".join(r["timing_warnings"])) if r.get("timing_warnings") else "")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def memory_text(row: dict) -> str:
+    """"1.2 GiB (+800 MiB)": the process's peak RSS during the method's checked call and what the
+    call added to the RSS it started from."""
+    peak, delta = row.get("peak_rss_bytes"), row.get("peak_rss_delta_bytes")
+    if peak is None:
+        return ""
+    return f"{_bytes_text(peak)} (+{_bytes_text(delta or 0)})"
+
+
+def _bytes_text(value: float) -> str:
+    for scale, unit in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.0f} B"
 
 
 def _ratio_text(row: dict, baseline: str) -> str:
@@ -636,6 +718,10 @@ def markdown(report: dict) -> str:
         meta = report["kernels"].get(kernel, {})
         lines += [f"## {kernel}", "", meta.get("description", ""), "", *kernel_table(rows)]
         notes = [f"- {r['method']} ({r['case']}): {r['note']}" for r in rows if r.get("note")]
+        references = {r["case"]: r["reference_peak_rss_delta_bytes"] for r in rows
+                      if r.get("reference_peak_rss_delta_bytes") is not None}
+        notes += [f"- reference ({case}): its call added {_bytes_text(extra)} to the peak RSS"
+                  for case, extra in references.items()]
         notes += [f"- {n}" for n in meta.get("notes", [])]
         if notes:
             lines += ["", *notes]
@@ -707,9 +793,10 @@ def write_report(report: dict, outdir: Path) -> dict:
 
 def print_rows(rows: list[dict]) -> None:
     """The plain-text table a script prints (the suite writes Markdown instead)."""
-    columns = ["case", "size", "method", "role", "seconds", "cpu_seconds", "throughput", "ratios", "status", "error"]
+    columns = ["case", "size", "method", "role", "seconds", "cpu_seconds", "throughput", "ratios", "status", "error",
+               "peak_rss"]
     table = [[(", ".join(f"{k} {v:.2f}x" for k, v in r.get("ratios", {}).items()) if c == "ratios" else
-               fmt(r.get(c))) for c in columns] for r in rows]
+               memory_text(r) if c == "peak_rss" else fmt(r.get(c))) for c in columns] for r in rows]
     widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     for t in table:

@@ -7,6 +7,8 @@ Cases (same run, same machine; only same-run ratios mean anything on a shared ma
 Reference: radius_ref.radius_graph_ref (every (i, j, image) triple tested). Every method returns the
 pair set (i, j, S) and the distances d; error = inf when its pair set differs from the reference's,
 else max |d - d_ref| in Å, tolerance 1e-9 (stated: float64 distances, rounding only).
+Memory: every row records the peak RSS of its checked call (bench/harness.py: the process's VmHWM,
+reset before the call), so a case whose memory runs away shows in bench.json / bench.md.
 Methods (timed round-robin by bench/harness.py):
   fastcsi radius_graph (cpu)   ours: radius_graph(batch, cutoff, backend="cpu") (validation,
                                tensors, float64 geometry: the API users call)
@@ -70,6 +72,19 @@ def pair_error(output, expected) -> float:
     return float(np.abs(d - want_d).max(initial=0.0))
 
 
+def threads_note(natoms) -> str:
+    """How many threads the C++ search ran on for structures of ``natoms`` atoms: it takes at most
+    one thread per ~2^20 estimated candidate tests (about atoms * 512 / 2^20), so small cases run on
+    one thread whatever torch's thread count says."""
+    import torch
+
+    from fastcsi.graph.radius_cpu import threads_used
+
+    asked = torch.get_num_threads()
+    return (f"C++ search on {threads_used(natoms, asked)} of {asked} threads (the kernel's cap: about atoms x 512 "
+            "/ 2^20 threads)")
+
+
 def cases(quick: bool = True, device: str = "cpu", sizes=None):
     if str(device).startswith("cuda"):
         yield from triton_cases(quick, device, sizes)
@@ -95,8 +110,8 @@ def cases(quick: bool = True, device: str = "cpu", sizes=None):
     def reference(inp):
         return graph_pairs(radius_graph_ref(inp["batch"], inp["cutoff"]))
 
-    def methods(extra):
-        return [Method("fastcsi radius_graph (cpu)", "ours", ours_api, tolerance=TOLERANCE),
+    def methods(extra, natoms):
+        return [Method("fastcsi radius_graph (cpu)", "ours", ours_api, tolerance=TOLERANCE, note=threads_note(natoms)),
                 Method("fastcsi kernel (1 thread)", "control", ours_kernel, tolerance=TOLERANCE), *extra]
 
     def baseline(name, fn, missing=None):
@@ -121,7 +136,7 @@ def cases(quick: bool = True, device: str = "cpu", sizes=None):
                        baseline("vesin", vesin_fn, vesin_missing),
                        baseline("matscipy", lambda inp: pairs(*matscipy_nl.neighbour_list("ijSd", inp["atoms"], CUTOFF)),
                                 matscipy_missing),
-                       baseline("ase", lambda inp: pairs(*ase_neighbor_list("ijSd", inp["atoms"], CUTOFF)))]),
+                       baseline("ase", lambda inp: pairs(*ase_neighbor_list("ijSd", inp["atoms"], CUTOFF)))], [atoms]),
                    flops=8.0 * edges, bytes=nbytes, repeats=3 if quick else 5)
 
     count = 100 if quick else 1000
@@ -155,7 +170,8 @@ def cases(quick: bool = True, device: str = "cpu", sizes=None):
         yield Case(KERNEL, f"{count} molecules (3-20 atoms), {MOLECULE_CUTOFF} Å", count, "molecules", count,
                    "molecules", molecule_inputs, reference, pair_error, methods([
                        baseline("vesin per molecule", vesin_per_molecule, vesin_missing),
-                       baseline("vesin packed box", vesin_packed, vesin_missing)]), repeats=3 if quick else 5)
+                       baseline("vesin packed box", vesin_packed, vesin_missing)],
+                       [len(p) for p in random_molecules(count)]), repeats=3 if quick else 5)
 
 
 def triton_cases(quick: bool, device: str, sizes=None, cutoff: float = CUTOFF, tolerance: float = 1e-4):
