@@ -13,7 +13,9 @@ which is also ASE's ``PropertyNotImplementedError``.
 ``threads``: torch's intra-op CPU threads while the calculator predicts (restored afterwards).
 ``"auto"`` (default) gives a small model one thread on CPU: with torch's default, an MD run on a
 busy machine ran 5-700x slower (threads spinning against the other processes; see
-:mod:`fastcsi.threads`). An integer is used as given.
+:mod:`fastcsi.threads`). An integer is used as given. A script that owns its process can also set
+``OMP_WAIT_POLICY=PASSIVE`` before it imports torch (as the ``fastcsi`` command does): libgomp reads
+it once, so a calculator cannot set it for a process that already loaded torch.
 """
 from __future__ import annotations
 
