@@ -173,13 +173,13 @@ def test_stats_files_as_inputs(tiny_data, extractor, tmp_path):
 
 
 def test_stats_file_from_another_backbone_is_refused(tiny_data, extractor, tmp_path):
-    import dataclasses
-
+    from fastcsi.extractors.gemnet_oc import GemNetOCExtractor
     from fastcsi.model import build_model, extractor_fingerprint
 
     torch.manual_seed(123)
     model = build_model("gemnet-oc-tiny").to(torch.float64).eval()
-    other = dataclasses.replace(extractor, model=model, fingerprint=extractor_fingerprint(model, "final", "node"))
+    other = GemNetOCExtractor(model, "final", "node", "cpu", torch.float64, extractor_fingerprint(model, "final", "node"),
+                              extractor.dim, "another random init", name=extractor.name, pretrained=False)
     assert other.fingerprint != extractor.fingerprint
     up_npz = tmp_path / "organic_other.npz"
     compute_stats_file(tiny_data["organic"], up_npz, SelectSettings(samples=4, dtype="float64"), progress=False,
