@@ -505,7 +505,12 @@ void search_cells(CellSearch& cs, double cutoff, int64_t bin_begin, int64_t bin_
                     out.push_back(static_cast<Entry>(x) << 32 | static_cast<uint32_t>(nb.image));
                 }
             }
-            p.charge_edges(static_cast<int64_t>(out.size() - begin));
+            const int64_t found = static_cast<int64_t>(out.size() - begin);
+            p.charge_edges(found);
+            // a block counts its entries in int32 (half the block table): no centre has 2^31 neighbours
+            if (found > INT32_MAX)
+                throw InputError("structure " + std::to_string(p.index) + " of the batch: an atom has " +
+                                 std::to_string(found) + " neighbours (limit 2^31 - 1)");
             std::sort(out.begin() + begin, out.end());
             CellSearch::Block& block = cs.blocks[centre];
             block.part = part;

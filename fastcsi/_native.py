@@ -51,6 +51,25 @@ def memory_budget_bytes() -> int:
     return max(total // 2, 1 << 26)
 
 
+def device_budget_bytes(device) -> int:
+    """:func:`memory_budget_bytes` for a torch ``device``: half of a CUDA device's memory, else the
+    host budget."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 2
+    return memory_budget_bytes()
+
+
+def check_budget(needed_bytes: float, device, what: str, hint: str) -> None:
+    """Raise :class:`FastCSIError` ("``what`` needs X GiB (budget Y GiB): ``hint``") when an
+    allocation of ``needed_bytes`` on ``device`` would exceed :func:`device_budget_bytes`."""
+    budget = device_budget_bytes(device)
+    if needed_bytes > budget:
+        raise FastCSIError(f"{what} needs {needed_bytes / 2**30:.3g} GiB (budget {budget / 2**30:.3g} GiB): {hint}")
+
+
 @contextlib.contextmanager
 def input_errors(what: str):
     """Re-raise the extension's ``InputError`` (input it refuses, before allocating for it) as

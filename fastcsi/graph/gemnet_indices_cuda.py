@@ -8,7 +8,9 @@ then for every selecting edge its whole adjacency row (repeat_interleave + gathe
 the compaction pass: edge r is in its own row exactly once, at a known position, so the a-th OTHER
 entry of the row is entry a + (a >= that position). Mixed triplets and quadruplets compact the
 excluded pairs (same atom in the same image) with a boolean mask and number the survivors with
-``inner_index``. Complexity O(E log E + T), T the output size, in about a dozen T-sized passes.
+``inner_index``. Complexity O(E log E + T), T the output size, in about a dozen T-sized passes;
+each output size is computed first and checked against the device's memory budget (half of it:
+:func:`fastcsi._native.check_budget`), a FastCSIError instead of an out-of-memory error halfway.
 Outputs equal the numba walks of ``gemnet_indices_cpu`` and the oracle ``gemnet_indices_ref`` bit
 for bit (tests/graph/test_gemnet_indices.py).
 """
@@ -16,14 +18,25 @@ from __future__ import annotations
 
 import torch
 
+from fastcsi._native import check_budget
 from fastcsi.graph.ragged import csr_by_target, has_images, inner_index, quadruplet_triplets, ragged_range
 
 __all__ = ["triplets_cuda", "mixed_triplets_cuda", "quadruplets_cuda"]
 
 
+# int64 arrays of the output size each pass keeps alive at once (sizes, gathers, masks), at most
+_LIVE_ARRAYS = 8
+
+
+def _check_size(what: str, count: int, device) -> None:
+    check_budget(8.0 * _LIVE_ARRAYS * count, device, f"gemnet_indices: {count:.3g} {what}",
+                 "atoms at the same position, or a cutoff or max_neighbors far too large?")
+
+
 def _select_rows(order, rowptr, counts, rows: torch.Tensor):
     """For each r, the entries of adjacency row ``rows[r]``: returns (r repeated, entry)."""
     per = counts[rows]
+    _check_size("row entries", int(per.sum()), rows.device)
     out = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), per)
     entry = order[torch.repeat_interleave(rowptr[rows], per) + ragged_range(per)]
     return out, entry
@@ -38,6 +51,7 @@ def triplets_cuda(graph: dict, num_atoms: int) -> dict:
     position = torch.empty_like(order)
     position[order] = arange - rowptr[idx_t[order]]  # where each edge sits in its target's row
     per = counts[idx_t] - 1
+    _check_size("triplets", int(per.sum()), idx_t.device)
     out = torch.repeat_interleave(arange, per)
     agg = torch.arange(out.numel(), device=idx_t.device) - (torch.cumsum(per, 0) - per)[out]
     inn = order[rowptr[idx_t][out] + agg + (agg >= position[out]).long()]
@@ -69,6 +83,7 @@ def quadruplets_cuda(main_graph: dict, qint_graph: dict, num_atoms: int) -> dict
     idx_s = main_graph["edge_index"][0]
     trip_in, trip_out, start, per_qint = quadruplet_triplets(mixed_triplets_cuda, main_graph, qint_graph, num_atoms)
     per_trip_out = per_qint[trip_out["in"]]
+    _check_size("quadruplets", int(per_trip_out.sum()), idx_s.device)
     out = torch.repeat_interleave(trip_out["out"], per_trip_out)
     idx_inter = torch.repeat_interleave(trip_out["in"], per_trip_out)
     trip_out_to_quad = torch.repeat_interleave(

@@ -76,7 +76,7 @@ def _with_structure_id(exc: FastCSIError, batch) -> FastCSIError:
     if found is None or int(found.group(1)) >= len(ids) or ids[int(found.group(1))] in (None, ""):
         return exc
     k = int(found.group(1))
-    return FastCSIError(str(exc).replace(found.group(0), f"structure {ids[k]!r} (index {k} of the batch)", 1))
+    return FastCSIError(str(exc).replace(found.group(0), f"{found.group(0)} (id {ids[k]!r})", 1))
 
 
 def _radius_graph(batch, cutoff, max_neighbors, backend, strict, degeneracy_tolerance) -> RadiusGraph:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from fastcsi._native import device_budget_bytes
 from fastcsi.errors import FastCSIError
 from fastcsi.graph.periodic import RadiusGraph, assemble, check_wrap, image_shifts, structure_meta
 from fastcsi.graph import radius_triton_cells as cells
@@ -155,7 +156,7 @@ def search_triton(batch, cutoff: float, method: str = "auto"):
 
     # programs: one per BLOCK_I targets; chunks of programs with bounded mask bytes
     items = []  # (structure, first target, bytes)
-    budget = cells.device_budget(device)  # a chunk holds at least one item, whatever MAX_MASK_BYTES says
+    budget = device_budget_bytes(device)  # a chunk holds at least one item, whatever MAX_MASK_BYTES says
     for b in pair_structures:
         row = natoms[b] * nimages[b]
         if min(BLOCK_I, natoms[b]) * row > budget:

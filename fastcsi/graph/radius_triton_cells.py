@@ -45,7 +45,7 @@ import os
 
 import torch
 
-from fastcsi._native import memory_budget_bytes
+from fastcsi._native import check_budget
 from fastcsi.errors import FastCSIError
 from fastcsi.graph.periodic import image_bounds
 from fastcsi.graph.ragged import ragged_range
@@ -153,21 +153,9 @@ if AVAILABLE:
             tl.store(count_ptr + slots, running.to(tl.int32), mask=i_valid)
 
 
-def device_budget(device) -> int:
-    """Bytes one search may allocate on ``device``: half of a CUDA device's memory, else the host
-    budget (:func:`fastcsi._native.memory_budget_bytes`)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory // 2
-    return memory_budget_bytes()
-
-
 def _check_budget(nbytes: int, device, what: str) -> None:
-    budget = device_budget(device)
-    if nbytes > budget:
-        raise FastCSIError(f"radius_graph: the batch's cell-list search needs {nbytes / 2**30:.3g} GiB for {what} "
-                           f"(budget {budget / 2**30:.3g} GiB): atoms at the same position, a cutoff far too large, "
-                           "or too many atoms per batch?")
+    check_budget(nbytes, device, f"radius_graph: the batch's cell-list search, for {what},",
+                 "atoms at the same position, a cutoff far too large, or too many atoms per batch?")
 
 
 def _sum_by(index: torch.Tensor, values: torch.Tensor, size: int) -> torch.Tensor:
@@ -313,6 +301,10 @@ def search_cells(wrapped, frac, wrap, batch_index, cell, pbc, ptr, cutoff: float
     cand_code = torch.repeat_interleave(image_code, sizes).to(torch.int32)
     cand_start = torch.zeros(total_bins + 1, dtype=torch.long, device=device)
     cand_start[1:] = torch.cumsum(_sum_by(pair_bin, sizes, total_bins), 0)
+    # the kernel counts each centre's neighbours in int32: no bin may offer 2^31 candidates
+    if total_bins and int((cand_start[1:] - cand_start[:-1]).max()) >= 2**31:
+        raise FastCSIError("radius_graph: a cell-list bin has 2^31 or more candidate neighbours: atoms at the same "
+                           "position, or a cutoff far too large?")
 
     programs = (occupancy + BLOCK_I - 1) // BLOCK_I
     item_bin = torch.repeat_interleave(torch.arange(total_bins, device=device), programs)

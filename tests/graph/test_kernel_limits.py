@@ -40,7 +40,7 @@ def test_python_and_kernel_limits_are_the_same_numbers():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_issue_26_reproduction_is_one_error(backend, dtype):
     batch = batch_from_atoms([repro_structure(), repro_structure()], dtype=dtype)
-    with pytest.raises(FastCSIError, match=r"structure '0' \(index 0 of the batch\): atoms span 2\.6e\+10 Å along x"
+    with pytest.raises(FastCSIError, match=r"structure 0 of the batch \(id '0'\): atoms span 2\.6e\+10 Å along x"
                                            r".*wrong unit"):
         radius_graph(batch, 6.0, backend=backend)
 
@@ -178,6 +178,15 @@ def test_triplet_and_quadruplet_walks_check_their_size_first():
             walks.triplets_cpu(graph, n)
         with pytest.raises(FastCSIError, match="mixed triplets"):
             walks.mixed_triplets_cpu(graph, graph, n)
+    # the torch ("cuda") backend, run on CPU tensors here, checks the same sizes against its device
+    from fastcsi import _native
+    from fastcsi.graph import gemnet_indices_cuda
+
+    with mock.patch.object(_native, "memory_budget_bytes", lambda: 1 << 20):
+        with pytest.raises(FastCSIError, match="gemnet_indices: 7.88e\\+06 triplets needs .* GiB"):
+            gemnet_indices_cuda.triplets_cuda(graph, n)
+        with pytest.raises(FastCSIError, match="row entries"):
+            gemnet_indices_cuda.quadruplets_cuda(graph, graph, n)
 
 
 CHILD = textwrap.dedent("""
