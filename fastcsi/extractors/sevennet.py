@@ -154,6 +154,9 @@ def run_blocks(model, data, modules_run, wanted, scalar_dims) -> torch.Tensor:
 def load(backbone, model_part, *, layer, kind, device, dtype):
     if kind != "node":
         raise FastCSIError(f"--kind {kind!r}: {backbone.name} gives node features only")
-    path = _wheel_checkpoint(backbone)
-    model, config = _build_model(path)
+    with warnings.catch_warnings():
+        # e3nn and sevenn script their modules on import and build (torch.jit deprecation notes)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        path = _wheel_checkpoint(backbone)
+        model, config = _build_model(path)
     return SevenNetExtractor(model, config, path, layer, device, dtype, backbone.name)
