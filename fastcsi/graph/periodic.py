@@ -59,6 +59,8 @@ def check_inputs(batch, cutoff: float) -> None:
         raise FastCSIError(f"radius_graph: batch.pos must have shape (N, 3), got {tuple(batch.pos.shape)}")
     if batch.batch.shape[0] != batch.pos.shape[0]:
         raise FastCSIError("radius_graph: batch.batch and batch.pos have different numbers of atoms")
+    if batch.pos.shape[0] >= 2**31:  # atom indices are int32 inside the kernels
+        raise FastCSIError(f"radius_graph: a batch of {batch.pos.shape[0]} atoms (2^31 or more); use smaller batches")
     pos = batch.pos.detach()
     # numpy on the CPU: one pass, no intra-op thread pool to wake for a cheap check
     finite = bool(np.isfinite(pos.numpy()).all()) if pos.device.type == "cpu" else bool(torch.isfinite(pos).all())

@@ -17,6 +17,11 @@ float64 accumulation adds ~n * 2^-53; so |err| <~ (2 + BLOCK_K) * 2^-24 ~ 2e-6 (
 "ieee", and ~(2 + BLOCK_K) * 2^-11 ~ 1.6e-2 worst case (typically ~1e-3) with "tf32". Typical errors
 are far below these bounds because roundoff errors of random sign partly cancel.
 
+Limits: the kernel's offsets are 32-bit (``rows * stride_row`` into a chunk, ``i * d + j`` into the
+output), so the wrapper refuses d >= 46341 (d^2 >= 2^31: a 17 GB output anyway) and the d x d
+buffers beyond the device's memory budget (FastCSIError), and feeds rows in slices of fewer than
+2^31 elements: scatters about one mean add up, so the slices' outputs are summed.
+
 Roofline (GPU, for reporting): bytes read ~ n d * s * (d / BLOCK_D) (s = 4 for float32; the strips
 are re-read per output tile row, mostly from L2), flops ~ n d^2 (one triangle, 2 flops per MAC
 counted once for half). Time >= max(n d^2 / peak_flops, n d s / HBM_bandwidth); for d = 256 the
@@ -25,6 +30,9 @@ float32 "ieee" path is compute bound (H100: ~60 TFLOP/s fp32 FMA, 3.35 TB/s HBM)
 from __future__ import annotations
 
 import numpy as np
+
+from fastcsi._native import check_budget
+from fastcsi.errors import FastCSIError
 
 try:
     import triton
@@ -75,6 +83,10 @@ if triton is not None:
         tl.store(out_ptr + cols_i[:, None] * dim + cols_j[None, :], acc, mask=out_mask)
 
 
+# the kernel's offsets are int32 (see Limits in the module doc)
+_MAX_OFFSET = 2**31
+
+
 def chunk_moments_triton(x, tf32: bool = False, block_d: int = 32, block_k: int = 32):
     """Return (count, mean (d,), scatter (d, d)) as float64 numpy arrays for a torch tensor ``x``
     on a CUDA device (or on the CPU under TRITON_INTERPRET=1)."""
@@ -85,23 +97,33 @@ def chunk_moments_triton(x, tf32: bool = False, block_d: int = 32, block_k: int 
     n, d = int(x.shape[0]), int(x.shape[1])
     if n == 0:
         return 0, np.zeros(d), np.zeros((d, d))
+    if d * d >= _MAX_OFFSET:
+        raise FastCSIError(f"covariance: {d} features are beyond the Triton kernel (d^2 must stay under 2^31)")
+    check_budget(3 * 8.0 * d * d, x.device, f"covariance: the d x d moments of {d} features",
+                 "too many features per sample?")
     x = x.detach()
     if x.stride(1) != 1:
         x = x.contiguous()
     mean = x.sum(dim=0, dtype=torch.float64) / n
     out = torch.zeros((d, d), dtype=torch.float64, device=x.device)
+    part = torch.zeros_like(out) if (n - 1) * x.stride(0) + d >= _MAX_OFFSET else out
     tiles = triton.cdiv(d, block_d)
-    _centred_syrk_kernel[(tiles, tiles)](
-        x,
-        mean,
-        out,
-        n,
-        d,
-        x.stride(0),
-        BLOCK_K=block_k,
-        BLOCK_D=block_d,
-        INPUT_PRECISION="tf32" if tf32 else "ieee",
-    )
+    rows_per_slice = max(1, (_MAX_OFFSET - 1 - d) // max(1, x.stride(0)))
+    for r0 in range(0, n, rows_per_slice):  # one slice unless x has 2^31 elements or more
+        rows = x[r0 : r0 + rows_per_slice]
+        _centred_syrk_kernel[(tiles, tiles)](
+            rows,
+            mean,
+            part,
+            rows.shape[0],
+            d,
+            x.stride(0),
+            BLOCK_K=block_k,
+            BLOCK_D=block_d,
+            INPUT_PRECISION="tf32" if tf32 else "ieee",
+        )
+        if part is not out:
+            out += part
     upper = torch.triu(out)
     scatter = upper + torch.triu(upper, 1).T
     return n, mean.cpu().numpy(), scatter.cpu().numpy()

@@ -216,3 +216,19 @@ def test_out_of_memory_in_worker_threads_is_a_memory_error_not_an_abort():
     result = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "MemoryError", result.stdout + result.stderr[-3000:]
+
+
+def test_triton_covariance_feeds_rows_in_slices_its_32_bit_offsets_can_address():
+    """Inputs of 2^31 elements or more are fed in row slices (their scatters about one mean add
+    up); shown here with the threshold lowered, under the interpreter."""
+    pytest.importorskip("triton")
+    from fastcsi.stats import covariance_triton
+
+    x = torch.from_numpy(np.random.default_rng(3).normal(size=(200, 9)))
+    whole = covariance_triton.chunk_moments_triton(x)
+    with mock.patch.object(covariance_triton, "_MAX_OFFSET", 9 * 37):
+        sliced = covariance_triton.chunk_moments_triton(x)
+        with pytest.raises(FastCSIError, match="20 features are beyond the Triton kernel"):
+            covariance_triton.chunk_moments_triton(torch.zeros((3, 20)))
+    assert sliced[0] == whole[0]
+    np.testing.assert_allclose(sliced[2], whole[2], rtol=1e-5, atol=1e-5)
