@@ -27,7 +27,7 @@ import numpy as np
 
 from fastcsi.data.ase_readers import _AseLabels
 from fastcsi.data.base import Dataset, HeaderIndexed, formula_of
-from fastcsi.data.lmdb_reader import RELEASE_EVERY, PageReleaser, check_complete, forget_inherited
+from fastcsi.data.lmdb_reader import RELEASE_EVERY, PageReleaser, ReleasesReadPages, check_complete, forget_inherited
 from fastcsi.errors import FastCSIError
 
 # in order of preference; see the module docstring for which dataset uses which
@@ -116,7 +116,7 @@ def _numbers_of(doc: dict, where: str):
     raise FastCSIError(f"{where}: row has no atomic numbers")
 
 
-class AseLmdbDataset(HeaderIndexed, _AseLabels, Dataset):
+class AseLmdbDataset(ReleasesReadPages, HeaderIndexed, _AseLabels, Dataset):
     """One ``*.aselmdb`` file (a directory of them reads as one dataset, see ``detect``)."""
 
     format = "aselmdb"
@@ -133,7 +133,7 @@ class AseLmdbDataset(HeaderIndexed, _AseLabels, Dataset):
 
     def _handle_attributes(self):
         # closing is letting go: the connection is shared by every dataset on this file in the process
-        return ("_db",)
+        return ("_db", "_releaser")
 
     def __len__(self):
         return len(self._ids)
@@ -150,6 +150,7 @@ class AseLmdbDataset(HeaderIndexed, _AseLabels, Dataset):
 
     def _read(self, i):
         row = self._row(i)
+        self._count_read()
         try:
             atoms = row.toatoms()
         except Exception as exc:

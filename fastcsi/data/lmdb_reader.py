@@ -267,6 +267,7 @@ class PageReleaser:
         import ctypes
         import ctypes.util
 
+        self.path, self.pid = path, os.getpid()
         target = " " + str(Path(path).resolve())
         self.spans = []
         try:
@@ -282,8 +283,26 @@ class PageReleaser:
         self.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
     def __call__(self):
+        if self.pid != os.getpid():  # a forked child maps the file anew
+            self.__init__(self.path)
         for start, length in self.spans:
             self.madvise(start, length, 4)  # MADV_DONTNEED: read-only file pages, refetched on access
+
+
+class ReleasesReadPages:
+    """Mixin for readers of an mmap'd file: every ``RELEASE_EVERY`` records read, the pages mapped
+    so far are dropped, so that a long stream of reads (a large sample, ``--samples all``) keeps
+    the process's RSS at its working set."""
+
+    _releaser = None
+    _reads = 0
+
+    def _count_read(self):
+        self._reads += 1
+        if self._reads % RELEASE_EVERY == 0:
+            if self._releaser is None:
+                self._releaser = PageReleaser(self.path)
+            self._releaser()
 
 
 def release_pages(path):
@@ -299,7 +318,7 @@ def check_complete(env, path):
         raise FastCSIError(f"{path}: LMDB file is truncated ({size} bytes; its pages need {needed})")
 
 
-class LmdbDataset(HeaderIndexed, Dataset):
+class LmdbDataset(ReleasesReadPages, HeaderIndexed, Dataset):
     """One fairchem S2EF LMDB file: keys ``b"0"``..``b"n-1"`` (plus ``b"length"``). Energy ``y``
     (eV, kept as stored), forces ``force`` (eV/Å), ``cell`` (1,3,3) Å with pbc on all axes,
     ``tags`` kept. Class = ``sid``."""
@@ -331,7 +350,7 @@ class LmdbDataset(HeaderIndexed, Dataset):
 
     def _handle_attributes(self):
         # closing is letting go: the environment is shared by every dataset on this file in the process
-        return ("_env",)
+        return ("_env", "_releaser")
 
     def __len__(self):
         return self._length
@@ -357,6 +376,7 @@ class LmdbDataset(HeaderIndexed, Dataset):
     def _read(self, i):
         where = f"{self.path}: entry {i}"
         f = self._fields(i)
+        self._count_read()
         for key in ("pos", "atomic_numbers"):
             if key not in f or f[key] is None:
                 raise FastCSIError(f"{where}: field {key!r} missing")
