@@ -111,3 +111,27 @@ def test_index_built_in_worker_processes_matches_the_rows(tmp_path, monkeypatch)
     again = open_dataset(shards)
     assert list(again.class_keys()) == [s.class_key for s in again]
     assert list(again.n_atoms_per_structure()) == [s.n_atoms for s in again]
+
+
+@pytest.mark.slow
+def test_select_pretrain_finetune_predict_on_aselmdb(tmp_path):
+    runner = CliRunner()
+    data = write_aselmdb(tmp_path / "omat.aselmdb", n=12)
+    fast = ["--model", "gemnet-oc-tiny", "--batch-size", "2", "--threads", "1", "--quiet"]
+    commands = {
+        "select": ["select", "--downstream", str(data), "--upstream", str(data), "--samples", "6", "--seeds", "0",
+                   "-o", str(tmp_path / "sel"), "--quiet", "--threads", "1", "--max-atoms-per-batch", "8"],
+        "pretrain": ["pretrain", "--data", str(data), "--samples", "6", "--epochs", "1", "-o", str(tmp_path / "pt"),
+                     "--max-atoms-per-batch", "8", *fast],
+        "finetune": ["finetune", "--pretrained", "none", "--data", str(data), "--split", "6,3,3", "--epochs", "1",
+                     "-o", str(tmp_path / "ft"), *fast],
+        "predict": ["predict", "--model", str(tmp_path / "ft"), "--data", str(data), "-o", str(tmp_path / "p.extxyz"),
+                    "--quiet", "--max-atoms-per-batch", "8"],
+    }
+    for name, args in commands.items():
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 0, f"{name}: {result.output}"
+    from ase.io import read
+
+    predicted = read(tmp_path / "p.extxyz", ":")
+    assert len(predicted) == 12 and all("fastcsi_energy" in a.info for a in predicted)
