@@ -243,7 +243,12 @@ def _status_bytes(field_name: str) -> int | None:
 
 
 def memory_mark(device: str = "cpu") -> dict:
-    """Start measuring one call's peak memory (host RSS; CUDA allocations on a CUDA device)."""
+    """Start measuring one call's peak memory (host RSS; CUDA allocations on a CUDA device).
+    Collects garbage first: earlier cases' cyclic garbage freed during the call would otherwise
+    lower the peak's excess over the starting RSS."""
+    import gc
+
+    gc.collect()
     mark = {"method": "VmHWM after /proc/self/clear_refs=5 (per call)"}
     try:
         with open("/proc/self/clear_refs", "w") as handle:

@@ -231,7 +231,11 @@ void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, int64_t 
                                  format_number(r[a]) + " A along " + kAxis[a] + " (limit " +
                                  format_number(kMaxCoordinate) + " A): coordinates in the wrong unit?");
         double f[3];
-        for (int a = 0; a < 3; ++a) f[a] = r[0] * inv[0][a] + r[1] * inv[1][a] + r[2] * inv[2][a];
+        for (int a = 0; a < 3; ++a) {
+            f[a] = r[0] * inv[0][a] + r[1] * inv[1][a] + r[2] * inv[2][a];
+            if (!std::isfinite(f[a]))  // a cell so close to singular that its inverse overflows
+                throw InputError(structure_name(index) + " has a nearly singular cell");
+        }
         int32_t s[3] = {0, 0, 0};
         for (int a = 0; a < 3; ++a) {
             if (p.pbc[a]) {
@@ -303,7 +307,7 @@ void prepare(Prepared& p, const double* pos, int64_t n, int64_t offset, int64_t 
         for (int a = 0; a < 3; ++a) {
             double t = extent[a] > 0 ? (p.frac[3 * i + a] - origin[a]) / extent[a] : 0.0;
             const double k = std::floor(t * p.nbins[a]);  // in [0, nbins] up to rounding
-            b[a] = k <= 0.0 ? 0 : std::min<int64_t>(static_cast<int64_t>(std::min(k, 1e18)), p.nbins[a] - 1);
+            b[a] = !(k > 0.0) ? 0 : std::min<int64_t>(static_cast<int64_t>(std::min(k, 1e18)), p.nbins[a] - 1);
         }
         int64_t id = (b[0] * p.nbins[1] + b[1]) * p.nbins[2] + b[2];
         p.bin_of[i] = id;

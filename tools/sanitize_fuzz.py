@@ -7,7 +7,7 @@ Build: every csrc/*.cpp with ``-fsanitize=address,undefined,float-cast-overflow
 -fno-sanitize-recover=all`` (float-cast-overflow is outside GCC's "undefined" group, and an
 out-of-range double -> integer cast is exactly how the issue-26 bin counts went wrong), compiled in
 parallel and linked into ``<build-dir>/_C<ext suffix>``; the installed extension is never touched.
-Rebuilt only when a source is newer than the module.
+Rebuilt only when the sources or flags changed (a content hash beside the module).
 
 Run: a child Python with libasan preloaded (Python itself is not instrumented) loads that module as
 ``fastcsi._C`` before anything imports the real one, so the dispatcher, the wrappers and the kernels
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
 import json
 import os
 import subprocess
@@ -53,12 +54,16 @@ def build(build_dir: Path, jobs: int) -> Path:
 
     build_dir.mkdir(parents=True, exist_ok=True)
     module = build_dir / f"_C{sysconfig.get_config_var('EXT_SUFFIX')}"
+    stamp = build_dir / "sources.sha256"
     sources = sorted((ROOT / "csrc").glob("*.cpp"))
-    newest = max(p.stat().st_mtime for p in [*sources, *(ROOT / "csrc").glob("*.h"), Path(__file__)])
-    if module.exists() and module.stat().st_mtime > newest:
-        return module
     includes = [f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
     common = [_compiler(), "-std=c++17", "-fPIC", "-fopenmp", "-fvisibility=hidden", *SANITIZE, *includes]
+    # rebuilt when a source, a header or the flags changed (by content: times race with edits)
+    digest = hashlib.sha256(" ".join(common).encode())
+    for path in [*sources, *sorted((ROOT / "csrc").glob("*.h"))]:
+        digest.update(path.name.encode() + path.read_bytes())
+    if module.exists() and stamp.exists() and stamp.read_text() == digest.hexdigest():
+        return module
 
     def compile_one(source: Path) -> Path:
         obj = build_dir / (source.stem + ".o")
@@ -71,6 +76,7 @@ def build(build_dir: Path, jobs: int) -> Path:
     subprocess.run([_compiler(), "-shared", "-fopenmp", *SANITIZE, *map(str, objects), "-o", str(temporary)],
                    check=True)
     temporary.replace(module)  # a half-linked module is never picked up as built
+    stamp.write_text(digest.hexdigest())
     return module
 
 

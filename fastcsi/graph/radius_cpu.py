@@ -75,7 +75,9 @@ def threads_used(natoms, num_threads: int = 0) -> int:
 
 
 def radius_graph_cpu(batch, cutoff: float, num_threads: int = 0) -> RadiusGraph:
-    """C++ :func:`fastcsi.graph.radius_graph` (no ``max_neighbors``; the dispatcher applies it)."""
+    """C++ :func:`fastcsi.graph.radius_graph` (no ``max_neighbors``; the dispatcher applies it).
+    Threads: ``num_threads`` (0: torch's), capped by the kernel at about atoms * 512 / 2^20 (see
+    :func:`search_cpu`, :func:`threads_used`)."""
     dtype = batch.pos.dtype
     edge_index, shifts, vectors, distances, degree = search_cpu(
         batch, cutoff, num_threads, single=dtype == torch.float32
