@@ -235,7 +235,10 @@ def _accumulate(dataset, indices, label, extractor, *, agg, track_groups, classe
             if batch is None:
                 break
             extractor.check_elements(batch.atomic_numbers, where=str(label))
-            features = extractor.features(batch, profiler)
+            try:
+                features = extractor.features(batch, profiler)
+            except FastCSIError as exc:  # the graph and model layers do not know which file the batch is from
+                raise FastCSIError(f"{label}: {exc}") from None
             with profiler.stage("stats"):
                 _check_features(features, batch, indices[done : done + batch.num_structures], label, norms)
                 x, groups = aggregate(features, batch, agg)

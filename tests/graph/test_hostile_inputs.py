@@ -70,6 +70,7 @@ def test_issue_26_reproduction_exits_2_with_one_line(hostile_files, dtype, tmp_p
                    "--seeds", "0", "-o", tmp_path / "out", "--quiet", "--no-cache"])
     assert result.exit_code == 2
     assert "atoms span 2.6e+10 Å along x" in result.stderr and "wrong unit" in result.stderr
+    assert str(data) in result.stderr  # the line names the file the structure came from
 
 
 def test_data_info_reads_every_hostile_file(hostile_files):
