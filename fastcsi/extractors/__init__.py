@@ -13,9 +13,10 @@ Backbones are named by a spec ``NAME[:MODEL]`` (``--backbone``):
 * ``gemnet-oc-random[:CONFIG]`` a seeded random initialisation (default config gemnet-oc-tiny) for
   tests and speed work; its CSI is flagged as coming from untrained weights;
 * ``sevennet-0`` SevenNet-0 (11 Jul 2024), weights from the ``sevenn`` wheel;
-* ``chgnet[:VERSION]`` CHGNet (default 0.3.0), weights from the ``chgnet`` wheel (extra ``chgnet``).
+* ``chgnet[:VERSION]`` CHGNet (default 0.3.0), weights from the ``chgnet`` wheel (extra ``chgnet``);
+* ``fairchem:FILE[:TASK]`` a user's fairchem eSEN or UMA checkpoint (extra ``fairchem``).
 
-MACE and fairchem adapters are not written (see the README's Backbones section).
+The MACE adapter is not written (see the README's Backbones section).
 
 Foreign packages are imported only when their backbone is asked for, and no adapter ever downloads:
 a model that is not on disk is a one-line error.
@@ -122,6 +123,8 @@ BACKBONES = {
         Backbone("sevennet-0", "sevennet", "none", "", None),
         Backbone("chgnet", "chgnet", "optional", "a CHGNet version shipped in the chgnet wheel (default 0.3.0)",
                  "chgnet"),
+        Backbone("fairchem", "fairchem", "required",
+                 "a fairchem eSEN or UMA checkpoint file, with :TASK for a UMA model (e.g. FILE:omat)", "fairchem"),
     )
 }
 
