@@ -120,7 +120,11 @@ def build_backbone(path: Path, config: dict, state: dict, model_id: str | None):
     except (TypeError, ValueError, AssertionError, KeyError) as exc:
         raise FastCSIError(f"{path}: the installed fairchem-core cannot build this backbone ({exc})") from None
     backbone.model_id = model_id
-    result = backbone.load_state_dict(state, strict=False)
+    try:
+        result = backbone.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that differ from the config's
+        first = str(exc).strip().splitlines()[-1].strip()[:160]
+        raise FastCSIError(f"{path}: the backbone weights do not match its config ({first})") from None
     if result.missing_keys or result.unexpected_keys:
         shown = (result.missing_keys or result.unexpected_keys)[:3]
         raise FastCSIError(f"{path}: the backbone weights do not match its config "
