@@ -60,7 +60,8 @@ def _model_options(func):
     options = [
         click.option("--backbone", multiple=True, metavar="NAME[:MODEL]",
                      help="Feature extractor: sevennet-0 (default, pretrained, offline), gemnet-oc:FILE, "
-                     "gemnet-oc-random[:CONFIG] (untrained), chgnet[:0.3.0]. See README. select and "
+                     "gemnet-oc-random[:CONFIG] (untrained), chgnet[:0.3.0], fairchem:FILE[:TASK] (eSEN / UMA). "
+                     "See README. select and "
                      "demo: repeat it to rank with each and compare the rankings."),
         click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
                      help="GemNet-OC checkpoint (JMP, fairchem or fastcsi): the same as --backbone gemnet-oc:FILE."),

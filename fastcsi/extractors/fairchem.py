@@ -25,6 +25,7 @@ odac, omc; one of the checkpoint's own).
 from __future__ import annotations
 
 import hashlib
+import logging
 import warnings
 from pathlib import Path
 
@@ -113,12 +114,18 @@ def build_backbone(path: Path, config: dict, state: dict, model_id: str | None):
     # fastcsi hands the backbone its graph; the module must not build one (nor checkpoint activations)
     kwargs["otf_graph"] = False
     kwargs["activation_checkpointing"] = False
+    # fairchem logs deprecation notes for its own config keys (dataset_list) at WARNING on the root
+    # logger: meant for its trainers, not for a user reading features
+    disabled_before = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             backbone = cls(**kwargs)
     except (TypeError, ValueError, AssertionError, KeyError) as exc:
         raise FastCSIError(f"{path}: the installed fairchem-core cannot build this backbone ({exc})") from None
+    finally:
+        logging.disable(disabled_before)
     backbone.model_id = model_id
     try:
         result = backbone.load_state_dict(state, strict=False)
