@@ -18,9 +18,9 @@ and are left out. The heads are never run.
 Graphs: fairchem's backbone takes a precomputed graph when ``otf_graph`` is off, in the same
 convention as fastcsi's radius graph (edge_index row 0 = neighbour j, row 1 = centre i, vector =
 pos[j] + shift @ cell - pos[i]), so the whole batch gets one call of fastcsi's radius graph with the
-checkpoint's cutoff and ``max_neighbors``. Every structure gets charge 0 and spin 0 (fairchem's own
-defaults when ``atoms.info`` gives none), and the dataset embedding of TASK (UMA: omat, omol, oc20,
-odac, omc; one of the checkpoint's own).
+checkpoint's cutoff, then fairchem's ``max_neighbors`` rule (see ``_graph``). Every structure gets
+charge 0 and spin 0 (fairchem's own defaults when ``atoms.info`` gives none), and the dataset
+embedding of TASK (UMA: omat, omol, oc20, odac, omc; one of the checkpoint's own).
 """
 from __future__ import annotations
 
@@ -170,9 +170,16 @@ class FairchemExtractor(ExtractorBase):
         return {"charge": zeros, "spin": zeros.clone(), "dataset": [self.task] * n}
 
     def _graph(self, batch) -> _FairchemInput:
-        from fastcsi.graph import radius_graph
+        import dataclasses
 
-        graph = radius_graph(batch, self.cutoff, max_neighbors=self.max_neighbors, strict=self.strict_neighbors)
+        from fastcsi.graph import radius_graph, select_neighbors
+
+        graph = radius_graph(batch, self.cutoff)
+        # fairchem ranks neighbours by SQUARED distance, its 0.01 degeneracy tolerance in Å^2: the
+        # same tie rule applied to squared distances keeps exactly its edges (the backbone recomputes
+        # every vector from the shifts, so the squared values go nowhere else)
+        squared = dataclasses.replace(graph, distances=graph.distances.square())
+        graph = select_neighbors(squared, max_neighbors=self.max_neighbors, strict=self.strict_neighbors)
         structure_of_edge = batch.batch[graph.edge_index[1]]
         return _FairchemInput(
             pos=batch.pos, atomic_numbers=batch.atomic_numbers.long(), batch=batch.batch, natoms=batch.natoms,

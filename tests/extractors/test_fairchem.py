@@ -123,6 +123,21 @@ def test_batched_graphs_equal_fairchems_own_loader_and_path(which, request, stru
     torch.testing.assert_close(torch.cat(theirs), ours, atol=1e-8, rtol=0)
 
 
+def test_max_neighbors_keeps_fairchems_edges(tmp_path, structures):
+    """With max_neighbors 14 the Cu slab's atoms lose part of their second shell: fairchem ranks by
+    squared distance with its 0.01 tolerance in Å^2, and our graph must keep exactly its edges."""
+    from fastcsi.data import batch_from_atoms
+    from fastcsi.graph import radius_graph
+
+    slab = structures[-1]
+    assert int(radius_graph(batch_from_atoms([slab]), 4.5).num_neighbors.max()) > 14  # the rule is exercised
+    path = write_checkpoint(tmp_path / "esen14.pt",
+                            tiny_backbone_config(ESEN, use_dataset_embedding=False, max_neighbors=14))
+    extractor = load_extractor(f"fairchem:{path}", dtype="float64")
+    theirs = torch.cat(extractor.features_per_structure(structures))
+    torch.testing.assert_close(features_of(extractor, structures), theirs, atol=1e-8, rtol=0)
+
+
 def test_float32_matches_float64(esen_file, esen, structures):
     single = load_extractor(f"fairchem:{esen_file}")
     torch.testing.assert_close(features_of(single, structures).double(), features_of(esen, structures), atol=1e-4,
@@ -176,8 +191,8 @@ def test_code_named_by_the_file_is_never_run(tmp_path, monkeypatch):
     with pytest.raises(FastCSIError, match="not plain settings"):
         load_extractor(f"fairchem:{bad}")
     other_class = tmp_path / "other.pt"
-    torch.save({"model_config": {"backbone": {"model": "os.system"}}, "model_state_dict": {"backbone.w": torch.ones(1)}},
-               other_class)
+    torch.save({"model_config": {"backbone": {"model": "os.system"}},
+                "model_state_dict": {"backbone.w": torch.ones(1)}}, other_class)
     with pytest.raises(FastCSIError, match="'os.system' is not one this adapter builds"):
         load_extractor(f"fairchem:{other_class}")
     assert not (tmp_path / "PLANTED_BY_CHECKPOINT").exists()
