@@ -51,8 +51,24 @@ class _FairchemInput(dict):
         return super().get(key, default)
 
 
+def _unwrapped(value):
+    """The content of an OmegaConf container or value node as the allow-list reader records it
+    (``DictConfig`` / ``ListConfig`` keep it in ``_content``, nodes in ``_val``); anything else as is.
+    fairchem's trainers may save ``model_config`` as a DictConfig rather than a dict."""
+    from fastcsi.safe_pickle import Record, record_fields
+
+    if isinstance(value, Record) and value.module.startswith("omegaconf."):
+        fields = record_fields(value)
+        if value.name in ("DictConfig", "ListConfig"):
+            return fields.get("_content")
+        if "_val" in fields:
+            return fields["_val"]
+    return value
+
+
 def _plain(value, where: str):
     """``value`` if it is plain config data (dicts, lists, text, numbers), else one refusal line."""
+    value = _unwrapped(value)
     if isinstance(value, dict):
         return {str(k): _plain(v, where) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -69,11 +85,11 @@ def read_checkpoint(path: Path) -> tuple[dict, dict, str | None]:
     from fastcsi.safe_pickle import load_torch_foreign, record_fields
 
     fields = record_fields(load_torch_foreign(path, "fairchem checkpoint"))
-    model_config = fields.get("model_config")
-    if not isinstance(model_config, dict) or not isinstance(model_config.get("backbone"), dict):
+    model_config = _unwrapped(fields.get("model_config"))
+    if not isinstance(model_config, dict) or not isinstance(_unwrapped(model_config.get("backbone")), dict):
         raise FastCSIError(f"{path}: not a fairchem inference checkpoint (no model_config with a backbone)")
     config = _plain(model_config["backbone"], str(path))
-    model_id = model_config.get("model_id")
+    model_id = _unwrapped(model_config.get("model_id"))
     model_id = model_id if isinstance(model_id, str) and model_id.strip() else None
 
     # fairchem predicts with the EMA weights (an AveragedModel's: "module." + the model's keys)

@@ -34,7 +34,7 @@ def tiny_backbone_config(model: str, **extra) -> dict:
     return config
 
 
-def write_checkpoint(path, backbone_config: dict, model_id=None, seed=0):
+def write_checkpoint(path, backbone_config: dict, model_id=None, seed=0, omegaconf=False):
     """A random fairchem HydraModel saved as fairchem's MLIPInferenceCheckpoint; the EMA weights are
     perturbed apart from the raw ones, so reading the wrong state dict shows."""
     from fairchem.core.models.base import HydraModel
@@ -52,6 +52,10 @@ def write_checkpoint(path, backbone_config: dict, model_id=None, seed=0):
                     "heads": HEADS}
     if model_id is not None:
         model_config["model_id"] = model_id
+    if omegaconf:  # as a trainer may save it: an OmegaConf DictConfig instead of a dict
+        from omegaconf import OmegaConf
+
+        model_config = OmegaConf.create(model_config)
     checkpoint = MLIPInferenceCheckpoint(model_config=model_config, model_state_dict=model.state_dict(),
                                          ema_state_dict=ema.state_dict(), tasks_config=[])
     torch.save(checkpoint, path)
@@ -136,6 +140,18 @@ def test_max_neighbors_keeps_fairchems_edges(tmp_path, structures):
     extractor = load_extractor(f"fairchem:{path}", dtype="float64")
     theirs = torch.cat(extractor.features_per_structure(structures))
     torch.testing.assert_close(features_of(extractor, structures), theirs, atol=1e-8, rtol=0)
+
+
+def test_omegaconf_model_config_reads_as_a_dict(tmp_path, structures):
+    config = tiny_backbone_config(UMA, num_experts=2, use_composition_embedding=True, model_version=1.2,
+                                  use_dataset_embedding=True, dataset_mapping={"omat": "omat", "omol": "omol"})
+    as_dict = write_checkpoint(tmp_path / "dict.pt", config, model_id="UMA-TINY-1.2", seed=3)
+    as_omegaconf = write_checkpoint(tmp_path / "omegaconf.pt", config, model_id="UMA-TINY-1.2", seed=3,
+                                    omegaconf=True)
+    a = load_extractor(f"fairchem:{as_dict}:omol", dtype="float64")
+    b = load_extractor(f"fairchem:{as_omegaconf}:omol", dtype="float64")
+    assert a.fingerprint == b.fingerprint
+    torch.testing.assert_close(features_of(b, structures[:2]), features_of(a, structures[:2]), atol=1e-12, rtol=0)
 
 
 def test_float32_matches_float64(esen_file, esen, structures):
