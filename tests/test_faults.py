@@ -63,13 +63,18 @@ def test_disk_full_mid_write_keeps_the_previous_output_and_leaves_no_partial_fil
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.npz"]
 
 
+def _finished_entries(cache):
+    # pathlib's glob matches dot files: an atomic write's temp file (.<stem>.XXXX.npz) is not an entry
+    return [p for p in cache.glob("*.npz") if not p.name.startswith(".")]
+
+
 def test_sigint_during_select_is_one_line_and_the_rerun_reuses_the_cache(demo, tmp_path):
     outdir, cache = tmp_path / "sel", tmp_path / "cache"
     args = ["select", "--downstream", demo["down"], *sum((["--upstream", u] for u in demo["up"]), []),
             "--samples", "16", "--seeds", "0,1", "--threads", "1", "--cache-dir", cache, "-o", outdir, "--quiet"]
     proc = fastcsi(*args)
     try:
-        assert _wait_for(lambda: cache.is_dir() and any(cache.glob("*.npz")), proc, 240), proc.communicate()[1]
+        assert _wait_for(lambda: cache.is_dir() and bool(_finished_entries(cache)), proc, 240), proc.communicate()[1]
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -79,7 +84,7 @@ def test_sigint_during_select_is_one_line_and_the_rerun_reuses_the_cache(demo, t
         pytest.skip("select finished before the interrupt arrived")
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1:] == ["fastcsi: interrupted"] and "Traceback" not in err, err
-    cached = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")}
+    cached = {p.name: p.stat().st_mtime_ns for p in _finished_entries(cache)}
     assert cached and not list(cache.glob(".*"))  # finished entries only, no torn temp files
     rerun = fastcsi(*args)
     _, err = rerun.communicate(timeout=300)
