@@ -12,16 +12,13 @@ package this process does not have becomes a record whose ``state`` holds its fi
 
 ``load_torch_foreign(path)`` reads a ``torch.save`` file (zip or legacy format) through it:
 torch's own reader handles the container, our unpickler every global in the pickled data.
-Imports nothing of fastcsi but its error type; torch and numpy lazily.
+Imports nothing of fastcsi at import time; torch, numpy and the one-line error helper lazily.
 """
 from __future__ import annotations
 
 import _compat_pickle
 import io
 import pickle
-from pathlib import Path
-
-from fastcsi.errors import FastCSIError
 
 
 class Record:
@@ -263,30 +260,14 @@ def loads(data: bytes):
 def load_torch_foreign(path, what: str = "checkpoint"):
     """Read a ``torch.save`` file written by another program on CPU through the allow-list
     unpickler; every failure is one :class:`FastCSIError` line naming the file."""
-    import warnings
     import zipfile
 
-    import torch
+    from fastcsi.utils import torch_load_or_one_line
 
-    path = Path(path)
-    if not path.is_file():
-        raise FastCSIError(f"{path}: {what} not found" if not path.exists() else f"{path}: {what} is not a file")
-    try:
-        is_zip = zipfile.is_zipfile(path)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # mmap: tensors of the zip format stay in the file until used (optimizer states of a
-            # large Lightning checkpoint are never read)
-            return torch.load(path, map_location="cpu", pickle_module=_AllowListPickleModule, weights_only=False,
-                              mmap=is_zip)
-    except PermissionError:
-        raise FastCSIError(f"{path}: {what} is not readable (permission denied)") from None
-    except RecursionError:
-        raise FastCSIError(f"{path}: not a readable {what} (nested too deeply)") from None
-    except Exception as exc:  # noqa: BLE001 - truncated, foreign or corrupt files are the user's input
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        raise FastCSIError(f"{path}: not a readable {what} (truncated or not a torch file; {detail})") from None
+    # mmap: tensors of the zip format stay in the file until used (optimizer states of a large
+    # Lightning checkpoint are never read)
+    return torch_load_or_one_line(path, what, pickle_module=_AllowListPickleModule, weights_only=False,
+                                  mmap=zipfile.is_zipfile(path))
 
 
 def records_in(obj, limit: int = 100_000) -> list:

@@ -68,13 +68,10 @@ def versions() -> dict:
     return out
 
 
-def load_torch_file(path, what: str = "checkpoint"):
-    """``torch.load(path, weights_only=True)`` on CPU, with every failure as one
-    :class:`~fastcsi.errors.FastCSIError` line: a file that holds anything but tensors and plain
-    containers is refused before any of its code can run (torch's own advice to retry with
-    ``weights_only=False`` is the opposite of what a user should do, so it is not quoted). For the
-    files fastcsi writes; other programs' checkpoints (JMP, fairchem) are read with
-    :func:`fastcsi.safe_pickle.load_torch_foreign`."""
+def torch_load_or_one_line(path, what: str, **load_kwargs):
+    """``torch.load(path, map_location="cpu", **load_kwargs)`` with torch's warnings silenced and every
+    failure as one :class:`~fastcsi.errors.FastCSIError` line naming the file: the one place that turns
+    a missing, unreadable, truncated or refused torch file into a user's error."""
     import pickle
     import warnings
 
@@ -88,16 +85,28 @@ def load_torch_file(path, what: str = "checkpoint"):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's UserWarnings would print before our one line
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise FastCSIError(f"{path}: {what} holds objects other than tensors and plain containers; "
-                           "fastcsi will not unpickle them") from None
+            return torch.load(path, map_location="cpu", **load_kwargs)
     except PermissionError:
         raise FastCSIError(f"{path}: {what} is not readable (permission denied)") from None
+    except RecursionError:
+        raise FastCSIError(f"{path}: not a readable {what} (nested too deeply)") from None
     except Exception as exc:  # noqa: BLE001 - truncated, foreign or corrupt files are the user's input
+        if isinstance(exc, pickle.UnpicklingError) and load_kwargs.get("weights_only"):
+            raise FastCSIError(f"{path}: {what} holds objects other than tensors and plain containers; "
+                               "fastcsi will not unpickle them") from None
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         raise FastCSIError(f"{path}: not a readable {what} (truncated or not a torch file; {detail})") from None
+
+
+def load_torch_file(path, what: str = "checkpoint"):
+    """``torch.load(path, weights_only=True)`` on CPU, with every failure as one
+    :class:`~fastcsi.errors.FastCSIError` line: a file that holds anything but tensors and plain
+    containers is refused before any of its code can run (torch's own advice to retry with
+    ``weights_only=False`` is the opposite of what a user should do, so it is not quoted). For the
+    files fastcsi writes; other programs' checkpoints (JMP, fairchem) are read with
+    :func:`fastcsi.safe_pickle.load_torch_foreign`."""
+    return torch_load_or_one_line(path, what, weights_only=True)
 
 
 def file_sha256(path) -> str:
