@@ -20,25 +20,12 @@ from __future__ import annotations
 
 import sys
 
+from fastcsi._bench.gemnet_oc import rattled_molecules
 from fastcsi._bench.harness import Case, Method, relative_error, script_main
 
 KERNEL = "extractors"
 TOLERANCE = 1e-5
-MOLECULES = ["CH3CH2OH", "C6H6", "H2O", "CH4", "NH3", "CH3COOH", "C2H4", "CH3CHO"]
 EXTRACTORS = ("gemnet-oc-random", "sevennet-0", "chgnet")
-
-
-def molecules(n: int):
-    import numpy as np
-    from ase.build import molecule
-
-    rng = np.random.default_rng(0)
-    frames = []
-    for i in range(n):
-        atoms = molecule(MOLECULES[i % len(MOLECULES)])
-        atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
-        frames.append(atoms)
-    return frames
 
 
 def slabs(n: int):
@@ -83,7 +70,7 @@ def cases(quick: bool = True, device: str = "cpu", sizes=None, extractors=EXTRAC
     if device != "cpu":
         raise SystemExit("bench/extractors.py: CPU only (the packages' own paths build graphs on the CPU)")
     n_mol, n_slab = sizes or ((32, 2) if quick else (128, 8))
-    inputs = {"molecules": molecules(n_mol), "slab": slabs(n_slab)}
+    inputs = {"molecules": rattled_molecules(n_mol), "slab": slabs(n_slab)}
     for spec in extractors:
         extractor, why = _loaded(spec)
         for name, frames in inputs.items():

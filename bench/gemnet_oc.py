@@ -29,18 +29,24 @@ TOLERANCE = 1e-4
 MOLECULES = ["CH3CH2OH", "C6H6", "H2O", "CH4", "NH3", "CH3COOH", "C2H4", "CH3CHO"]
 
 
-def make_batch(n: int, device: str):
+def rattled_molecules(n: int) -> list:
+    """``n`` small organic molecules (MOLECULES in turn), each rattled by 0.05 Å with its own seed."""
     import numpy as np
     from ase.build import molecule
 
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(n):
+        atoms = molecule(MOLECULES[i % len(MOLECULES)])
+        atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
+        frames.append(atoms)
+    return frames
+
+
+def make_batch(n: int, device: str):
     from fastcsi.data.batch import batch_from_atoms
 
-    rng = np.random.default_rng(0)
-    atoms = []
-    for i in range(n):
-        a = molecule(MOLECULES[i % len(MOLECULES)])
-        a.rattle(0.05, seed=int(rng.integers(1 << 30)))
-        atoms.append(a)
+    atoms = rattled_molecules(n)
     return batch_from_atoms(atoms).to(device), atoms
 
 
