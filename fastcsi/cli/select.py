@@ -226,13 +226,28 @@ def _run(downstream, upstreams, samples, seeds, outdir, demo_mode, **kw):
     else:
         click.echo(format_table(result))
     prof = result["profile"]
-    click.echo(
-        f"\nwall {prof['wall_s']:.1f} s, {prof['backbone_atoms_per_s']:,.0f} atoms/s through the backbone "
-        f"(graph + forward); stats computed {result['cache']['computed']}, reused from cache "
-        f"{result['cache']['hits']}"
-    )
-    if "mix" in result:
-        click.echo("\n" + format_mix(result["mix"]))
+    if "agreement" in result:  # one line and one mixture per extractor, each named, then the totals
+        runs = result["agreement"]["extractor_runs"]
+        click.echo("")
+        for run in runs:
+            click.echo(
+                f"[{run['backbone']}] wall {run['wall_s']:.1f} s, {run['backbone_atoms_per_s'] or 0:,.0f} atoms/s "
+                f"through the backbone (graph + forward); stats computed {run['cache']['computed']}, reused from "
+                f"cache {run['cache']['hits']}"
+            )
+        click.echo(f"all {len(runs)} extractors: wall {result['wall_s']:.1f} s; stats computed "
+                   f"{result['cache']['computed']}, reused from cache {result['cache']['hits']}")
+        for run in runs:
+            if "mix" in run:
+                click.echo(f"\n[{run['backbone']}] " + format_mix(run["mix"]))
+    else:
+        click.echo(
+            f"\nwall {prof['wall_s']:.1f} s, {prof['backbone_atoms_per_s']:,.0f} atoms/s through the backbone "
+            f"(graph + forward); stats computed {result['cache']['computed']}, reused from cache "
+            f"{result['cache']['hits']}"
+        )
+        if "mix" in result:
+            click.echo("\n" + format_mix(result["mix"]))
     click.echo(f"outputs in {outdir}: {', '.join(prof['outputs'])}")
 
 

@@ -313,7 +313,9 @@ def run_select_backbones(
     ``extractors`` (label -> extractor object) replaces ``backbones`` for callers that built them.
     Returns the first extractor's result with ``"agreement"`` added (see
     :mod:`fastcsi.pipeline.agreement`; every extractor's ranking is kept apart there), which is
-    also ``outdir/csi.json``, beside ``outdir/agreement.png``.
+    also ``outdir/csi.json``, beside ``outdir/agreement.png``. Its ``wall_s`` and ``cache`` counts
+    are the sums over all the runs; ``agreement["extractor_runs"]`` holds each run's own (and its
+    ``mix`` when one was asked).
     """
     import dataclasses
     import os
@@ -354,11 +356,17 @@ def run_select_backbones(
         {"backbone": label, "extractor_name": r["settings"].get("extractor_name"),
          "extractor": r["settings"].get("extractor"), "pretrained": r["settings"].get("pretrained"),
          "feature_dim": r["settings"].get("feature_dim"),
-         "outdir": None if outdir is None else str(outdir / "extractors" / f"{k}-{_safe_name(label)}")}
+         "outdir": None if outdir is None else str(outdir / "extractors" / f"{k}-{_safe_name(label)}"),
+         "wall_s": r["wall_s"], "cache": dict(r["cache"]),
+         "backbone_atoms_per_s": r.get("profile", {}).get("backbone_atoms_per_s"),
+         **({"mix": r["mix"]} if "mix" in r else {})}
         for k, (label, r) in enumerate(results.items(), 1)
     ]
     result = dict(results[labels[0]])
     result["warnings"] = [f"[{label}] {w}" for label, r in results.items() for w in r["warnings"]]
+    # the whole comparison's time and cache use; each run's own figures are in extractor_runs
+    result["wall_s"] = sum(r["wall_s"] for r in results.values())
+    result["cache"] = {key: sum(r["cache"][key] for r in results.values()) for key in ("hits", "computed")}
     result["agreement"] = report
     if outdir is not None and int(os.environ.get("RANK", "0")) == 0:
         upstream_labels = [row["upstream"] for row in results[labels[0]]["ranking"]]

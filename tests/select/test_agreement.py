@@ -151,6 +151,14 @@ def test_select_with_two_backbones_ranks_with_each_and_reports_their_agreement(
     again = run_select_backbones(tiny_data["down"], four_upstreams[:2], settings, backbones[::-1],
                                  outdir=tmp_path / "run", progress=False)
     assert again["cache"]["computed"] == 0 and again["cache"]["hits"] > 0
+    again_runs = again["agreement"]["extractor_runs"]
+    assert [r["backbone"] for r in again_runs] == backbones[::-1]
+    assert all(r["cache"]["computed"] == 0 and r["cache"]["hits"] > 0 for r in again_runs)  # every extractor's
+    # the combined figures are the sums over the runs, not the first run's
+    assert again["cache"]["hits"] == sum(r["cache"]["hits"] for r in again_runs)
+    assert again["wall_s"] == pytest.approx(sum(r["wall_s"] for r in again_runs))
+    assert result["cache"]["computed"] == sum(r["cache"]["computed"] for r in runs) and all(
+        r["cache"]["computed"] > 0 for r in runs)
     assert not again["agreement"]["correlation_meaningful"]
     assert again["agreement"]["pairs"][0]["kendall_tau"] is None
     assert "not meaningful" in again["agreement"]["correlation_note"]
@@ -187,6 +195,13 @@ def test_cli_select_with_two_backbones_prints_both_rankings_and_their_agreement(
     saved = json.loads((out / "csi.json").read_text())
     assert saved["agreement"]["extractors"] == ["gemnet-oc-random", f"gemnet-oc:{seed1_checkpoint}"]
     assert "[gemnet-oc-random]" in r.stderr  # warnings name their extractor
+    # one timing / cache line per extractor, each named, then the totals over both runs
+    runs = saved["agreement"]["extractor_runs"]
+    for run in runs:
+        assert (f"[{run['backbone']}] wall " in r.stdout
+                and f"stats computed {run['cache']['computed']}, reused from cache {run['cache']['hits']}" in r.stdout)
+    total = sum(run["cache"]["computed"] for run in runs)
+    assert f"all 2 extractors: wall {saved['wall_s']:.1f} s; stats computed {total}," in r.stdout
 
     # --checkpoint is one GemNet-OC file: with several backbones it must be named as one of them
     r = CliRunner().invoke(cli, [str(a) for a in args + ["--checkpoint", seed1_checkpoint]])
