@@ -286,20 +286,21 @@ OUTLIERS_KEY = "feature_outliers"
 
 
 def _check_features(features, batch, indices, label, norms) -> None:
-    """Refuse non-finite per-atom features, naming the dataset and the structure, and feed the
-    feature norms to the outlier check (each atom labelled with its structure's dataset index)."""
-    from fastcsi.stats.outliers import first_non_finite_row
+    """Feed the feature norms to the outlier check (each atom labelled with its structure's dataset
+    index), which is also the one check for non-finite features: refused naming the dataset and
+    the structure, before any statistic absorbs the batch."""
+    from fastcsi.stats.outliers import NonFiniteFeatures
 
-    bad_row = first_non_finite_row(features)
-    if bad_row is not None:
-        k = int(batch.batch[bad_row])
+    owners = np.repeat(np.asarray(indices, dtype=np.int64), batch.natoms.cpu().numpy())
+    try:
+        norms.update(features, owners)
+    except NonFiniteFeatures as exc:
+        k = int(batch.batch[exc.row])
         structure = batch.ids[k] if k < len(batch.ids) and batch.ids[k] else f"#{int(indices[k])}"
         raise FastCSIError(
             f"{label}: the extractor returned NaN or inf features for structure {structure} (index "
             f"{int(indices[k])}); its geometry is probably far outside what the backbone can handle"
-        )
-    owners = np.repeat(np.asarray(indices, dtype=np.int64), batch.natoms.cpu().numpy())
-    norms.update(features, owners)
+        ) from None
 
 
 def _outlier_summary(norms, dataset) -> dict:

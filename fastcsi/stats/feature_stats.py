@@ -169,15 +169,11 @@ class FeatureStats:
         _, mean, scatter = moments
         if np.isfinite(mean).all() and np.isfinite(np.diagonal(scatter)).all():
             return
-        if hasattr(x, "detach"):
-            import torch
+        from fastcsi.stats.outliers import first_non_finite_row
 
-            bad = (~torch.isfinite(x)).any(dim=1).nonzero()
-            row = int(bad[0, 0]) if bad.numel() else -1
-        else:
-            bad = np.nonzero(~np.isfinite(np.asarray(x)).all(axis=1))[0]
-            row = int(bad[0]) if bad.size else -1
-        raise FastCSIError(f"features{where} contain NaN or inf (first at row {row}); nothing was added")
+        row = first_non_finite_row(x)
+        raise FastCSIError(f"features{where} contain NaN or inf (first at row {-1 if row is None else row}); "
+                           "nothing was added")
 
     def merge(self, other: "FeatureStats") -> "FeatureStats":
         """Absorb ``other`` exactly (Chan et al.); groups and metadata are merged too."""

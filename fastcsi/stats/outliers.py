@@ -58,11 +58,26 @@ def _as_tensor(x):
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
-def first_non_finite_row(x) -> int | None:
-    """Index of the first row of ``x`` (n, d) holding NaN or inf, or None when all are finite."""
+class NonFiniteFeatures(FastCSIError):
+    """Features holding NaN or inf, refused before anything was added; ``row`` is the first such row."""
+
+    def __init__(self, row: int):
+        super().__init__(f"features contain NaN or inf (first at row {row}); nothing was added")
+        self.row = int(row)
+
+
+def first_non_finite_row(x, rows=None) -> int | None:
+    """Index of the first row of ``x`` (n, d) holding NaN or inf, or None when all are finite.
+
+    ``rows`` (sorted indices): search only these, e.g. the rows whose norm is not finite, which
+    are the only ones that can hold NaN or inf."""
     import torch
 
     t = _as_tensor(x)
+    if rows is not None:
+        rows = np.asarray(rows, dtype=np.int64)
+        found = first_non_finite_row(t[torch.as_tensor(rows, device=t.device)])
+        return None if found is None else int(rows[found])
     bad = ~torch.isfinite(t)
     if t.ndim == 2:
         bad = bad.any(dim=1)
@@ -152,8 +167,11 @@ class FeatureNormMonitor:
         return int(self.counts.sum())
 
     def update(self, x, owners) -> np.ndarray:
-        """Add the rows of ``x`` (n, dim), finite, with the label of the structure each row belongs
-        to (``owners``, length n). Returns the boolean mask of the rows kept as candidates."""
+        """Add the rows of ``x`` (n, dim) with the label of the structure each row belongs to
+        (``owners``, length n). Returns the boolean mask of the rows kept as candidates.
+
+        Rows holding NaN or inf raise :class:`NonFiniteFeatures` (naming the first) and nothing is
+        added: the check reads the norms this pass computes anyway (such a row's norm is not finite)."""
         import torch
 
         t = _as_tensor(x)
@@ -167,6 +185,12 @@ class FeatureNormMonitor:
         t64 = t.detach().to(torch.float64)
         squares = (t64 * t64).sum(dim=1)
         norms = squares.sqrt().cpu().numpy()
+        finite = np.isfinite(norms)
+        if not finite.all():
+            # a non-finite norm may also be a finite row whose squares overflow: look at those rows only
+            bad_row = first_non_finite_row(t, rows=np.nonzero(~finite)[0])
+            if bad_row is not None:
+                raise NonFiniteFeatures(bad_row)
         bins = bin_of(norms)
         self.counts += np.bincount(bins, minlength=N_BINS)
         self.sum_squares += np.bincount(bins, weights=squares.cpu().numpy(), minlength=N_BINS)

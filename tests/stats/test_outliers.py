@@ -8,6 +8,7 @@ from fastcsi.stats.outliers import (
     BINS_PER_OCTAVE,
     OUTLIER_FACTOR,
     FeatureNormMonitor,
+    NonFiniteFeatures,
     first_non_finite_row,
     histogram_median,
     bin_of,
@@ -130,6 +131,33 @@ def test_non_finite_rows_are_found():
     x[30, 0] = np.inf
     assert first_non_finite_row(torch.as_tensor(x)) == 17
     assert first_non_finite_row(x) == 17
+    # restricted to candidate rows: the first bad one among them, as an index of x
+    assert first_non_finite_row(x, rows=[3, 30, 40]) == 30 and first_non_finite_row(x, rows=[3, 40]) is None
+
+
+def test_monitor_refuses_non_finite_rows_before_changing_anything():
+    x, owners = _features(n_structures=5)
+    monitor = _feed(FeatureNormMonitor(DIM), x[:20], owners[:20], 20)
+    before = (monitor.counts.copy(), monitor.sum_squares.copy(), monitor.sum_vectors.clone(), monitor.max_norm,
+              list(monitor._candidate_owners))
+    bad = x[20:].copy()
+    bad[12, 5] = -np.inf
+    bad[7, 1] = np.nan
+    for batch in (bad, torch.as_tensor(bad, dtype=torch.float32)):
+        with pytest.raises(NonFiniteFeatures, match="first at row 7") as caught:
+            monitor.update(batch, owners[20:])
+        assert caught.value.row == 7 and isinstance(caught.value, FastCSIError)
+    assert np.array_equal(monitor.counts, before[0]) and np.array_equal(monitor.sum_squares, before[1])
+    assert torch.equal(monitor.sum_vectors, before[2]) and monitor.max_norm == before[3]
+    assert monitor._candidate_owners == before[4]
+
+
+def test_monitor_keeps_a_finite_row_whose_norm_overflows():
+    x, owners = _features(n_structures=5)
+    x[4] = 1e200  # finite, but its squared norm is inf in float64
+    monitor = FeatureNormMonitor(DIM)
+    candidates = monitor.update(x, owners)
+    assert monitor.n_atoms == len(x) and candidates[4] and monitor.max_norm == np.inf
 
 
 def test_shape_mismatch_is_refused():
