@@ -49,6 +49,16 @@ class DistContext:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def all_gather_object(self, obj) -> list:
+        """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
+        if not self.enabled:
+            return [obj]
+        import torch.distributed as dist
+
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def all_reduce_sum(self, tensor):
         """Sum ``tensor`` over ranks in place (and return it)."""
         if self.enabled:

@@ -134,23 +134,6 @@ def sample(path, n, strategy, seed, out, structures_out, fmt, energy_key, forces
     click.echo(f"selected {len(indices)} of {len(ds)} structures ({strategy}, seed {seed}) -> {out}")
 
 
-class _RankGroup:
-    """What ``build_indices`` needs of a torchrun job."""
-
-    def __init__(self, ctx):
-        self.ctx, self.rank, self.world_size = ctx, ctx.rank, ctx.world_size
-
-    def raise_if_any_failed(self, error):
-        self.ctx.raise_if_any_failed(error)
-
-    def all_gather(self, obj) -> list:
-        import torch.distributed as dist
-
-        out = [None] * self.world_size
-        dist.all_gather_object(out, obj)
-        return out
-
-
 @data.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("-j", "--jobs", type=int, default=1, show_default=True,
@@ -173,7 +156,7 @@ def index(path, jobs, fmt, energy_key, forces_key, level, split, energy_unit, fo
     ctx = init_distributed("cpu")  # under torchrun the ranks split the files (one process: no-op)
     try:
         with _open(path, fmt, energy_key, forces_key, level, split, energy_unit, force_unit, skip_unreadable) as ds:
-            report = build_indices(ds, workers=jobs, group=_RankGroup(ctx) if ctx.enabled else None)
+            report = build_indices(ds, workers=jobs, group=ctx if ctx.enabled else None)
     finally:
         ctx.close()
     wall = time.perf_counter() - start

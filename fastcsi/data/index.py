@@ -149,40 +149,50 @@ def _plan_parts(datasets, workers: int, min_part: int):
 
 def build_indices(dataset, workers: int = 1, progress=None, min_part: int = 20_000, group=None) -> dict:
     """Build and store the index of every file of ``dataset`` that has none, with ``workers``
-    processes. Returns ``{"files", "built", "entries_built", "paths"}``. ``progress(n)`` is called
-    with the entries done as parts finish.
+    processes. Returns ``{"files", "built", "entries_built", "paths"}`` (this process's files). ``progress(n)``
+    is called with the entries done as parts finish.
 
-    ``group``: the ranks of a torchrun job (``rank``, ``world_size``, ``raise_if_any_failed(error)``,
-    ``all_gather(obj) -> list``): each rank builds every ``world_size``-th missing file, the ranks
-    exchange what they built, and every rank stores all of it (idempotent atomic writes, so a cache
-    directory shared by the ranks of a node is fine)."""
+    ``group``: the ranks of a torchrun job (a :class:`fastcsi.distributed.DistContext`: ``rank``,
+    ``world_size``, ``raise_if_any_failed(error)``, ``all_gather_object(obj) -> list``). The ranks' caches
+    may differ (one per node, some already holding indices), so they agree on the files that any rank
+    lacks, by fingerprint; each rank builds every ``world_size``-th of those, the ranks exchange what they
+    built keyed by fingerprint, and every rank stores the ones it lacked (idempotent atomic writes, so a
+    cache directory shared by the ranks of a node is fine)."""
     files = indexable_files(dataset)
     missing = [d for d in files if load_index(d) is None]
-    rank, world = (group.rank, group.world_size) if group is not None else (0, 1)
-    built = {}
-    error = None
-    try:
-        built = _build(missing[rank::world], workers, progress, min_part)
-    except Exception as exc:  # every rank must reach the exchange, or the healthy ones wait forever
-        if group is None:
-            raise
-        error = exc
-    if group is not None:
-        from fastcsi.errors import FastCSIError
-
-        if error is not None and not isinstance(error, FastCSIError):
-            error = FastCSIError(f"{dataset.path}: building the index failed on rank {rank} ({type(error).__name__}: {error})")
-        group.raise_if_any_failed(error)
-        shares = group.all_gather({k * world + rank: (i.class_table, i.class_codes, i.natoms) for k, i in built.items()})
-        built = {k: DatasetIndex(*arrays) for share in shares for k, arrays in share.items()}
+    if group is None:
+        built = {d.fingerprint: index for d, index in zip(missing, _build(missing, workers, progress, min_part).values())}
     else:
-        built = {k * world + rank: index for k, index in built.items()}
+        built = _build_across_ranks(dataset, files, missing, group, workers, progress, min_part)
     paths = []
-    for k, d in enumerate(missing):
-        d._header_index = built[k]
-        paths.append(store_index(d, built[k]))
+    for d in missing:
+        d._header_index = built[d.fingerprint]
+        paths.append(store_index(d, built[d.fingerprint]))
     return {"files": len(files), "built": len(missing), "entries_built": int(sum(len(d) for d in missing)),
             "paths": [str(p) for p in paths if p is not None]}
+
+
+def _build_across_ranks(dataset, files, missing, group, workers, progress, min_part) -> dict:
+    """``{fingerprint: DatasetIndex}`` for every file that some rank lacks, built shared among the ranks."""
+    from fastcsi.errors import FastCSIError
+
+    wanted = set().union(*group.all_gather_object([d.fingerprint for d in missing]))
+    # one order on every rank (the sorted fingerprints), so the ranks' shares neither overlap nor leave a gap
+    by_fingerprint = {d.fingerprint: d for d in files}
+    share = [by_fingerprint.get(f) for f in sorted(wanted)[group.rank :: group.world_size]]
+    error = None
+    built = {}
+    try:
+        if None in share:
+            raise FastCSIError(f"{dataset.path}: the ranks see different dataset files (rank {group.rank} lacks one "
+                               "another rank needs); give every rank the same files")
+        built = _build(share, workers, progress, min_part)
+    except Exception as exc:  # every rank must reach the exchange, or the healthy ones wait forever
+        error = exc if isinstance(exc, FastCSIError) else FastCSIError(
+            f"{dataset.path}: building the index failed on rank {group.rank} ({type(exc).__name__}: {exc})")
+    group.raise_if_any_failed(error)
+    mine = {share[k].fingerprint: (i.class_table, i.class_codes, i.natoms) for k, i in built.items()}
+    return {f: DatasetIndex(*arrays) for part in group.all_gather_object(mine) for f, arrays in part.items()}
 
 
 def _build(missing, workers, progress, min_part) -> dict:

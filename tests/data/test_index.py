@@ -199,3 +199,48 @@ def test_ranks_split_the_files_and_each_keeps_every_index(tmp_path, cache):
         assert len(list((tmp_path / "caches" / f"rank{rank}" / "index").glob("*.npz"))) == 3
         again = open_dataset(shards)
         assert list(again.class_keys()) == list(expected.class_keys())
+
+
+def _distinct_shards(root, sizes):
+    """Shards whose entries differ from shard to shard (class keys and atom counts), so an index
+    stored under another shard's name shows."""
+    root.mkdir()
+    for k, n in enumerate(sizes):
+        entries = []
+        for i in range(n):
+            m = 2 + k + i % 2
+            entries.append(([8.0] + [1.0] * (m - 1), np.arange(3 * m, dtype=float).reshape(m, 3), None,
+                            1000 * (k + 1) + i % 3))
+        write_lmdb(root / f"data.{k:04d}.lmdb", entries=entries)
+    return root
+
+
+@pytest.mark.slow
+def test_ranks_with_different_caches_store_every_index_under_its_own_file(tmp_path, monkeypatch):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from fastcsi.data.index import file_index, indexable_files
+
+    # rank 0's cache is empty, rank 1's already holds the middle shard: the ranks lack different files
+    shards = _distinct_shards(tmp_path / "shards", (4, 5, 5))
+    caches = tmp_path / "caches"
+    monkeypatch.setenv("FASTCSI_CACHE_DIR", str(caches / "rank1"))
+    file_index(open_dataset(shards / "data.0001.lmdb"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_index_rank, args=(2, port, str(shards), str(caches)), nprocs=2, join=True)
+
+    monkeypatch.setenv("FASTCSI_CACHE_DIR", "off")
+    files = indexable_files(open_dataset(shards))
+    fresh = [f._scan_headers() for f in files]
+    assert len({tuple(keys) for keys, _ in fresh}) == 3  # the shards are told apart by their keys
+    for rank in (0, 1):
+        monkeypatch.setenv("FASTCSI_CACHE_DIR", str(caches / f"rank{rank}"))
+        for f, (keys, natoms) in zip(files, fresh):
+            stored = DatasetIndex.load(index_path(f), f.fingerprint, len(f))
+            assert stored is not None, (rank, f.path)
+            assert list(stored.class_keys()) == [str(k) for k in keys], (rank, f.path)
+            assert list(stored.natoms) == list(natoms), (rank, f.path)
