@@ -96,7 +96,8 @@ class ExtractorBase:
             "dtype": str(self.dtype).replace("torch.", ""),
         }
 
-    def _frozen(self, model: torch.nn.Module, device, dtype) -> torch.nn.Module:
+    @staticmethod
+    def _frozen(model: torch.nn.Module, device, dtype) -> torch.nn.Module:
         model = model.to(device=device, dtype=dtype).eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -166,6 +167,11 @@ def build_extractor(spec: str, *, layer: str = "final", kind: str = "node", devi
     """The extractor of backbone ``spec`` (``NAME[:MODEL]``), frozen on ``device`` in ``dtype``.
     ``options`` are the backbone's own (GemNet-OC: ``base``, ``weights``)."""
     backbone, model = parse_spec(spec)
+    gemnet_options = {k: v for k, v in options.items() if v is not None and not (k == "weights" and v == "raw")}
+    if backbone.name != "gemnet-oc":
+        if gemnet_options:
+            raise FastCSIError(f"--base / --weights apply to GemNet-OC checkpoint files, not to --backbone {spec}")
+        options = {}
     torch_dtype = {"float32": torch.float32, "float64": torch.float64}.get(dtype)
     if torch_dtype is None:
         raise FastCSIError(f"--dtype {dtype!r}: choose float32 or float64")
@@ -175,13 +181,10 @@ def build_extractor(spec: str, *, layer: str = "final", kind: str = "node", devi
 
 
 def state_fingerprint(digest, module: torch.nn.Module) -> None:
-    """Feed every weight and buffer of ``module`` (name, dtype, shape, bytes) into ``digest``."""
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(name.encode())
-        digest.update(str(t.dtype).encode())
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    """Feed every weight and buffer of ``module`` into ``digest`` (the hashing GemNet-OC's fingerprint uses)."""
+    from fastcsi.model.features import hash_state
+
+    hash_state(digest, module)
 
 
 def timed_forward(profiler, build_graph, run_model):

@@ -16,13 +16,6 @@ DEFAULT_RANDOM_CONFIG = "gemnet-oc-tiny"
 DEFAULT_INIT_SEED = 0
 
 
-def shipped_backbone_path() -> Path:
-    """``fastcsi/model/default/backbone.pt``: a GemNet-OC the package may ship (``gemnet-oc`` alone)."""
-    import fastcsi.model
-
-    return Path(fastcsi.model.__file__).resolve().parent / "default" / "backbone.pt"
-
-
 class GemNetOCExtractor(ExtractorBase):
     """A GemNet-OC backbone frozen for feature extraction, with everything that identifies its features."""
 
@@ -105,8 +98,6 @@ def load(backbone, model_part, *, layer, kind, device, dtype, base=None, weights
         description = str(path)
         name = "gemnet-oc"
     else:
-        if base or weights != "raw":
-            raise FastCSIError("--base / --weights apply to GemNet-OC checkpoint files, not to gemnet-oc-random")
         config = model_part or DEFAULT_RANDOM_CONFIG
         model = random_init(config)
         description = f"{config}, random init seed {DEFAULT_INIT_SEED} (untrained)"
@@ -118,8 +109,5 @@ def load(backbone, model_part, *, layer, kind, device, dtype, base=None, weights
         dim = int(feature_dim(model, layer, kind))
     except (KeyError, ValueError) as exc:
         raise FastCSIError(f"--layer {layer!r} / --kind {kind!r}: {exc}") from None
-    model = model.to(device=device, dtype=dtype).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return GemNetOCExtractor(model, layer, kind, device, dtype, fingerprint, dim, description, name=name,
-                             pretrained=pretrained)
+    return GemNetOCExtractor(ExtractorBase._frozen(model, device, dtype), layer, kind, device, dtype, fingerprint,
+                             dim, description, name=name, pretrained=pretrained)

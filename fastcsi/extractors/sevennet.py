@@ -110,7 +110,7 @@ class SevenNetExtractor(ExtractorBase):
         }
 
     def _run(self, data: dict) -> torch.Tensor:
-        return run_blocks(self.model, data, self._modules_run, self._wanted, self._scalar_dims)
+        return run_blocks(self.model, data, self._modules_run, self._wanted, self._scalar_dims, self._type_map)
 
     def features(self, batch, profiler=None) -> torch.Tensor:
         return timed_forward(profiler, lambda: self._graph(batch), self._run)
@@ -132,12 +132,13 @@ class SevenNetExtractor(ExtractorBase):
         return out
 
 
-def run_blocks(model, data, modules_run, wanted, scalar_dims) -> torch.Tensor:
+def run_blocks(model, data, modules_run, wanted, scalar_dims, type_map) -> torch.Tensor:
     """SevenNet's modules in order up to the last of ``modules_run``, keeping the scalar channels
-    after each gate in ``wanted`` (concatenated)."""
+    after each gate in ``wanted`` (concatenated). ``type_map`` is the model's atomic number -> type
+    index table, already on the data's device (a plain tensor, not a buffer: copied once, not per batch)."""
     import sevenn._keys as KEY
 
-    data[KEY.NODE_FEATURE] = model.z_to_onehot_tensor.to(data[KEY.ATOMIC_NUMBERS].device)[data[KEY.ATOMIC_NUMBERS]]
+    data[KEY.NODE_FEATURE] = type_map[data[KEY.ATOMIC_NUMBERS]]
     kept = []
     dtype = data[KEY.EDGE_VEC].dtype
     for name in modules_run:

@@ -100,6 +100,19 @@ def _extract(model, batch, block, kind):
 _HEAD_PREFIXES = ("out_energy.", "out_forces.")
 
 
+def hash_state(digest, module: torch.nn.Module, skip_prefixes: tuple = ()) -> None:
+    """Feed every weight and buffer of ``module`` (name, dtype, shape, bytes) into ``digest``, in
+    name order, leaving out the keys that start with one of ``skip_prefixes``."""
+    for name, tensor in sorted(module.state_dict().items()):
+        if skip_prefixes and name.startswith(skip_prefixes):
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(name.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
 def extractor_fingerprint(model, layer: str = DEFAULT_LAYER, kind: str = DEFAULT_KIND) -> str:
     """Stable hex digest of (hyperparameters, every backbone weight and buffer, layer, kind): two
     CSI statistics are comparable only when their fingerprints are equal. The output heads are left
@@ -113,17 +126,12 @@ def extractor_fingerprint(model, layer: str = DEFAULT_LAYER, kind: str = DEFAULT
     digest.update(json.dumps(hparams, sort_keys=True).encode())
     digest.update(f"|{layer}|{kind}|".encode())
     # The weight set taken from a file that holds two (JMP / fairchem: raw or EMA) names the features
-    # even where both sets happen to agree; the default (raw) adds nothing, so earlier fingerprints
-    # stay valid. Keys dropped on loading (task steps, pretraining heads) never reach the model.
+    # even where both sets happen to agree; the default (raw) adds nothing to the digest. (Leaving the
+    # heads out, above and below, did change every fingerprint of a model with heads once: statistics
+    # computed before that are refused as another extractor's and cache entries are recomputed.)
+    # Keys dropped on loading (task steps, pretraining heads) never reach the model.
     weights = (getattr(model, "load_info", None) or {}).get("weights", "raw")
     if weights != "raw":
         digest.update(f"weights={weights}|".encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith(_HEAD_PREFIXES):
-            continue
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(name.encode())
-        digest.update(str(t.dtype).encode())
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    hash_state(digest, model, skip_prefixes=_HEAD_PREFIXES)
     return digest.hexdigest()[:32]

@@ -12,12 +12,9 @@ from __future__ import annotations
 import torch
 
 from fastcsi.errors import FastCSIError
-from fastcsi.extractors import FeatureExtractor, build_extractor, default_backbone, parse_spec
-from fastcsi.extractors.gemnet_oc import GemNetOCExtractor
+from fastcsi.extractors import FeatureExtractor, build_extractor, default_backbone
 from fastcsi.threads import apply_threads
 
-# The GemNet-OC extractor under its old name (the protocol is FeatureExtractor).
-Extractor = GemNetOCExtractor
 UNTRAINED_WARNING = ("the features come from untrained (randomly initialised) weights: CSI values rank "
                      "chemistry only roughly; use a pretrained --backbone (the default sevennet-0) for real decisions")
 
@@ -72,11 +69,5 @@ def load_extractor(
     """The frozen extractor of ``backbone`` (``NAME[:MODEL]``; None: ``--checkpoint`` as GemNet-OC
     file, else the default). ``base`` / ``weights`` choose the architecture and weight set of a
     GemNet-OC checkpoint file."""
-    spec = backbone_spec(backbone, checkpoint)
-    options = {}
-    if base is not None or weights != "raw":
-        named, _ = parse_spec(spec)
-        if named.name != "gemnet-oc":
-            raise FastCSIError(f"--base / --weights apply to GemNet-OC checkpoint files, not to --backbone {spec}")
-        options = {"base": base, "weights": weights}
-    return build_extractor(spec, layer=layer, kind=kind, device=device, dtype=dtype, **options)
+    return build_extractor(backbone_spec(backbone, checkpoint), layer=layer, kind=kind, device=device, dtype=dtype,
+                           base=base, weights=weights)

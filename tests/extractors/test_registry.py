@@ -68,3 +68,15 @@ def test_stats_of_another_extractor_are_refused_by_name(tmp_path, structures):
         run_select(data, [tmp_path / "random.npz"], other, outdir=None, progress=False)
     with pytest.raises(FastCSIError, match="not comparable"):
         run_select(tmp_path / "random.npz", [data], other, outdir=None, progress=False)
+
+
+@pytest.mark.parametrize("spec", ["gemnet-oc-random", "sevennet-0", "chgnet"])
+@pytest.mark.parametrize("options", [{"base": "gemnet-oc-s"}, {"weights": "ema"}])
+def test_gemnet_checkpoint_options_elsewhere_are_one_sentence(spec, options):
+    """--base / --weights name a GemNet-OC file's architecture and weight set: for any other backbone
+    they are refused by the registry, through the CLI's path and the public builder alike."""
+    from fastcsi.extractors import build_extractor
+
+    for load in (lambda: load_extractor(spec, **options), lambda: build_extractor(spec, **options)):
+        with pytest.raises(FastCSIError, match="apply to GemNet-OC checkpoint files"):
+            load()
