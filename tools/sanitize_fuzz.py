@@ -16,9 +16,10 @@ are exactly what users run, only sanitized. The child runs
     (tests/graph/hostile_geometries.py: huge and tiny coordinates, coincident atoms, thin, skewed,
     singular and left-handed cells, cells smaller than the cutoff, zero and one atom, mixed
     periodicity, batches mixing them) through ``radius_graph`` in float32 and float64 on 2 threads,
-    each checked against the float64 reference (same edges, or one FastCSIError from both or
-    from the kernel), and again through the kernel with small memory budgets and up to 8 threads,
-    where the budget error is raised inside worker threads;
+    each checked against the float64 reference (the same outcome, ok or refused, and the same
+    edges; a budget error only where that side's own smaller edge budget explains it), and again
+    through the kernel with small memory budgets and up to 8 threads, where the budget error is
+    raised inside worker threads (the default budget's result, or a budget error);
   * direct abuse of every kernel entry point: absurd thread counts, empty and one-row inputs,
     negative strides, NaN, and budgets too small for the request (covariance, SiLU, radius).
 Green means: the child exits 0, every case was correct or one clean error, and no sanitizer wrote a
@@ -222,7 +223,7 @@ def child(module_path: str, examples: int, seed: int) -> int:
     from hypothesis import strategies as st
 
     sys.path.insert(0, str(ROOT / "tests" / "graph"))
-    from hostile_geometries import check_against_reference, cutoffs, hostile_batches, repro_structure
+    from hostile_geometries import check_against_reference, cutoffs, hostile_batches, refusal, repro_structure
 
     from fastcsi.data.batch import batch_from_atoms
     from fastcsi.errors import FastCSIError
@@ -247,17 +248,25 @@ def child(module_path: str, examples: int, seed: int) -> int:
         for dtype in (torch.float32, torch.float64):
             outcome = check_against_reference(structures, cutoff, dtype)
             count(f"{dtype}: ref {outcome['ref']}, cpu {outcome['cpu']}")
-        # the same batch under a small budget and more threads: the full result or one clean error
+        # the same batch under a small budget and more threads: the default budget's outcome, or a
+        # budget error where the default budget computed (the only change a smaller budget explains)
         batch = batch_from_atoms(structures, dtype=torch.float64)
         try:
             full = search_cpu(batch, cutoff, num_threads=threads)
-        except FastCSIError:
-            return
+        except FastCSIError as exc:
+            full, full_outcome = None, refusal(exc)
         try:
             tight = search_cpu(batch, cutoff, num_threads=threads, max_bytes=1 << budget_log2)
-        except FastCSIError:
-            count("budget: clean error")
+        except FastCSIError as exc:
+            tight_outcome = refusal(exc)
+            if full is not None:
+                assert tight_outcome == "budget error", f"a smaller budget raised a non-budget error: {exc}"
+            else:
+                # a refused input stays refused; a budget error may come first when the budget is small
+                assert tight_outcome in (full_outcome, "budget error"), f"{full_outcome} became {exc}"
+            count(f"budget: {'full ok' if full is not None else full_outcome}, tight {tight_outcome}")
             return
+        assert full is not None, f"a smaller budget computed what the default budget refused ({full_outcome})"
         assert all((a == b).all() for a, b in zip(full, tight)), "a budgeted search changed the result"
         count("budget: same result")
 

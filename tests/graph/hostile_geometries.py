@@ -7,9 +7,9 @@ element); ``hostile_structures`` draws one of them, ``hostile_batches`` mixes se
 small (at most ~200 atoms, images per pair well under the limit where a result is expected) so that
 the float64 reference, the oracle every case is checked against, stays fast.
 
-``check_against_reference`` is the property: every backend returns the reference's edges (up to
-pairs within 1e-9 Å of the cutoff, where the order of float64 operations decides) or raises one
-FastCSIError; nothing else, and no crash.
+``check_against_reference`` is the property: every backend has the reference's outcome, and
+returns the reference's edges (up to pairs within 1e-9 Å of the cutoff, where the order of float64
+operations decides) or raises one FastCSIError where the reference does; nothing else, and no crash.
 """
 from __future__ import annotations
 
@@ -183,30 +183,65 @@ def same_edges(graph, reference, cutoff: float) -> str | None:
     return None
 
 
+def refusal(exc) -> str:
+    """The outcome a FastCSIError stands for: "budget error" when the backend's memory / edge budget
+    refused the batch (csrc/radius.cpp, radius_ref.py both name the budget), else "error"."""
+    assert "\n" not in str(exc), str(exc)
+    return "budget error" if "budget" in str(exc) else "error"
+
+
+def edge_budget(backend: str, dtype) -> float:
+    """How many edges ``backend`` may return under its default memory budget (the reference keeps
+    more per edge than the kernel, so it has the smaller budget)."""
+    import torch
+
+    from fastcsi._native import memory_budget_bytes, native
+    from fastcsi.graph.radius_ref import _BYTES_PER_EDGE
+
+    if backend == "ref":
+        return memory_budget_bytes() // _BYTES_PER_EDGE
+    if backend == "cpu":
+        single = "float32" if dtype == torch.float32 else "float64"
+        return memory_budget_bytes() / native.radius_limits[f"bytes_per_edge_{single}"]
+    raise ValueError(f"no edge budget known for backend {backend!r}")
+
+
+def explained_by_budget(outcome: str, reference_outcome: str, backend: str, dtype) -> bool:
+    """True when ``outcome`` differs from the reference's only because one of the two ran out of
+    its own, smaller, edge budget: that side raised the budget error, the other returned the edges."""
+    if {outcome, reference_outcome} != {"ok", "budget error"}:
+        return False
+    refused, computed = (backend, "ref") if outcome == "budget error" else ("ref", backend)
+    return edge_budget(refused, dtype) < edge_budget(computed, dtype)
+
+
 def check_against_reference(atoms_list, cutoff: float, dtype, backends=("cpu",)) -> dict:
-    """Run the reference and ``backends`` on one batch. Each outcome is "ok" or "error"; a wrong
-    result or any exception but FastCSIError fails (AssertionError / the exception itself)."""
+    """Run the reference and ``backends`` on one batch. Each outcome is "ok", "error" or "budget
+    error"; every backend's outcome must be the reference's (a backend that refuses what the
+    reference computes, or computes what it refuses, fails), except where :func:`explained_by_budget`;
+    a wrong result or any exception but FastCSIError fails (AssertionError / the exception itself)."""
     from fastcsi.data.batch import batch_from_atoms
     from fastcsi.errors import FastCSIError
     from fastcsi.graph import radius_graph
 
     batch = batch_from_atoms(atoms_list, dtype=dtype)
-    outcomes = {}
+    outcomes, messages = {}, {}
     try:
         reference = radius_graph(batch, cutoff, backend="ref")
         outcomes["ref"] = "ok"
     except FastCSIError as exc:
-        assert "\n" not in str(exc), str(exc)
-        reference, outcomes["ref"] = None, "error"
+        reference, outcomes["ref"], messages["ref"] = None, refusal(exc), str(exc)
     for backend in backends:
         try:
             graph = radius_graph(batch, cutoff, backend=backend)
+            outcomes[backend] = "ok"
         except FastCSIError as exc:
-            assert "\n" not in str(exc), str(exc)
-            outcomes[backend] = "error"
-            continue
-        outcomes[backend] = "ok"
-        if reference is not None:
+            graph, outcomes[backend], messages[backend] = None, refusal(exc), str(exc)
+        if outcomes[backend] != outcomes["ref"]:
+            assert explained_by_budget(outcomes[backend], outcomes["ref"], backend, dtype), (
+                f"{backend} {outcomes[backend]} but ref {outcomes['ref']} at cutoff {cutoff}, {dtype}: "
+                f"{messages.get(backend) or messages.get('ref')}")
+        if graph is not None and reference is not None:
             difference = same_edges(graph, reference, cutoff)
             assert difference is None, f"{backend} vs ref at cutoff {cutoff}: {difference}"
     return outcomes
