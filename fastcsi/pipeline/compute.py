@@ -240,14 +240,15 @@ def _accumulate(dataset, indices, label, extractor, *, agg, track_groups, classe
             except FastCSIError as exc:  # the graph and model layers do not know which file the batch is from
                 raise FastCSIError(f"{label}: {exc}") from None
             with profiler.stage("stats"):
-                _check_features(features, batch, indices[done : done + batch.num_structures], label, norms)
+                in_batch = indices[done : done + batch.num_structures]
+                owners = np.repeat(in_batch, batch.natoms.cpu().numpy())  # each atom's dataset index
+                _check_features(features, batch, in_batch, owners, label, norms)
                 x, groups = aggregate(features, batch, agg)
                 stats.update(x, groups=groups if track_groups else None)
                 if class_stats is not None:
-                    of_structure = classes[1][indices[done : done + batch.num_structures]]
-                    if x.shape[0] != batch.num_structures:  # flat: every atom carries its structure's class
-                        of_structure = np.repeat(of_structure, batch.natoms.cpu().numpy())
-                    class_stats.update(x, groups=of_structure)
+                    # flat: every atom carries its structure's class
+                    of_sample = owners if x.shape[0] != batch.num_structures else in_batch
+                    class_stats.update(x, groups=classes[1][of_sample])
             done += batch.num_structures
             tracer.step()
             n_structures += batch.num_structures
@@ -276,7 +277,7 @@ def _accumulate(dataset, indices, label, extractor, *, agg, track_groups, classe
     if ctx.enabled:
         with profiler.stage("stats"):
             norms.all_reduce()
-    stats.metadata[OUTLIERS_KEY] = _outlier_summary(norms, dataset)
+    stats.metadata[OUTLIERS_KEY] = _outlier_summary(norms)
     return stats, class_stats, n_structures, n_atoms
 
 
@@ -285,15 +286,14 @@ def _accumulate(dataset, indices, label, extractor, *, agg, track_groups, classe
 OUTLIERS_KEY = "feature_outliers"
 
 
-def _check_features(features, batch, indices, label, norms) -> None:
-    """Feed the feature norms to the outlier check (each atom labelled with its structure's dataset
-    index), which is also the one check for non-finite features: refused naming the dataset and
-    the structure, before any statistic absorbs the batch."""
+def _check_features(features, batch, indices, owners, label, norms) -> None:
+    """Feed the feature norms to the outlier check (``owners``: each atom's dataset index; the
+    structure ids of the batch name the ones it keeps), which is also the one check for non-finite
+    features: refused naming the dataset and the structure, before any statistic absorbs the batch."""
     from fastcsi.stats.outliers import NonFiniteFeatures
 
-    owners = np.repeat(np.asarray(indices, dtype=np.int64), batch.natoms.cpu().numpy())
     try:
-        norms.update(features, owners)
+        norms.update(features, owners, names=dict(zip(indices.tolist(), batch.ids)))
     except NonFiniteFeatures as exc:
         k = int(batch.batch[exc.row])
         structure = batch.ids[k] if k < len(batch.ids) and batch.ids[k] else f"#{int(indices[k])}"
@@ -303,16 +303,14 @@ def _check_features(features, batch, indices, label, norms) -> None:
         ) from None
 
 
-def _outlier_summary(norms, dataset) -> dict:
-    """The outlier report as plain JSON, each listed structure with its dataset index and id."""
-    summary = norms.report().to_dict()
+def _outlier_summary(norms) -> dict:
+    """The outlier report as plain JSON, each listed structure with its dataset index and id (the id
+    its batch gave when its atoms were found; the index where the dataset has none)."""
+    report = norms.report()
+    summary = report.to_dict()
     for entry in summary["structures"]:
         index = int(entry.pop("structure"))
-        try:
-            structure_id = dataset[index].id
-        except Exception:  # the listing must not fail a run whose statistics are complete
-            structure_id = ""
-        entry.update(index=index, id=structure_id or str(index))
+        entry.update(index=index, id=report.names.get(index) or str(index))
     return summary
 
 

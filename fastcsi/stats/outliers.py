@@ -122,6 +122,7 @@ class OutlierReport:
     trace_share: float  # 1 - tr Sigma(without the outliers) / tr Sigma(all atoms)
     structures: dict = field(default_factory=dict)  # owner -> outlier atoms in it (the listed ones)
     n_structures: int = 0  # structures holding outliers (all, listed or not)
+    names: dict = field(default_factory=dict)  # owner -> name given to update() (e.g. structure id), where known
     listing_complete: bool = True
 
     @property
@@ -160,15 +161,19 @@ class FeatureNormMonitor:
         self.max_running_median = 0.0
         self._candidate_owners: list = []
         self._candidate_bins: list = []
+        self._candidate_names: dict = {}
         self.candidates_overflowed = False
 
     @property
     def n_atoms(self) -> int:
         return int(self.counts.sum())
 
-    def update(self, x, owners) -> np.ndarray:
+    def update(self, x, owners, names=None) -> np.ndarray:
         """Add the rows of ``x`` (n, dim) with the label of the structure each row belongs to
         (``owners``, length n). Returns the boolean mask of the rows kept as candidates.
+
+        ``names`` (owner -> name, e.g. the structure ids of this batch): the names of the candidates'
+        owners are kept for the report, so that a listing never has to read the structures again.
 
         Rows holding NaN or inf raise :class:`NonFiniteFeatures` (naming the first) and nothing is
         added: the check reads the norms this pass computes anyway (such a row's norm is not finite)."""
@@ -209,6 +214,10 @@ class FeatureNormMonitor:
             picked = picked[:room]
         self._candidate_owners.extend(owners[picked].tolist())
         self._candidate_bins.extend(bins[picked].tolist())
+        if names and picked.size:
+            for owner in dict.fromkeys(owners[picked].tolist()):
+                if names.get(owner):
+                    self._candidate_names[owner] = names[owner]
         return candidates
 
     def merge(self, other: "FeatureNormMonitor") -> "FeatureNormMonitor":
@@ -227,6 +236,8 @@ class FeatureNormMonitor:
         self.candidates_overflowed |= other.candidates_overflowed or len(other._candidate_bins) > room
         self._candidate_owners.extend(other._candidate_owners[:room])
         self._candidate_bins.extend(other._candidate_bins[:room])
+        kept = set(other._candidate_owners[:room])
+        self._candidate_names.update((o, n) for o, n in other._candidate_names.items() if o in kept)
         return self
 
     def report(self) -> OutlierReport:
@@ -253,6 +264,7 @@ class FeatureNormMonitor:
             n_atoms=n, median_norm=median, max_norm=self.max_norm, threshold=threshold,
             n_outlier_atoms=n_outliers, trace_share=share, structures=structures,
             n_structures=len(structures), listing_complete=complete,
+            names={o: self._candidate_names[o] for o in structures if o in self._candidate_names},
         )
 
     def _trace_share(self, outlier_bins: slice, n_outliers: int) -> float:
@@ -283,7 +295,7 @@ class FeatureNormMonitor:
             "counts": self.counts, "sum_squares": self.sum_squares,
             "sum_vectors": None if self.sum_vectors is None else self.sum_vectors.cpu().numpy(),
             "max_norm": self.max_norm, "max_running_median": self.max_running_median,
-            "owners": self._candidate_owners, "bins": self._candidate_bins,
+            "owners": self._candidate_owners, "bins": self._candidate_bins, "names": self._candidate_names,
             "overflowed": self.candidates_overflowed,
         }
         gathered: list = [None] * dist.get_world_size()
@@ -298,6 +310,7 @@ class FeatureNormMonitor:
                 other.sum_vectors = torch.from_numpy(part["sum_vectors"])
             other.max_norm, other.max_running_median = part["max_norm"], part["max_running_median"]
             other._candidate_owners, other._candidate_bins = list(part["owners"]), list(part["bins"])
+            other._candidate_names = dict(part["names"])
             other.candidates_overflowed = part["overflowed"]
             merged.merge(other)
         self.__dict__.update(merged.__dict__)

@@ -63,6 +63,11 @@ def test_planted_outliers_are_listed_warned_about_and_dropping_them_restores_the
     assert entry["n_outlier_atoms"] == 3 and entry["n_outlier_structures"] == 3 and entry["listing_complete"]
     assert [s["index"] for s in sorted(entry["structures"], key=lambda s: s["index"])] == [3, 4, 5]
     assert all(s["outlier_atoms"] == 1 and s["id"] for s in entry["structures"])
+    from fastcsi.data import open_dataset
+
+    organic_set = open_dataset(tiny_data["organic"])  # the ids are the ones the batches carried
+    assert {s["index"]: s["id"] for s in entry["structures"]} == {
+        i: organic_set[i].id or str(i) for i in (3, 4, 5)}
     assert entry["dominates_trace"] and entry["trace_share"] > 0.99
     assert entry["max_norm"] > 1e3 * entry["median_norm"]
     warning = next(w for w in exploded["warnings"] if w.startswith(str(tiny_data["organic"])) and "median" in w)

@@ -175,3 +175,27 @@ def test_histogram_median_and_bins_on_known_values():
     assert bins[0] == 0 and bins[2] - bins[1] == BINS_PER_OCTAVE and bins[3] == 2047
     counts = np.bincount(bin_of(np.array([1.0, 1.0, 1.0])), minlength=2048)
     assert 1.0 <= histogram_median(counts) < 2 ** (1 / BINS_PER_OCTAVE)
+
+
+def test_names_are_kept_for_the_listed_structures_only_and_travel_with_merge():
+    x, owners = _features(n_structures=40)
+    x = _plant(x, owners, [15, 215], 1e4)  # one atom of structure 1, one of structure 21
+    names = {o: f"id-{o}" for o in range(40)}
+    whole = FeatureNormMonitor(DIM)
+    for start in range(0, len(x), 100):
+        part = slice(start, start + 100)
+        batch_owners = owners[part]
+        whole.update(x[part], batch_owners, names={o: names[o] for o in set(batch_owners.tolist())})
+    report = whole.report()
+    assert sorted(report.structures) == [1, 21] and report.names == {1: "id-1", 21: "id-21"}
+    # split over two monitors (two ranks) and merged: each one's names come along
+    first, second = FeatureNormMonitor(DIM), FeatureNormMonitor(DIM)
+    first.update(x[:200], owners[:200], names={o: names[o] for o in range(20)})
+    second.update(x[200:], owners[200:], names={21: "id-21"})
+    assert first.report().names == {1: "id-1"}  # only the candidates' owners are remembered
+    merged = first.merge(second).report()
+    assert sorted(merged.structures) == [1, 21] and merged.names == {1: "id-1", 21: "id-21"}
+    # a monitor given no names lists its structures without any
+    unnamed = FeatureNormMonitor(DIM)
+    unnamed.update(x, owners)
+    assert sorted(unnamed.report().structures) == [1, 21] and unnamed.report().names == {}
