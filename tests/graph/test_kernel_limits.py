@@ -189,6 +189,33 @@ def test_triplet_and_quadruplet_walks_check_their_size_first():
             gemnet_indices_cuda.quadruplets_cuda(graph, graph, n)
 
 
+def test_quadruplet_walks_check_their_own_size_first():
+    """A budget that holds both mixed-triplet passes (~25k triplets) but not the ~6.8e5 quadruplet
+    candidates: the quadruplet size check itself refuses, on the numba and the torch backend."""
+    pytest.importorskip("numba")
+    from fastcsi import _native
+    from fastcsi.graph import gemnet_indices_cpu as walks
+    from fastcsi.graph import gemnet_indices_cuda
+
+    n = 30  # every ordered pair an edge: 870 edges, 24360 triplets, 6.82e5 quadruplet candidates
+    s, t = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
+    keep = s != t
+    graph = {"edge_index": torch.stack([s[keep], t[keep]]), "cell_offset": torch.zeros((int(keep.sum()), 3),
+                                                                                         dtype=torch.long)}
+    budget = 1 << 22
+    with mock.patch.object(walks, "memory_budget_bytes", lambda: budget):
+        assert walks.mixed_triplets_cpu(graph, graph, n)["in"].numel() == 24360  # fits
+        with pytest.raises(FastCSIError, match="6.82e\\+05 quadruplets need"):
+            walks.quadruplets_cpu(graph, graph, n)
+    with mock.patch.object(_native, "memory_budget_bytes", lambda: budget):
+        assert gemnet_indices_cuda.mixed_triplets_cuda(graph, graph, n)["in"].numel() == 24360
+        with pytest.raises(FastCSIError, match="gemnet_indices: 6.82e\\+05 quadruplets needs .* GiB"):
+            gemnet_indices_cuda.quadruplets_cuda(graph, graph, n)
+    # and without the budget both compute the same quadruplets
+    assert torch.equal(walks.quadruplets_cpu(graph, graph, n)["out"],
+                       gemnet_indices_cuda.quadruplets_cuda(graph, graph, n)["out"])
+
+
 CHILD = textwrap.dedent("""
     import resource, sys
     import numpy as np
