@@ -278,6 +278,13 @@ def test_bare_state_dict_hyperparameters_inferred(tmp_path, structures):
     batch = batch_of(structures["molecule"])
     torch.testing.assert_close(extract_features(loaded, batch), extract_features(model, batch), rtol=0, atol=0)
 
+    # An argument (as fine-tuning's task overrides always pass) refines the inferred architecture
+    # instead of replacing it with GemNet-OC's defaults.
+    refined = load_backbone(tmp_path / "bare.pt", absolute_rbf_cutoff=12.0).eval()
+    assert refined.load_info["hparams"] == "inferred from tensor shapes, with arguments"
+    assert "absolute_rbf_cutoff" not in refined.load_info["assumed_hparams"]
+    torch.testing.assert_close(extract_features(refined, batch), extract_features(model, batch), rtol=0, atol=0)
+
 
 def test_weights_errors(tmp_path, jmp64):
     model = jmp64[0]

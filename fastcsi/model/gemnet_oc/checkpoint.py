@@ -314,14 +314,16 @@ def load_backbone(path, base: str | None = None, weights: str = "raw", **hparams
         source = "file"
     elif base:
         source = f"--base {base}"
-    elif hparams:
-        source = "arguments"
     else:
+        # Arguments (fine-tuning's task overrides, a scale file) refine the inferred architecture;
+        # they never stand in for it unless they name what the tensors cannot show.
         file_hparams, assumed, unknown = infer_hparams(state)
+        unknown = [k for k in unknown if k not in hparams]
         if unknown:
             raise FastCSIError(f"{path}: no hyperparameters stored and {', '.join(unknown)} cannot be inferred "
                                "from the tensors; pass --base gemnet-oc-s (or -l), or the hyperparameters")
-        source = "inferred from tensor shapes"
+        assumed = [k for k in assumed if k not in hparams]
+        source = "inferred from tensor shapes" + (", with arguments" if hparams else "")
     merged = {**(config(base) if base else {}), **file_hparams, **hparams}
     if "num_elements" not in hparams and "embedding.weight" in state:
         merged["num_elements"] = int(state["embedding.weight"].shape[0])
