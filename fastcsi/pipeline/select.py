@@ -481,9 +481,11 @@ def _feature_outliers(down_src, up_srcs, per_seed_down, settings, provider, warn
 def outlier_warning(label: str, found: list) -> str:
     """One line for a dataset with outlier atoms (the worst of its samples)."""
     worst = max(found, key=lambda e: (e["trace_share"], e["n_outlier_atoms"]))
-    text = (f"{label}: {worst['n_outlier_atoms']:,} atom(s) in {worst['n_outlier_structures']:,} structure(s) have "
-            f"feature norms over {worst['outlier_factor']:g}x the median ({worst['median_norm']:.3g}; max "
-            f"{worst['max_norm']:.3g})")
+    # an incomplete listing found only some of the structures: their number is a lower bound
+    at_least = "" if worst.get("listing_complete") else "at least "
+    text = (f"{label}: {worst['n_outlier_atoms']:,} atom(s) in {at_least}{worst['n_outlier_structures']:,} "
+            f"structure(s) have feature norms over {worst['outlier_factor']:g}x the median "
+            f"({worst['median_norm']:.3g}; max {worst['max_norm']:.3g})")
     if worst["dominates_trace"]:
         text += (f" and carry {worst['trace_share']:.0%} of the dataset's feature variance, so they dominate its "
                  "CSI trace term")

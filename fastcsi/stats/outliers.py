@@ -121,7 +121,9 @@ class OutlierReport:
     n_outlier_atoms: int
     trace_share: float  # 1 - tr Sigma(without the outliers) / tr Sigma(all atoms)
     structures: dict = field(default_factory=dict)  # owner -> outlier atoms in it (the listed ones)
-    n_structures: int = 0  # structures holding outliers (all, listed or not)
+    # structures found holding outliers: all of them when listing_complete, otherwise a lower bound
+    # (atoms that were not candidates when seen have no owner on record)
+    n_structures: int = 0
     names: dict = field(default_factory=dict)  # owner -> name given to update() (e.g. structure id), where known
     listing_complete: bool = True
 

@@ -152,3 +152,26 @@ def test_cli_stats_compute_warns_about_outliers_and_keeps_the_check(tiny_data, t
     assert "3 atom(s) in 3 structure(s) have feature norms over 100x the median" in r.stderr
     check = FeatureStats.load(out).metadata["feature_outliers"]
     assert check["n_outlier_atoms"] == 3 and check["dominates_trace"]
+
+
+def test_warning_gives_a_lower_bound_on_the_structures_when_the_listing_is_incomplete():
+    import numpy as np
+
+    from fastcsi.pipeline.select import outlier_warning
+    from fastcsi.stats.outliers import FeatureNormMonitor
+
+    # large features first (median ~1e3), then a flood of tiny ones moves the median to ~1e-3: the atoms
+    # seen early were no candidates then, so the structures holding them are not all known
+    rng = np.random.default_rng(0)
+    monitor = FeatureNormMonitor(4)
+    monitor.update(rng.normal(size=(40, 4)) * 1e3, np.repeat(np.arange(4), 10))
+    for k in range(8):
+        monitor.update(rng.normal(size=(100, 4)) * 1e-3, np.repeat(np.arange(10), 10) + 100 * (k + 1))
+    incomplete = monitor.report().to_dict()
+    assert not incomplete["listing_complete"] and incomplete["n_outlier_atoms"] == 40
+    text = outlier_warning("big.xyz", [incomplete])
+    assert f"40 atom(s) in at least {incomplete['n_outlier_structures']} structure(s)" in text
+    assert "partly listed" in text
+    complete = dict(incomplete, listing_complete=True)
+    assert f"40 atom(s) in {incomplete['n_outlier_structures']} structure(s)" in outlier_warning("big.xyz", [complete])
+
