@@ -31,7 +31,9 @@ def unit_options(command):
 
 
 def unit_reader_options(energy_unit, force_unit) -> dict:
-    return {k: v for k, v in (("energy_unit", energy_unit), ("force_unit", force_unit)) if v}
+    from fastcsi.data.base import given_options
+
+    return given_options(energy_unit=energy_unit, force_unit=force_unit)
 
 
 def _reader_options(command):

@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 
-from fastcsi.data.base import Dataset, HeaderIndexed, chemical_symbols, formula_of
+from fastcsi.data.base import Dataset, HeaderIndexed, chemical_symbols, formula_of, given_options
 from fastcsi.data.structure import Structure
 from fastcsi.data.units import energy_factor, force_factor, warn_if_implausible_energy
 from fastcsi.errors import FastCSIError
@@ -51,12 +51,6 @@ def _scalar(value):
     if arr.size != 1 or arr.dtype.kind not in "iuf":
         return None
     return float(arr.reshape(-1)[0])
-
-
-def _unit_option(force_unit) -> dict:
-    # only when given: the options are part of the fingerprint, which must not change for files
-    # opened without it (caches, pretrain_set.json)
-    return {"force_unit": force_unit} if force_unit else {}
 
 
 class _AseLabels:
@@ -143,7 +137,7 @@ class ExtxyzDataset(_AseLabels, Dataset):
 
     def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
-                         **_unit_option(force_unit), **options)
+                         **given_options(force_unit=force_unit), **options)
         self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self._offsets, self._natoms, self._comments = self._scan()
         self._class_cache = None
@@ -250,7 +244,7 @@ class AseDbDataset(_AseLabels, Dataset):
 
     def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
-                         **_unit_option(force_unit), **options)
+                         **given_options(force_unit=force_unit), **options)
         self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self._db = None
         self._class_cache = None
@@ -308,7 +302,7 @@ class TrajDataset(HeaderIndexed, _AseLabels, Dataset):
 
     def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
-                         **_unit_option(force_unit), **options)
+                         **given_options(force_unit=force_unit), **options)
         self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self._traj = None
         self._length = len(self._trajectory())
@@ -369,7 +363,7 @@ class AseIoDataset(_AseLabels, Dataset):
     def __init__(self, path, ase_format=None, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
         super().__init__(path, ase_format=ase_format, energy_key=energy_key, forces_key=forces_key,
                          energy_unit=energy_unit,
-                         **_unit_option(force_unit), **options)
+                         **given_options(force_unit=force_unit), **options)
         self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self.ase_format = ase_format
         if ase_format == "cif":

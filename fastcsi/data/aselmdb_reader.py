@@ -26,7 +26,7 @@ import zlib
 import numpy as np
 
 from fastcsi.data.ase_readers import _AseLabels
-from fastcsi.data.base import Dataset, HeaderIndexed, formula_of
+from fastcsi.data.base import Dataset, HeaderIndexed, formula_of, given_options
 from fastcsi.data.lmdb_reader import RELEASE_EVERY, PageReleaser, ReleasesReadPages, check_complete, forget_inherited
 from fastcsi.errors import FastCSIError
 
@@ -122,9 +122,10 @@ class AseLmdbDataset(ReleasesReadPages, HeaderIndexed, _AseLabels, Dataset):
     format = "aselmdb"
     ranged_scan = True
 
-    def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, **options):
-        super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit, **options)
-        self._setup_labels(energy_key, forces_key, energy_unit)
+    def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, force_unit=None, **options):
+        super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
+                         **given_options(force_unit=force_unit), **options)
+        self._setup_labels(energy_key, forces_key, energy_unit, force_unit)
         self._db = None
         self._ids = np.asarray(self._connect().ids, dtype=np.int64)
 

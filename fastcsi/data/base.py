@@ -42,6 +42,13 @@ def formula_of(numbers) -> str:
     return "".join(f"{s}{counts[s] if counts[s] > 1 else ''}" for s in order)
 
 
+def given_options(**options) -> dict:
+    """``options`` less those not given (None or empty). A dataset's options are part of its fingerprint,
+    which must stay the same for files opened without an option that readers gained later (caches,
+    pretrain_set.json)."""
+    return {k: v for k, v in options.items() if v}
+
+
 class UnreadableSkipped(UserWarning):
     """A reader asked to ``skip_unreadable`` left out parts of a damaged file (listed in ``skipped``)."""
 

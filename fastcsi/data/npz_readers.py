@@ -13,7 +13,7 @@ import zipfile
 
 import numpy as np
 
-from fastcsi.data.base import Dataset, formula_of
+from fastcsi.data.base import Dataset, formula_of, given_options
 from fastcsi.data.structure import Structure
 from fastcsi.data.units import KCAL_MOL_EV, energy_factor, force_factor, length_factor, warn_if_implausible_energy
 from fastcsi.errors import FastCSIError
@@ -69,8 +69,7 @@ class _NpzDataset(Dataset):
     def __init__(self, path, energy_key=None, forces_key=None, energy_unit=None, length_unit=None, force_unit=None,
                  **options):
         super().__init__(path, energy_key=energy_key, forces_key=forces_key, energy_unit=energy_unit,
-                         length_unit=length_unit, **({"force_unit": force_unit} if force_unit else {}),
-                         **options)  # force_unit only when given: files opened without it keep their fingerprint
+                         length_unit=length_unit, **given_options(force_unit=force_unit), **options)
         self._keys = set(npz_keys(self.path))
         self.energy_key = energy_key or self.ENERGIES
         self.forces_key = forces_key or self.FORCES

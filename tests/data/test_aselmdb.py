@@ -96,6 +96,19 @@ def test_a_truncated_file_and_a_damaged_row_are_one_error_naming_the_file(tmp_pa
         [ds[i] for i in range(len(ds))]
 
 
+def test_force_unit_converts_the_forces_and_only_a_given_one_joins_the_fingerprint(readonly_copy):
+    from fastcsi.data.units import BOHR_ANGSTROM, HARTREE_EV
+
+    result = CliRunner().invoke(cli, ["data", "info", "--json", "--force-unit", "hartree/bohr", str(readonly_copy)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert "hartree/bohr" in summary["units_note"]
+    plain, converted = open_dataset(readonly_copy), open_dataset(readonly_copy, force_unit="hartree/bohr")
+    assert "force_unit" not in plain.options and converted.fingerprint != plain.fingerprint
+    assert converted[3].forces == pytest.approx(plain[3].forces * HARTREE_EV / BOHR_ANGSTROM)
+    assert converted[3].energy == pytest.approx(plain[3].energy)  # energies stay in eV
+
+
 def test_index_built_in_worker_processes_matches_the_rows(tmp_path, monkeypatch):
     from fastcsi.data.index import build_indices
 
