@@ -12,7 +12,7 @@ order). Compiled on first use and cached on disk by numba.
 Limits: output sizes grow as degree^2 (triplets) and degree^3 (quadruplets), so a structure with many
 atoms at one spot asks for more than memory holds. Every count is int64 (no int32 anywhere), and
 each walk's output size is computed first and checked against
-:func:`fastcsi._native.memory_budget_bytes` before anything is allocated (:class:`FastCSIError`).
+:func:`fastcsi._native.check_budget` before anything is allocated (:class:`FastCSIError`).
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ import numba
 import numpy as np
 import torch
 
-from fastcsi._native import memory_budget_bytes
-from fastcsi.errors import FastCSIError
+from fastcsi._native import check_budget
 from fastcsi.graph.ragged import csr_by_target, has_images, quadruplet_triplets
 
 __all__ = ["triplets_cpu", "mixed_triplets_cpu", "quadruplets_cpu"]
@@ -131,11 +130,8 @@ def _np(tensor: torch.Tensor):
 
 def _check_size(what: str, count: int, arrays: int) -> None:
     """Refuse a walk whose ``count`` elements of ``arrays`` int64 arrays exceed the memory budget."""
-    needed, budget = 8 * arrays * count, memory_budget_bytes()
-    if needed > budget:
-        raise FastCSIError(f"gemnet_indices: {count:.3g} {what} need {needed / 2**30:.3g} GiB (budget "
-                           f"{budget / 2**30:.3g} GiB): atoms at the same position, or a cutoff or "
-                           "max_neighbors far too large?")
+    check_budget(8.0 * arrays * count, "cpu", f"gemnet_indices: {count:.3g} {what}",
+                 "atoms at the same position, or a cutoff or max_neighbors far too large?")
 
 
 def triplets_cpu(graph: dict, num_atoms: int) -> dict:

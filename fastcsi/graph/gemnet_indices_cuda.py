@@ -36,9 +36,11 @@ def _check_size(what: str, count: int, device) -> None:
 def _select_rows(order, rowptr, counts, rows: torch.Tensor):
     """For each r, the entries of adjacency row ``rows[r]``: returns (r repeated, entry)."""
     per = counts[rows]
-    _check_size("row entries", int(per.sum()), rows.device)
-    out = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), per)
-    entry = order[torch.repeat_interleave(rowptr[rows], per) + ragged_range(per)]
+    count = int(per.sum())
+    _check_size("row entries", count, rows.device)
+    # output_size: the count is known, so repeat_interleave need not sum ``per`` again (a device sync)
+    out = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), per, output_size=count)
+    entry = order[torch.repeat_interleave(rowptr[rows], per, output_size=count) + ragged_range(per, count)]
     return out, entry
 
 
@@ -51,8 +53,9 @@ def triplets_cuda(graph: dict, num_atoms: int) -> dict:
     position = torch.empty_like(order)
     position[order] = arange - rowptr[idx_t[order]]  # where each edge sits in its target's row
     per = counts[idx_t] - 1
-    _check_size("triplets", int(per.sum()), idx_t.device)
-    out = torch.repeat_interleave(arange, per)
+    count = int(per.sum())
+    _check_size("triplets", count, idx_t.device)
+    out = torch.repeat_interleave(arange, per, output_size=count)
     agg = torch.arange(out.numel(), device=idx_t.device) - (torch.cumsum(per, 0) - per)[out]
     inn = order[rowptr[idx_t][out] + agg + (agg >= position[out]).long()]
     return {"in": inn, "out": out, "out_agg": agg}
@@ -83,13 +86,15 @@ def quadruplets_cuda(main_graph: dict, qint_graph: dict, num_atoms: int) -> dict
     idx_s = main_graph["edge_index"][0]
     trip_in, trip_out, start, per_qint = quadruplet_triplets(mixed_triplets_cuda, main_graph, qint_graph, num_atoms)
     per_trip_out = per_qint[trip_out["in"]]
-    _check_size("quadruplets", int(per_trip_out.sum()), idx_s.device)
-    out = torch.repeat_interleave(trip_out["out"], per_trip_out)
-    idx_inter = torch.repeat_interleave(trip_out["in"], per_trip_out)
+    count = int(per_trip_out.sum())
+    _check_size("quadruplets", count, idx_s.device)
+    out = torch.repeat_interleave(trip_out["out"], per_trip_out, output_size=count)
+    idx_inter = torch.repeat_interleave(trip_out["in"], per_trip_out, output_size=count)
     trip_out_to_quad = torch.repeat_interleave(
-        torch.arange(trip_out["out"].numel(), device=idx_s.device), per_trip_out
+        torch.arange(trip_out["out"].numel(), device=idx_s.device), per_trip_out, output_size=count
     )
-    trip_in_to_quad = torch.repeat_interleave(start[trip_out["in"]], per_trip_out) + ragged_range(per_trip_out)
+    trip_in_to_quad = (torch.repeat_interleave(start[trip_out["in"]], per_trip_out, output_size=count)
+                       + ragged_range(per_trip_out, count))
     idx_in = trip_in["in"][trip_in_to_quad]
 
     keep = idx_s[out] != idx_s[idx_in]

@@ -11,14 +11,16 @@ import torch
 __all__ = ["ragged_range", "inner_index", "csr_by_target", "has_images", "quadruplet_triplets"]
 
 
-def ragged_range(sizes: torch.Tensor) -> torch.Tensor:
-    """Concatenated ranges: sizes [1, 4, 2] -> [0, 0 1 2 3, 0 1]."""
+def ragged_range(sizes: torch.Tensor, total: int | None = None) -> torch.Tensor:
+    """Concatenated ranges: sizes [1, 4, 2] -> [0, 0 1 2 3, 0 1]. ``total``, when the caller already
+    has ``sizes.sum()``, saves summing it again (a device sync on CUDA)."""
     sizes = sizes.long()
-    total = int(sizes.sum()) if sizes.numel() else 0
+    if total is None:
+        total = int(sizes.sum()) if sizes.numel() else 0
     if total == 0:
         return sizes.new_zeros(0)
     starts = torch.cumsum(sizes, 0) - sizes
-    return torch.arange(total, device=sizes.device) - torch.repeat_interleave(starts, sizes)
+    return torch.arange(total, device=sizes.device) - torch.repeat_interleave(starts, sizes, output_size=total)
 
 
 def inner_index(sorted_index: torch.Tensor, dim_size: int) -> torch.Tensor:

@@ -256,6 +256,7 @@ def test_quadruplet_tag_convention(structures):
 
 def test_helpers():
     assert gi.ragged_range(torch.tensor([1, 0, 3, 2])).tolist() == [0, 0, 1, 2, 0, 1]
+    assert gi.ragged_range(torch.tensor([1, 0, 3, 2]), total=6).tolist() == [0, 0, 1, 2, 0, 1]  # sum given
     assert gi.inner_index(torch.tensor([0, 0, 2, 2, 2]), 3).tolist() == [0, 1, 0, 1, 2]
     assert gi.ragged_range(torch.tensor([], dtype=torch.long)).numel() == 0
     with pytest.raises(ValueError):
