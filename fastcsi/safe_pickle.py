@@ -145,6 +145,20 @@ def _reconstructor(cls, base, state=None):
     raise pickle.UnpicklingError("copyreg._reconstructor on an allowed class")
 
 
+class _NotCallable:
+    """Stands for a class a pickle may name but must never call: ``torch.Tensor(n)`` allocates n
+    elements, so a file could ask for any amount of memory."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __call__(self, *args, **kwargs):
+        raise pickle.UnpicklingError(f"{self.name} called by the file")
+
+
+_TENSOR_TYPE = _NotCallable("torch.Tensor")
+
+
 # Containers and numbers that protocol-2 pickles build by calling their type (newer protocols have
 # opcodes for them). Nothing that allocates by a size argument (bytes, bytearray) or looks up names.
 _BUILTINS = {"set", "frozenset", "list", "dict", "tuple", "complex"}
@@ -180,9 +194,11 @@ def allowed_global(module: str, name: str):
 
         value = getattr(torch, name, None) if not name.startswith("_") else None
         # dtypes, shapes, devices and the storage classes that persistent_load receives
-        if isinstance(value, torch.dtype) or name in ("Size", "device", "Tensor") or (
+        if isinstance(value, torch.dtype) or name in ("Size", "device") or (
                 isinstance(value, type) and name.endswith("Storage")):
             return value
+        if name == "Tensor":  # only ever _rebuild_from_type_v2's new_type, which is not used
+            return _TENSOR_TYPE
         return None
     if (module, name) == ("torch.nn.parameter", "Parameter"):
         import torch

@@ -299,6 +299,22 @@ def test_weights_errors(tmp_path, jmp64):
         load_backbone(tmp_path / "bare.pt", weights="best")
 
 
+def test_a_file_cannot_make_the_reader_allocate_by_calling_torch_tensor(tmp_path):
+    import pickle
+
+    from fastcsi.safe_pickle import load_torch_foreign
+
+    class Alloc:  # pickles as torch.Tensor(2**40): a terabyte of float32 if it were ever called
+        def __reduce__(self):
+            return torch.Tensor, (2**40,)
+
+    path = tmp_path / "alloc.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"state_dict": Alloc()}, fh, protocol=2)
+    with pytest.raises(FastCSIError, match="alloc.pt: not a readable checkpoint .*torch.Tensor called by the file"):
+        load_torch_foreign(path)
+
+
 def test_damaged_file_is_one_line(jmp64, tmp_path):
     data = jmp64[1].read_bytes()
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
