@@ -77,8 +77,13 @@ def write_extxyz(path, frames=4):
 
 
 # --- LMDB written like fairchem does: pickled torch_geometric Data (faked module) -------------------
-def write_lmdb(path, n=3, pyg2=True, payload=None, entries=None):
-    """``n`` 4-atom entries, or one per ``entries`` item ``(atomic numbers, positions, cell or None, sid)``."""
+def write_lmdb(path, n=3, pyg2=True, payload=None, entries=None, tensor_sid=False, natoms="int",
+               protocol=pickle.DEFAULT_PROTOCOL):
+    """``n`` 4-atom entries, or one per ``entries`` item ``(atomic numbers, positions, cell or None, sid)``.
+
+    fairchem stores ``sid`` and ``natoms`` as plain ints; other producers use a one-element tensor
+    (``tensor_sid``, ``natoms="tensor"``) or leave ``natoms`` out (``natoms="absent"``). ``protocol=2``
+    writes the pickles as PyG 1.x files (BINUNICODE keys)."""
     import lmdb
 
     data_mod = types.ModuleType("torch_geometric.data.data")
@@ -107,6 +112,12 @@ def write_lmdb(path, n=3, pyg2=True, payload=None, entries=None):
                                   tags=torch.full((m,), 2), force=torch.zeros(m, 3))
                     fields["cell"] = (torch.as_tensor(cell, dtype=torch.float32).reshape(1, 3, 3) if cell is not None
                                       else 10 * torch.eye(3).unsqueeze(0))
+                if tensor_sid:
+                    fields["sid"] = torch.tensor([fields["sid"]])
+                if natoms == "tensor":
+                    fields["natoms"] = torch.tensor([fields["natoms"]])
+                elif natoms == "absent":
+                    del fields["natoms"]
                 d = Data()
                 if pyg2:
                     store = Storage()
@@ -114,7 +125,7 @@ def write_lmdb(path, n=3, pyg2=True, payload=None, entries=None):
                     d._store = store
                 else:
                     d.__dict__.update(fields)
-                txn.put(str(i).encode(), payload if payload is not None and i == 1 else pickle.dumps(d))
+                txn.put(str(i).encode(), payload if payload is not None and i == 1 else pickle.dumps(d, protocol=protocol))
             txn.put(b"length", pickle.dumps(n))
         env.close()
     finally:

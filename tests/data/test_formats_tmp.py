@@ -79,6 +79,31 @@ def test_lmdb_pyg_layouts_and_shards(tmp_path, pyg2):
     _check_stream_equals_random_access(both)
 
 
+@pytest.mark.parametrize("layout, unpickled", [
+    ({"protocol": 2}, False),  # PyG 1.x pickles: BINUNICODE keys, still read from the bytes
+    ({"tensor_sid": True}, True),
+    ({"natoms": "tensor"}, True),
+    ({"natoms": "absent"}, True),  # atom count from the shape of atomic_numbers
+    ({"tensor_sid": True, "natoms": "absent", "protocol": 2}, True),
+])
+def test_lmdb_header_pass_matches_full_reads_for_every_sid_and_natoms_layout(tmp_path, monkeypatch, layout, unpickled):
+    from fastcsi.data.lmdb_reader import LmdbDataset
+
+    monkeypatch.setenv("FASTCSI_CACHE_DIR", "off")  # every call below is a header pass
+    calls = []
+    original = LmdbDataset._unpickled_header
+    monkeypatch.setattr(LmdbDataset, "_unpickled_header", lambda self, raw, i: calls.append(i) or original(self, raw, i))
+    sids = [7, 300, 70_000, 300]  # BININT1, BININT2, BININT
+    entries = [([8.0] + [1.0] * m, np.zeros((m + 1, 3)), None, sid) for m, sid in zip((1, 2, 4, 3), sids)]
+    path = write_lmdb(tmp_path / "x.lmdb", entries=entries, **layout)
+    ds = open_dataset(path)
+    keys, natoms = list(ds.class_keys()), list(ds.n_atoms_per_structure())
+    assert bool(calls) == unpickled
+    full = [ds[i] for i in range(len(ds))]
+    assert keys == [s.class_key for s in full] == [str(sid) for sid in sids]
+    assert natoms == [s.n_atoms for s in full] == [2, 3, 5, 4]
+
+
 def test_ase_formats_written_here(tmp_path):
     images = write_extxyz(tmp_path / "f.extxyz")
     ds = open_dataset(tmp_path / "f.extxyz")
