@@ -118,11 +118,13 @@ def test_index_built_in_worker_processes_matches_the_rows(tmp_path, monkeypatch)
     write_aselmdb(shards / "a.aselmdb", n=9)
     write_aselmdb(shards / "b.aselmdb", n=5, seed=1)
     ds = open_dataset(shards)
-    assert ds.class_keys is not None and len(ds[0].atomic_numbers) == 2  # rows read in this process first
+    # rows of both shards read in this process first (the forked workers inherit open connections)
+    assert len(ds[0].atomic_numbers) == 2 and ds[13].class_key == "mp-2"
     report = build_indices(ds, workers=2, min_part=3)
     assert report["built"] == 2 and report["entries_built"] == 14
     again = open_dataset(shards)
-    assert list(again.class_keys()) == [s.class_key for s in again]
+    expected = [f"mp-{i // 2}" for i in range(9)] + [f"mp-{i // 2}" for i in range(5)]  # the writer's sids
+    assert list(again.class_keys()) == [s.class_key for s in again] == expected
     assert list(again.n_atoms_per_structure()) == [s.n_atoms for s in again]
 
 
