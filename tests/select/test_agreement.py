@@ -184,7 +184,8 @@ def test_cli_select_with_two_backbones_prints_both_rankings_and_their_agreement(
 
     out = tmp_path / "cli"
     args = ["select", "--downstream", tiny_data["down"], "--samples", "all", "--seeds", "0", "-o", out, "--quiet",
-            "--threads", "1", "--backbone", "gemnet-oc-random", "--backbone", f"gemnet-oc:{seed1_checkpoint}"]
+            "--threads", "1", "--backbone", "gemnet-oc-random", "--backbone", f"gemnet-oc:{seed1_checkpoint}",
+            "--optimize-mix"]
     for u in four_upstreams:
         args += ["--upstream", u]
     r = CliRunner().invoke(cli, [str(a) for a in args])
@@ -202,6 +203,8 @@ def test_cli_select_with_two_backbones_prints_both_rankings_and_their_agreement(
                 and f"stats computed {run['cache']['computed']}, reused from cache {run['cache']['hits']}" in r.stdout)
     total = sum(run["cache"]["computed"] for run in runs)
     assert f"all 2 extractors: wall {saved['wall_s']:.1f} s; stats computed {total}," in r.stdout
+    for run in runs:  # each extractor's optimal mixture, named
+        assert f"[{run['backbone']}] CSI-optimal dataset-level mixture" in r.stdout and "mix" in run
 
     # --checkpoint is one GemNet-OC file: with several backbones it must be named as one of them
     r = CliRunner().invoke(cli, [str(a) for a in args + ["--checkpoint", seed1_checkpoint]])
