@@ -46,7 +46,7 @@ def evaluate(model, data, outdir, targets=None, batch_size: int = 32, progress: 
     from fastcsi.data import open_dataset
     from fastcsi.data.base import chemical_symbols
     from fastcsi.inference.predict import iter_predictions
-    from fastcsi.train.finetune import UNITS
+    from fastcsi.train.metrics import mae_unit
 
     targets = parse_eval_targets(targets, model)
     dataset = open_dataset(data, **(data_options or {}))
@@ -69,7 +69,7 @@ def evaluate(model, data, outdir, targets=None, batch_size: int = 32, progress: 
     metrics, per_element, plots = {}, {}, {}
     outdir = Path(outdir)
     for t in targets:
-        unit, factor = UNITS.get(t, ("native", 1.0))
+        unit, factor = mae_unit(t)
         if t == "forces":
             p, r = np.concatenate(pred[t]), np.concatenate(ref[t])
             z = np.repeat(np.concatenate(numbers), 3)

@@ -24,7 +24,7 @@ from fastcsi.train import backbones
 from fastcsi.train import checkpoint as ckpt
 from fastcsi.train.config import TrainConfig, recipe_for
 from fastcsi.train.loop import Trainer
-from fastcsi.train.metrics import MAE_UNITS, mae_unit
+from fastcsi.train.metrics import mae_unit
 from fastcsi.train.normalization import NormalizedModel, Normalizer
 from fastcsi.train.pretrain import start_run
 from fastcsi.train.splits import split_for_files, split_indices
@@ -71,9 +71,6 @@ def parse_targets(spec: str) -> tuple:
     if names == ("forces",):
         raise FastCSIError("--target forces: forces are trained together with energy (use energy,forces)")
     return names
-
-
-UNITS = MAE_UNITS  # one convention for results.json, metrics.csv and the epoch lines
 
 
 def pretrain_record(pretrained_path: Path | None) -> dict:
@@ -196,7 +193,7 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
             test = trainer.evaluate(sets["test"], use_ema=False if best is not None else True)
     test_mae, units = {}, {}
     for t, value in test.items():
-        unit, factor = UNITS.get(t, ("native", 1.0))
+        unit, factor = mae_unit(t)
         test_mae[t] = value * factor
         units[t] = unit
     out = {
@@ -205,7 +202,7 @@ def run_finetune(settings: FinetuneSettings, resume: bool = False, log=print) ->
         "units": units,
         "primary": trainer.metric_name,
         "best_epoch": result.best_epoch,
-        "best_val_mae": result.best_val * UNITS.get(trainer.metric_name, ("", 1.0))[1],
+        "best_val_mae": result.best_val * mae_unit(trainer.metric_name)[1],
         "epochs_done": result.epochs_done,
         "stopped_early": result.stopped_early,
         "steps": result.steps,

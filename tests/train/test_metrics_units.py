@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from fastcsi.train.config import TrainConfig
-from fastcsi.train.finetune import UNITS, plot_learning_curve
+from fastcsi.train.finetune import plot_learning_curve
 from fastcsi.train.loop import Trainer
-from fastcsi.train.metrics import format_epoch_line, labelled_row
+from fastcsi.train.metrics import format_epoch_line, labelled_row, mae_unit
 from fastcsi.train.normalization import NormalizedModel, Normalizer
 
 from train_toy import PairModel, lj_structures
@@ -32,7 +32,7 @@ def test_epoch_lines_and_metrics_csv_are_in_mev_with_units(tmp_path):
     assert {"val_energy_mae_meV", "val_forces_mae_meV_per_A", "train_forces_mae_meV_per_A"} <= set(rows[0])
     assert "val_energy_mae" not in rows[0]
     assert float(rows[-1]["val_energy_mae_meV"]) == pytest.approx(last["val_energy_mae"] * 1000)
-    assert UNITS["energy"][0] == "meV" and UNITS["forces"][0] == "meV/Å"  # results.json's convention
+    assert mae_unit("energy")[0] == "meV" and mae_unit("forces")[0] == "meV/Å"  # results.json's convention
 
 
 def test_native_targets_are_labelled_native():
