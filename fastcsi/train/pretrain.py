@@ -274,16 +274,15 @@ def _read(datasets, pairs, paths, what: str, progress: bool):
     return out
 
 
-def forces_note(structures, what: str) -> str | None:
-    """A line saying how many of ``structures`` have no force labels (None when all have them)."""
-    missing = sum(s.forces is None for s in structures)
+def forces_note(missing: int, total: int, what: str) -> str | None:
+    """A line saying that ``missing`` of ``total`` structures have no force labels (None when all have them)."""
     if not missing:
         return None
-    if missing == len(structures):
+    if missing == total:
         effect = "the force loss is off (energy only)" if what == "training" else "it measures energies only"
         return f"no {what} structure has force labels: {effect}"
     effect = "their force loss is masked" if what == "training" else "force errors are over the others"
-    return f"{missing} of {len(structures)} {what} structures have no force labels: {effect}"
+    return f"{missing} of {total} {what} structures have no force labels: {effect}"
 
 
 def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) -> dict:
@@ -344,9 +343,11 @@ def run_pretrain(settings: PretrainSettings, resume: bool = False, log=print) ->
         + ", ".join(f"{Path(p).name}: {n}" for p, n in budget["validation_per_dataset"].items()))
     log(describe_source(source))
     for structures, what in ((train, "training"), (val, "validation")):
-        budget[f"{what}_without_forces"] = sum(s.forces is None for s in structures)
-        if forces_note(structures, what):
-            log(forces_note(structures, what))
+        missing = sum(s.forces is None for s in structures)
+        budget[f"{what}_without_forces"] = missing
+        note = forces_note(missing, len(structures), what)
+        if note:
+            log(note)
     if ctx.is_main:
         rundir.mkdir(parents=True, exist_ok=True)
         _write_record(record, settings, budget, datasets, normalizer, gemnet, status="running")
