@@ -61,6 +61,10 @@ class MemoryBudget {
         }
         return true;
     }
+    // Give back bytes charged ahead of need and not used (a per-thread reservation's remainder).
+    void release(int64_t bytes) {
+        if (bytes > 0) used_.fetch_sub(bytes, std::memory_order_relaxed);
+    }
 
    private:
     int64_t max_;

@@ -472,12 +472,18 @@ struct CellSearch {
     std::vector<int32_t> image_m;    // (codes, 3): m decoded
 };
 
+// Edges a search_cells thread charges to the budget at a time: one atomic per ~4096 edges instead of
+// one per neighbour bin, each charge made before the entries it stands for are pushed; what is left
+// of the last reservation is released at the end, so the total charged is exactly the edges found.
+constexpr int64_t kChargeChunk = 4096;
+
 void search_cells(CellSearch& cs, double cutoff, int64_t bin_begin, int64_t bin_end, int32_t part) {
     const Prepared& p = cs.p;
     const double cutoff_sq = cutoff * cutoff;
     std::vector<Entry>& out = cs.parts[part];
     std::vector<NeighbourBin> around;
     std::vector<int32_t> accepted(64);
+    int64_t reserved = 0;  // edges charged to the budget and not pushed yet
     for (int64_t bin = bin_begin; bin < bin_end; ++bin) {
         if (p.bin_start[bin] == p.bin_start[bin + 1]) continue;
         const int64_t b0 = bin / (p.nbins[1] * p.nbins[2]);
@@ -503,14 +509,23 @@ void search_cells(CellSearch& cs, double cutoff, int64_t bin_begin, int64_t bin_
                     accepted[count] = static_cast<int32_t>(s);
                     count += (x * x + y * y + z * z <= cutoff_sq);
                 }
+                // the centre itself (distance 0, always accepted) is the one candidate not stored
+                const int64_t pushed = count - (nb.zero_image && nb.first <= c && c < nb.last);
+                if (pushed > reserved) {  // charged before `out` grows for them
+                    const int64_t more = std::max(pushed - reserved, kChargeChunk);
+                    const bool whole_chunk = p.budget->charge(static_cast<double>(more) * p.edge_bytes);
+                    if (!whole_chunk) p.charge_edges(pushed - reserved);  // throws when even that is too much
+                    reserved += whole_chunk ? more : pushed - reserved;
+                }
+                const size_t before = out.size();
                 for (int64_t a = 0; a < count; ++a) {
                     const int64_t x = p.bin_atoms[nb.first + accepted[a]];
                     if (nb.zero_image && x == centre) continue;
                     out.push_back(static_cast<Entry>(x) << 32 | static_cast<uint32_t>(nb.image));
                 }
+                reserved -= static_cast<int64_t>(out.size() - before);
             }
             const int64_t found = static_cast<int64_t>(out.size() - begin);
-            p.charge_edges(found);
             // a block counts its entries in int32 (half the block table): no centre has 2^31 neighbours
             if (found > INT32_MAX)
                 throw InputError("structure " + std::to_string(p.index) + " of the batch: an atom has " +
@@ -522,6 +537,7 @@ void search_cells(CellSearch& cs, double cutoff, int64_t bin_begin, int64_t bin_
             block.count = static_cast<int32_t>(out.size() - begin);
         }
     }
+    p.budget->release(static_cast<int64_t>(static_cast<double>(reserved) * p.edge_bytes));
 }
 
 // Pass A over the whole structure with `threads` threads (each a contiguous range of bins), then
