@@ -19,6 +19,7 @@
 // Accuracy (tests/model/test_activation.py, against float64): relative error <= 4 float32 ulps where
 // |y| is not tiny. NaN propagates, +inf -> +inf, -inf -> NaN, as torch.
 #include "cpu_features.h"
+#include "kernel_safety.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -137,10 +138,6 @@ float* contiguous_floats(py::array& a, const char* name, bool writeable) {
     return static_cast<float*>(a.mutable_data());
 }
 
-// A team never exceeds this (nor one thread per block): libgomp aborts the process when it cannot
-// start a thread it was asked for, so an absurd num_threads must not reach it.
-constexpr int64_t kMaxTeam = 256;
-
 // Run body(i0, i1) over [0, n) in blocks, on the OpenMP team when n is large enough. Bodies neither
 // allocate nor throw (an exception leaving an OpenMP region terminates the process).
 template <typename Body>
@@ -149,7 +146,8 @@ void blocks(int64_t n, int num_threads, Body body) {
     if (n >= kMinParallel && num_threads != 1) {
         const int64_t count = (n + kBlock - 1) / kBlock;
         const int64_t wanted = num_threads > 0 ? num_threads : omp_get_max_threads();
-        const int team = static_cast<int>(std::max<int64_t>(1, std::min({wanted, count, kMaxTeam})));
+        // never more than kMaxThreads (kernel_safety.h) nor one thread per block
+        const int team = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({wanted, count, kMaxThreads})));
 #pragma omp parallel for schedule(static) num_threads(team)
         for (int64_t b = 0; b < count; ++b) body(b * kBlock, std::min(n, (b + 1) * kBlock));
         return;

@@ -31,6 +31,11 @@ struct InputError : std::invalid_argument {
     using std::invalid_argument::invalid_argument;
 };
 
+// The most threads any kernel runs, whatever num_threads asks: each std::thread costs a stack (8 MiB
+// of address space), and libgomp aborts the process when it cannot start a thread it was asked for,
+// so an absurd request must never reach either.
+constexpr int kMaxThreads = 256;
+
 // Half the machine's physical memory: the default budget when the caller passes none (<= 0).
 inline int64_t default_memory_budget() {
     const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);

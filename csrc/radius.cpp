@@ -593,9 +593,8 @@ void write_cells(const CellSearch& cs, const Output& out, int64_t first, int64_t
     }
 }
 
-// Requests beyond kMaxThreads are capped: each thread costs a stack (8 MiB of address space), and
-// the work-based cap in radius_batch allows one thread per ~10^6 candidate tests anyway.
-constexpr int kMaxThreads = 256;
+// Requests beyond kMaxThreads (kernel_safety.h) are capped; the work-based cap in radius_batch allows
+// one thread per ~10^6 candidate tests anyway.
 int max_threads(int requested) {
     if (requested > 0) return std::min(requested, kMaxThreads);
     const unsigned hardware = std::thread::hardware_concurrency();
