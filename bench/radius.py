@@ -72,13 +72,17 @@ def pair_error(output, expected) -> float:
     return float(np.abs(d - want_d).max(initial=0.0))
 
 
-def threads_note(natoms) -> str:
+def threads_note(natoms) -> str | None:
     """How many threads the C++ search ran on for structures of ``natoms`` atoms: it takes at most
     one thread per ~2^20 estimated candidate tests (about atoms * 512 / 2^20), so small cases run on
-    one thread whatever torch's thread count says."""
+    one thread whatever torch's thread count says. None when the extension is not built."""
     import torch
 
+    from fastcsi._native import has as native_has
     from fastcsi.graph.radius_cpu import threads_used
+
+    if not native_has("radius_threads"):
+        return None
 
     asked = torch.get_num_threads()
     return (f"C++ search on {threads_used(natoms, asked)} of {asked} threads (the kernel's cap: about atoms x 512 "
@@ -92,6 +96,8 @@ def cases(quick: bool = True, device: str = "cpu", sizes=None):
     import torch
     from ase.neighborlist import neighbor_list as ase_neighbor_list
 
+    from fastcsi._native import NATIVE_ERROR
+    from fastcsi._native import has as native_has
     from fastcsi.data.batch import batch_from_atoms
     from fastcsi.graph import radius_graph
     from fastcsi.graph.radius_cpu import search_cpu
@@ -110,9 +116,14 @@ def cases(quick: bool = True, device: str = "cpu", sizes=None):
     def reference(inp):
         return graph_pairs(radius_graph_ref(inp["batch"], inp["cutoff"]))
 
+    # without the extension our rows are skipped with the reason, not run into an AttributeError
+    native_missing = None if native_has("radius_batch") else (NATIVE_ERROR or "fastcsi._C has no radius_batch")
+
     def methods(extra, natoms):
-        return [Method("fastcsi radius_graph (cpu)", "ours", ours_api, tolerance=TOLERANCE, note=threads_note(natoms)),
-                Method("fastcsi kernel (1 thread)", "control", ours_kernel, tolerance=TOLERANCE), *extra]
+        return [Method("fastcsi radius_graph (cpu)", "ours", ours_api, tolerance=TOLERANCE, note=threads_note(natoms),
+                       skip=native_missing),
+                Method("fastcsi kernel (1 thread)", "control", ours_kernel, tolerance=TOLERANCE, skip=native_missing),
+                *extra]
 
     def baseline(name, fn, missing=None):
         return Method(name, "baseline", fn if missing is None else None, tolerance=TOLERANCE, skip=missing)
@@ -141,11 +152,12 @@ def cases(quick: bool = True, device: str = "cpu", sizes=None):
 
     count = 100 if quick else 1000
     if sizes is None:
+        molecules = random_molecules(count)  # drawn once: the inputs and the threads note count the same atoms
+
         def molecule_inputs():
             from fastcsi.data.batch import collate
             from fastcsi.data.structure import Structure
 
-            molecules = random_molecules(count)
             structures = [Structure(atomic_numbers=np.ones(len(p), np.int64), positions=p) for p in molecules]
             # packed: molecules on a grid spaced wider than the cutoff plus their size, one call
             side = int(np.ceil(count ** (1 / 3)))
@@ -171,7 +183,7 @@ def cases(quick: bool = True, device: str = "cpu", sizes=None):
                    "molecules", molecule_inputs, reference, pair_error, methods([
                        baseline("vesin per molecule", vesin_per_molecule, vesin_missing),
                        baseline("vesin packed box", vesin_packed, vesin_missing)],
-                       [len(p) for p in random_molecules(count)]), repeats=3 if quick else 5)
+                       [len(p) for p in molecules]), repeats=3 if quick else 5)
 
 
 def triton_cases(quick: bool, device: str, sizes=None, cutoff: float = CUTOFF, tolerance: float = 1e-4):

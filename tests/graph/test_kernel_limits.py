@@ -258,3 +258,16 @@ def test_triton_covariance_feeds_rows_in_slices_its_32_bit_offsets_can_address()
             covariance_triton.chunk_moments_triton(torch.zeros((3, 20)))
     assert sliced[0] == whole[0]
     np.testing.assert_allclose(sliced[2], whole[2], rtol=1e-5, atol=1e-5)
+
+
+def test_radius_bench_skips_our_rows_when_the_extension_is_missing(monkeypatch):
+    """bench/radius.py builds its cases without fastcsi._C: no threads note, our rows skipped with
+    the reason (they used to raise AttributeError on ``native.radius_threads``)."""
+    from fastcsi import _native
+    from fastcsi._bench import radius as bench
+
+    monkeypatch.setattr(_native, "native", None)
+    assert bench.threads_note([100]) is None
+    (case,) = bench.cases(True, sizes=(2,))
+    ours = [m for m in case.methods if m.name.startswith("fastcsi")]
+    assert len(ours) == 2 and all(m.skip and m.note is None for m in ours)
