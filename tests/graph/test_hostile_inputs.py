@@ -28,6 +28,37 @@ def test_hostile_batches_match_the_reference_or_are_one_error(structures, cutoff
         check_against_reference(structures, cutoff, dtype, BACKENDS)
 
 
+@pytest.mark.skipif(not BACKENDS, reason="fastcsi._C not built")
+def test_the_check_fails_a_backend_whose_outcome_differs_from_the_reference(monkeypatch):
+    """The property compares outcomes, not only edges: a backend that refuses what the reference
+    computes (or the reverse) fails it; only the reference's smaller edge budget excuses a difference."""
+    from fastcsi.errors import FastCSIError
+    from fastcsi.graph import radius_cpu, radius_ref
+
+    slab = [representatives()["slab"]]
+
+    def raising(message):
+        def backend(*args, **kwargs):
+            raise FastCSIError(f"radius_graph: structure 0 of the batch {message}")
+        return backend
+
+    assert check_against_reference(slab, 6.0, torch.float64) == {"ref": "ok", "cpu": "ok"}
+    with monkeypatch.context() as patch:
+        patch.setattr(radius_cpu, "radius_graph_cpu", raising("is refused for no reason"))
+        with pytest.raises(AssertionError, match="cpu error but ref ok"):
+            check_against_reference(slab, 6.0, torch.float64)
+        # the kernel's edge budget is the larger one: its budget error where the reference computes is a bug
+        patch.setattr(radius_cpu, "radius_graph_cpu", raising("takes the batch past the memory budget"))
+        with pytest.raises(AssertionError, match="cpu budget error but ref ok"):
+            check_against_reference(slab, 6.0, torch.float64)
+    with monkeypatch.context() as patch:
+        patch.setattr(radius_ref, "radius_graph_ref", raising("is refused for no reason"))
+        with pytest.raises(AssertionError, match="cpu ok but ref error"):
+            check_against_reference(slab, 6.0, torch.float32)
+        patch.setattr(radius_ref, "radius_graph_ref", raising("takes the batch past the reference's edge budget"))
+        assert check_against_reference(slab, 6.0, torch.float32) == {"ref": "budget error", "cpu": "ok"}
+
+
 # families the library must refuse (exit 2) and those it computes (exit 0, or 2 where the backbone
 # itself returns non-finite features, which select refuses by name)
 REFUSED = ["issue-26 span", "offset 1e10", "thin cell 1e-4", "singular"]
